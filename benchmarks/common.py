@@ -1,0 +1,82 @@
+"""Shared by the benchmark scripts: run `defectkit train` in a fresh process per run (so peak
+memory is that run's own), collect metrics.json, and write benchmarks/results/<protocol>.json
+and the protocol's table in benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+RUNS = HERE / "runs"
+
+
+def machine() -> str:
+    from defectkit.runs import machine_summary
+
+    return machine_summary()
+
+
+def train(name: str, recipe: str, overrides: list[str]) -> tuple[dict, str]:
+    """Train one run from scratch in its own process; returns (metrics, command)."""
+    run_dir = RUNS / name
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    args = [
+        "defectkit",
+        "train",
+        "--config",
+        recipe,
+        "--set",
+        f"out_dir={RUNS}",
+        "--set",
+        f"name={name}",
+        *[a for o in overrides for a in ("--set", o)],
+    ]
+    print(f"\n== {name}: {shlex.join(args)}", flush=True)
+    tick = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "defectkit.cli", *args[1:]], check=True, cwd=REPO)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["wall_seconds"] = time.perf_counter() - tick
+    return metrics, shlex.join(args)
+
+
+def save_results(protocol: str, runs: list[dict], command: str) -> dict:
+    """Merge these runs into results/<protocol>.json (runs of other names are kept)."""
+    path = HERE / "results" / f"{protocol}.json"
+    old = json.loads(path.read_text())["runs"] if path.exists() else []
+    names = {r["name"] for r in runs}
+    payload = {
+        "protocol": protocol,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "command": command,
+        "runs": [r for r in old if r["name"] not in names] + runs,
+    }
+    path.write_text(json.dumps(payload, indent=1))
+    return payload
+
+
+def write_section(protocol: str, text: str) -> None:
+    """Replace this protocol's section of RESULTS.md (between its markers), or append it."""
+    path = HERE / "RESULTS.md"
+    body = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    block = f"<!-- {protocol} -->\n{text.strip()}\n<!-- /{protocol} -->"
+    pattern = re.compile(rf"<!-- {re.escape(protocol)} -->.*?<!-- /{re.escape(protocol)} -->", re.S)
+    body = pattern.sub(lambda _: block, body) if pattern.search(body) else body + block + "\n\n"
+    path.write_text(body)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""The model bundle: safetensors weights + bundle.json metadata, everything needed to run the
+model elsewhere (task, classes, preprocessing, input size, threshold, backbone, versions,
+checksum). Loading never unpickles."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import defectkit
+from defectkit.config import RunConfig
+from defectkit.models.backbones import Preprocessing, sha256_of
+from defectkit.runs import write_json
+
+BUNDLE_FORMAT = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "bundle.json"
+
+
+class BundleError(ValueError):
+    """A bundle folder that is incomplete, damaged or from an unknown format version."""
+
+
+def save_classifier_bundle(
+    folder: Path,
+    model: nn.Module,
+    config: RunConfig,
+    classes: tuple[str, ...],
+    prep: Preprocessing,
+    threshold: float | None = None,
+    positive: str | None = None,
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS_FILE
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights))
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "task": "classify",
+        "backbone": config.model.backbone,
+        "classes": list(classes),
+        "input_size": [config.data.image_size, config.data.image_size],
+        "preprocessing": {
+            **asdict(prep),
+            "resize": "full image to input_size, no crop",
+            "channels": "RGB (greyscale replicated)",
+        },
+        "positive_class": positive,
+        # NG probability at or above this is NG; without a binary problem, argmax decides
+        "threshold": threshold,
+        "versions": {
+            "defectkit": defectkit.__version__,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+        },
+        "weights_sha256": sha256_of(weights),
+    }
+    write_json(folder / META_FILE, meta)
+    return folder
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    folder = Path(folder)
+    if (folder / "bundle").is_dir() and not (folder / META_FILE).exists():
+        folder = folder / "bundle"  # a run folder was given
+    meta_path, weights = folder / META_FILE, folder / WEIGHTS_FILE
+    for path in (meta_path, weights):
+        if not path.is_file():
+            raise BundleError(
+                f"{path} is missing: a bundle folder holds {META_FILE} and "
+                f"{WEIGHTS_FILE} (a run writes one under <run>/bundle)"
+            )
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(
+            f"{meta_path}: bundle format {meta.get('format')} is not "
+            f"{BUNDLE_FORMAT}; re-export it with this defectkit version"
+        )
+    if sha256_of(weights) != meta.get("weights_sha256"):
+        raise BundleError(
+            f"{weights} does not match the checksum in {meta_path}: the bundle "
+            "was altered or damaged; copy it again from the run folder"
+        )
+    meta["folder"] = str(folder)
+    return meta
+
+
+def load_classifier(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+    meta = read_meta(folder)
+    if meta["task"] != "classify":
+        raise BundleError(f"{folder} holds a {meta['task']} model, not a classifier")
+    model = timm.create_model(meta["backbone"], pretrained=False, num_classes=len(meta["classes"]))
+    model.load_state_dict(load_file(str(Path(meta["folder"]) / WEIGHTS_FILE)))
+    return model.eval(), meta

@@ -1,0 +1,282 @@
+"""The `defectkit` command: data, train, eval, predict, demo, backbones."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from defectkit.config import ConfigError, load_config
+
+log = logging.getLogger("defectkit")
+
+
+def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    from defectkit.data.formats import read_dataset
+    from defectkit.data.summary import format_summary, sample_grid_items, summarize
+    from defectkit.report import plot_image_grid
+    from defectkit.runs import write_json
+
+    dataset = read_dataset(args.path, args.format, args.label_mode)
+    summary = summarize(dataset)
+    print(format_summary(summary))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "summary.json", summary)
+    grid = plot_image_grid(sample_grid_items(dataset, summary), out / "samples.png")
+    print(f"\nwrote {out / 'summary.json'} and a sample grid {grid}")
+    return 1 if summary["broken"] else 0
+
+
+def _cmd_data_formats(args: argparse.Namespace) -> int:
+    from defectkit.data.formats import list_formats
+
+    for name, layout in list_formats().items():
+        print(f"{name:14s} {layout}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from defectkit.config import config_from_dict
+    from defectkit.runs import new_run_dir
+    from defectkit.tasks import get_task
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"{run_dir} holds no config.yaml: not a run folder to resume")
+        import yaml
+
+        config = config_from_dict(yaml.safe_load(saved.read_text()))
+    else:
+        config = load_config(args.config, args.set)
+        run_dir = new_run_dir(config)
+    print(f"run folder: {run_dir}")
+    result = get_task(config.task)(config, run_dir, bool(args.resume))
+    _print_result(result, run_dir)
+    return 0
+
+
+def _print_result(result: dict, run_dir: Path) -> None:
+    print(
+        f"\ntest accuracy {result['accuracy']:.4f}  balanced {result['balanced_accuracy']:.4f}"
+        f"  macro F1 {result['macro_f1']:.4f}  ({result['split_size']} images)"
+    )
+    binary = result.get("binary", {})
+    if "auc" in binary:
+        point = binary["at_threshold"]
+        print(
+            f"ROC AUC {binary['auc']:.4f}; at threshold {binary['threshold']:.3f} "
+            f"({binary['threshold_rule']}): NG recall {point['ng_recall']:.3f}, "
+            f"OK specificity {point['ok_specificity']:.3f}"
+        )
+    print(f"training {result['train_seconds']:.1f} s, peak memory {result['peak_rss_mb']:.0f} MB")
+    print(f"report: {run_dir / 'report.html'}\nbundle: {run_dir / 'bundle'}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a bundle on a labelled dataset folder (all of it, or a saved split part)."""
+    import numpy as np
+
+    from defectkit.data.formats import read_dataset
+    from defectkit.data.splits import load_manifest
+    from defectkit.inspect import Inspector
+    from defectkit.metrics import binary_metrics, classification_metrics
+    from defectkit.runs import write_json
+
+    inspector = Inspector(args.bundle)
+    dataset = read_dataset(args.data, args.format, args.label_mode)
+    samples = (
+        load_manifest(dataset, Path(args.split_manifest)).parts()[args.part]
+        if args.split_manifest
+        else dataset.samples
+    )
+    unknown = sorted({s.label for s in samples} - set(inspector.classes))
+    if unknown:
+        raise ConfigError(
+            f"{args.data} has labels {unknown} the model does not know "
+            f"({inspector.classes}); is it the right dataset?"
+        )
+    predictions = list(inspector.predict([s.image for s in samples]))
+    index = {c: i for i, c in enumerate(inspector.classes)}
+    targets = np.array([index[s.label] for s in samples])
+    predicted = np.array([index[p.label] for p in predictions])
+    result = classification_metrics(targets, predicted, inspector.classes)
+    if inspector.positive is not None:
+        k = index[inspector.positive]
+        scores = np.array([p.scores[inspector.positive] for p in predictions])
+        result["binary"] = {
+            key: value
+            for key, value in binary_metrics(targets == k, scores).items()
+            if key not in ("roc", "pr")
+        }
+    out = Path(args.out)
+    write_json(out, result)
+    print(
+        f"accuracy {result['accuracy']:.4f}  balanced {result['balanced_accuracy']:.4f}  "
+        f"macro F1 {result['macro_f1']:.4f} on {len(samples)} images -> {out}"
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from defectkit.inspect import Inspector, expand_inputs
+
+    inspector = Inspector(args.bundle)
+    out = Path(args.out)
+    errors: list[dict[str, str]] = []
+    count = 0
+    with open(out, "w", newline="") as handle:
+        writer = None
+        for prediction in tqdm(
+            inspector.predict(expand_inputs(args.inputs), args.batch_size, errors),
+            desc="predict",
+            unit="img",
+            disable=None,
+        ):
+            row = {
+                "image": prediction.image,
+                "label": prediction.label,
+                "ok": prediction.ok,
+                "ng_score": prediction.ng_score,
+                "threshold": prediction.threshold,
+                "scores": prediction.scores,
+            }
+            if out.suffix == ".jsonl":
+                handle.write(json.dumps(row) + "\n")
+            else:
+                flat = {
+                    **{k: v for k, v in row.items() if k != "scores"},
+                    **{f"score_{c}": f"{s:.6f}" for c, s in prediction.scores.items()},
+                }
+                if writer is None:
+                    writer = csv.DictWriter(handle, fieldnames=list(flat))
+                    writer.writeheader()
+                writer.writerow(flat)
+            count += 1
+    for error in errors:
+        print(f"skipped {error['image']}: {error['error']}", file=sys.stderr)
+    print(f"{count} image(s) -> {out}; {len(errors)} skipped")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Train and evaluate a classifier on data that needs no download: ELPV (pip) or synthetic."""
+    from defectkit.runs import new_run_dir
+    from defectkit.tasks import get_task
+
+    overrides = [f"out_dir={args.out}", *args.set]
+    if args.synthetic:
+        from defectkit.data.synthetic import make_classify_set
+
+        root = make_classify_set(
+            Path(tempfile.mkdtemp(prefix="defectkit-synthetic-")), per_class=40, size=96
+        )
+        config = load_config("synthetic_classify", [f"data.root={root}", *overrides])
+    else:
+        config = load_config("elpv_demo", overrides)
+    run_dir = new_run_dir(config)
+    print(f"demo: {config.data.root} -> {run_dir}")
+    result = get_task(config.task)(config, run_dir, False)
+    _print_result(result, run_dir)
+    return 0
+
+
+def _cmd_backbones(args: argparse.Namespace) -> int:
+    from defectkit.models.backbones import find_weights_file, list_backbones
+
+    for name in list_backbones():
+        try:
+            path, _ = find_weights_file(name) if args.find else (None, "")
+            where = str(path) if path else ("not found offline" if args.find else "")
+        except Exception as error:  # report every backbone, not just the first failure
+            where = f"not available: {error}"
+        print(f"{name:24s} {where}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="defectkit", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="look at a dataset folder").add_subparsers(
+        dest="data_command", required=True
+    )
+    inspect = data.add_parser("inspect", help="counts, sizes, broken files, duplicates, a grid")
+    inspect.add_argument("path")
+    inspect.add_argument("--format", default="auto")
+    inspect.add_argument("--label-mode", default="default")
+    inspect.add_argument("--out", default="data-inspect", help="folder for summary.json + grid")
+    inspect.set_defaults(func=_cmd_data_inspect)
+    data.add_parser("formats", help="the layouts defectkit reads").set_defaults(
+        func=_cmd_data_formats
+    )
+
+    train = commands.add_parser("train", help="train and evaluate a model; writes a run folder")
+    train.add_argument("--config", help="a YAML file or a shipped recipe name (neu_classify, ...)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=5",
+    )
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a bundle on a labelled dataset")
+    evaluate.add_argument("bundle")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--format", default="auto")
+    evaluate.add_argument("--label-mode", default="default")
+    evaluate.add_argument("--split-manifest", help="a run's split.json, to score one part of it")
+    evaluate.add_argument("--part", default="test", choices=("train", "val", "test"))
+    evaluate.add_argument("--out", default="eval.json")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    predict = commands.add_parser("predict", help="label images or folders with a bundle")
+    predict.add_argument("bundle")
+    predict.add_argument("inputs", nargs="+")
+    predict.add_argument("--out", default="predictions.csv", help=".csv or .jsonl")
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.set_defaults(func=_cmd_predict)
+
+    demo = commands.add_parser("demo", help="train on ELPV solar cells (pip) or synthetic data")
+    demo.add_argument("--synthetic", action="store_true", help="procedural images, no download")
+    demo.add_argument("--out", default="runs")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    demo.set_defaults(func=_cmd_demo)
+
+    backbones = commands.add_parser("backbones", help="backbones with known pretrained weights")
+    backbones.add_argument("--find", action="store_true", help="say where each weights file is")
+    backbones.set_defaults(func=_cmd_backbones)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s"
+    )
+    try:
+        return args.func(args)
+    except KeyboardInterrupt as interrupt:
+        print(f"\n{interrupt or 'interrupted'}", file=sys.stderr)
+        return 130
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
+        if args.verbose:
+            raise
+        print(f"defectkit: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

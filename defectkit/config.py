@@ -1,0 +1,215 @@
+"""Run configuration: frozen dataclasses with documented defaults, loaded from YAML,
+overridden by `--set section.key=value`, type-checked from the fields, written back to the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = ""  # dataset folder (or a reader's own root, e.g. "elpv" for the pip package)
+    format: str = "auto"  # a reader name from `defectkit data formats`, or auto-detect
+    label_mode: str = "default"  # reader-specific: ELPV "binary" (OK/NG) or "4class"
+    image_size: int = 224  # square side the network sees; images of any size are resized
+    cache_images: bool = True  # keep decoded images in RAM: decoding dominates small CPU runs
+    augment: str = "default"  # "default", "light" or "none" (see data/transforms.py)
+    num_workers: int = 0  # DataLoader workers; 0 is fastest on 2 cores with cached images
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    method: str = "stratified"  # stratified | grouped | kfold | manifest | official
+    test_fraction: float = 0.2  # PROTOCOLS.md: first int(0.8 n) of each class train
+    val_fraction: float = 0.1  # carved out of train only; 0 keeps the last epoch
+    seed: int = 0
+    folds: int = 5  # kfold only
+    fold: int = 0  # kfold only: which fold is the test part
+    stratify_by: tuple[str, ...] = ("label",)  # "label" and/or keys of Sample.meta (ELPV "type")
+    manifest: str = ""  # method=manifest: path of a split.json (or a run folder) to reuse
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "tf_efficientnet_lite0"  # any timm name; this one has offline weights
+    pretrained: bool = True  # ImageNet weights, resolved as models/backbones.py says
+    weights: str = ""  # explicit weights file, tried before cache / package / download
+    weights_sha256: str = ""  # expected sha256 of `weights`; checked when given
+    drop_rate: float = 0.2  # dropout before the classifier head
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    strategy: str = "finetune"  # scratch | frozen | finetune | freeze_then_unfreeze
+    unfreeze_epoch: int = 2  # freeze_then_unfreeze: epochs with the backbone frozen
+    init_from: str = ""  # warm start: an earlier run folder or checkpoint of this task
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    lr: float = 1e-3  # backbone learning rate; the head gets lr * head_lr_mult
+    head_lr_mult: float = 10.0  # a fresh head learns faster than pretrained features
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"  # cosine | step | exponential | constant
+    warmup_epochs: int = 0  # linear warm-up before the schedule
+    step_size: int = 5  # step schedule: epochs between decays
+    gamma: float = 0.1  # step / exponential decay factor
+    loss: str = "ce"  # ce | focal
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    class_weights: str = "none"  # none | balanced (inverse class frequency in the loss)
+    sampler: str = "none"  # none | oversample | undersample
+    early_stopping: int = 0  # patience in epochs on the validation loss; 0 = off
+    amp: bool = True  # mixed precision on CUDA; ignored on the CPU
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    positive: str = ""  # NG class for ROC and thresholds; "" = "ng" when present
+    threshold_rule: str = "youden"  # youden | recall | specificity
+    target: float = 0.95  # target NG recall or OK specificity for those rules
+    worst_k: int = 16  # mistakes shown in the report
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: str = "classify"
+    name: str = ""  # run folder name; "" = <task>-<timestamp>
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the dataclasses."""
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Turn a YAML or command-line value into the field's declared type."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(item).strip() for item in items if str(item).strip())
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if kind in (int, float):
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from None
+        if kind is int and isinstance(value, float) and value != number:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return number
+    if kind is str:
+        return "" if value is None else str(value)
+    raise ConfigError(f"{where}: unsupported field type {kind}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"known keys here: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name}: expected a mapping of keys")
+            kwargs[name] = _build(kind, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, kind, prefix + name)
+    return cls(**kwargs)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["train.lr=0.01", "data.root=/x"]` -> nested dict."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: write it as section.key=value, e.g. train.lr=0.01")
+        dotted, value = pair.split("=", 1)
+        node = nested
+        *parents, leaf = dotted.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value) if value.strip() else ""
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """A YAML path, or the name of a recipe shipped in defectkit/configs."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / f"{name_or_path.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise ConfigError(f"config {name_or_path!r} is neither a file nor a shipped recipe ({names})")
+
+
+def load_config(source: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML recipe <- `--set` overrides, checked against the dataclasses."""
+    values: dict[str, Any] = {}
+    if source:
+        path = resolve_recipe(source)
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        values = loaded
+    values = _merge(values, parse_overrides(overrides or []))
+    return _build(RunConfig, values, "")
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    return {
+        key: {k: plain(v) for k, v in value.items()} if isinstance(value, dict) else value
+        for key, value in dataclasses.asdict(config).items()
+    }
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    return _build(RunConfig, values, "")
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

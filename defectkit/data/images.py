@@ -1,0 +1,79 @@
+"""Reading images safely (greyscale or colour alike) and serving them as a torch Dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as F
+
+from defectkit.data.formats import DatasetError
+from defectkit.data.samples import Sample
+
+
+def load_image(path: Path) -> Image.Image:
+    """An RGB image: greyscale, palette and 16-bit files become 3 channels, so any backbone fits.
+
+    A corrupt or truncated file raises a DatasetError that names it.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I", "F"):
+                array = np.asarray(image, dtype=np.float32)
+                span = float(array.max() - array.min()) or 1.0
+                image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8))
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise DatasetError(
+            f"cannot read image {path} ({error}): the file is corrupt or "
+            "truncated; replace it or remove it from the dataset"
+        ) from None
+
+
+def image_tensor(path: Path) -> torch.Tensor:
+    """uint8 CHW tensor of the RGB image."""
+    return F.pil_to_tensor(load_image(path))
+
+
+class ImageDataset(Dataset):
+    """Samples -> (image tensor, class index). Decoded images can be kept in RAM: on a small
+    CPU box decoding costs more than augmenting."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        classes: Sequence[str],
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        cache: bool = False,
+    ):
+        self.samples = list(samples)
+        self.index = {name: i for i, name in enumerate(classes)}
+        unknown = {s.label for s in self.samples} - set(self.index)
+        if unknown:
+            raise DatasetError(
+                f"labels {sorted(map(str, unknown))} are not among the model's "
+                f"classes {list(classes)}"
+            )
+        self.transform = transform
+        self.cache: dict[int, torch.Tensor] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def raw(self, i: int) -> torch.Tensor:
+        if self.cache is None:
+            return image_tensor(self.samples[i].image)
+        if i not in self.cache:
+            self.cache[i] = image_tensor(self.samples[i].image)
+        return self.cache[i]
+
+    def targets(self) -> list[int]:
+        return [self.index[s.label] for s in self.samples]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.raw(i)), self.index[self.samples[i].label]

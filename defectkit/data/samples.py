@@ -1,0 +1,59 @@
+"""The Sample record every reader produces and every task consumes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in pixels of the original image, with its class name."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    label: str = "defect"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and what is known about it.
+
+    `label` is the image-level class (a defect type, "ok"/"ng", or "good" for anomaly data);
+    `mask` a pixel mask (non-zero = defect); `reference` an aligned defect-free image of the
+    same part (DeepPCB template); `group` keeps near-duplicates on one side of a split;
+    `meta` holds reader-specific facts (ELPV cell type, defect probability).
+    """
+
+    image: Path
+    label: str | None = None
+    mask: Path | None = None
+    boxes: tuple[Box, ...] = ()
+    reference: Path | None = None
+    group: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def key(self, name: str) -> str:
+        """A stratification key: "label" or a meta field."""
+        return str(self.label) if name == "label" else str(self.meta.get(name, ""))
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """The samples of one dataset, with the layout that produced them and the class order."""
+
+    root: Path
+    layout: str
+    samples: tuple[Sample, ...]
+    classes: tuple[str, ...]
+
+    def counts(self) -> dict[str, int]:
+        counter = Counter(s.label for s in self.samples)
+        return {name: counter.get(name, 0) for name in self.classes}
+
+    def __len__(self) -> int:
+        return len(self.samples)

@@ -1,0 +1,172 @@
+"""Seeded train / val / test splits: stratified, grouped, k-fold, official, or a saved manifest.
+
+"Shuffle with seed s" means what PROTOCOLS.md says: sort by path, then
+`random.Random(s).shuffle`, so that a split made today is the split made next month.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from defectkit.config import SplitConfig
+from defectkit.data.formats import DatasetError
+from defectkit.data.samples import Sample, SampleSet
+
+
+@dataclass(frozen=True)
+class Split:
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+    test: tuple[Sample, ...]
+
+    def parts(self) -> dict[str, tuple[Sample, ...]]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def _shuffled(samples: Sequence[Sample], seed: int) -> list[Sample]:
+    ordered = sorted(samples, key=lambda s: str(s.image))
+    random.Random(seed).shuffle(ordered)
+    return ordered
+
+
+def _strata(samples: Sequence[Sample], keys: Sequence[str]) -> dict[tuple[str, ...], list[Sample]]:
+    strata: dict[tuple[str, ...], list[Sample]] = defaultdict(list)
+    for sample in samples:
+        strata[tuple(sample.key(k) for k in keys)].append(sample)
+    return dict(sorted(strata.items()))
+
+
+def stratified_split(
+    samples: Sequence[Sample], first_fraction: float, seed: int, keys: Sequence[str] = ("label",)
+) -> tuple[list[Sample], list[Sample]]:
+    """Per stratum: shuffle with `seed`, the first int(first_fraction * n) go to the first part."""
+    first, rest = [], []
+    for members in _strata(samples, keys).values():
+        ordered = _shuffled(members, seed)
+        cut = int(first_fraction * len(ordered))
+        first += ordered[:cut]
+        rest += ordered[cut:]
+    return first, rest
+
+
+def grouped_split(
+    samples: Sequence[Sample], first_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Whole groups go to one side, so near-duplicates never straddle train and test."""
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        groups[sample.group or str(sample.image)].append(sample)
+    names = sorted(groups)
+    random.Random(seed).shuffle(names)
+    target = first_fraction * len(samples)
+    first: list[Sample] = []
+    rest: list[Sample] = []
+    for name in names:
+        (first if len(first) < target else rest).extend(groups[name])
+    return first, rest
+
+
+def kfold_split(
+    samples: Sequence[Sample], folds: int, fold: int, seed: int, keys: Sequence[str] = ("label",)
+) -> tuple[list[Sample], list[Sample]]:
+    """Stratified k-fold: in each stratum the i-th shuffled sample lands in fold i % folds."""
+    if not 0 <= fold < folds:
+        raise DatasetError(f"split.fold={fold} is outside 0..{folds - 1}")
+    train, test = [], []
+    for members in _strata(samples, keys).values():
+        for i, sample in enumerate(_shuffled(members, seed)):
+            (test if i % folds == fold else train).append(sample)
+    return train, test
+
+
+def _official(samples: Sequence[Sample]) -> tuple[list[Sample], list[Sample]]:
+    train = [s for s in samples if s.meta.get("split") == "train"]
+    test = [s for s in samples if s.meta.get("split") == "test"]
+    if not train or not test:
+        raise DatasetError(
+            "split.method=official needs a layout with its own split lists "
+            "(MVTec AD, DeepPCB); use stratified for this dataset"
+        )
+    return train, test
+
+
+def make_split(dataset: SampleSet, config: SplitConfig) -> Split:
+    """The split a config asks for; validation is always carved out of train only."""
+    samples = dataset.samples
+    if config.method == "manifest":
+        return load_manifest(dataset, Path(config.manifest))
+    if config.method == "stratified":
+        train, test = stratified_split(
+            samples, 1 - config.test_fraction, config.seed, config.stratify_by
+        )
+    elif config.method == "grouped":
+        train, test = grouped_split(samples, 1 - config.test_fraction, config.seed)
+    elif config.method == "kfold":
+        train, test = kfold_split(
+            samples, config.folds, config.fold, config.seed, config.stratify_by
+        )
+    elif config.method == "official":
+        train, test = _official(samples)
+    else:
+        raise DatasetError(
+            f"unknown split.method {config.method!r}; use stratified, grouped, "
+            "kfold, official or manifest"
+        )
+    val: list[Sample] = []
+    if config.val_fraction > 0:
+        if config.method == "grouped":
+            train, val = grouped_split(train, 1 - config.val_fraction, config.seed)
+        else:
+            train, val = stratified_split(
+                train, 1 - config.val_fraction, config.seed, config.stratify_by
+            )
+    return Split(tuple(train), tuple(val), tuple(test))
+
+
+def _relative(sample: Sample, root: Path) -> str:
+    try:
+        return str(sample.image.relative_to(root))
+    except ValueError:
+        return str(sample.image)
+
+
+def save_manifest(split: Split, dataset: SampleSet, path: Path, config: SplitConfig) -> None:
+    """split.json: image paths relative to the dataset root, per part, with how they were made."""
+    payload = {
+        "root": str(dataset.root),
+        "layout": dataset.layout,
+        "method": config.method,
+        "seed": config.seed,
+        **{
+            part: sorted(_relative(s, dataset.root) for s in members)
+            for part, members in split.parts().items()
+        },
+    }
+    path.write_text(json.dumps(payload, indent=1))
+
+
+def load_manifest(dataset: SampleSet, path: Path) -> Split:
+    """Reuse a saved split (a split.json, or the run folder holding one) on the same dataset."""
+    if path.is_dir():
+        path = path / "split.json"
+    if not path.is_file():
+        raise DatasetError(
+            f"split manifest {path} does not exist; give a run folder or the split.json a run wrote"
+        )
+    payload = json.loads(path.read_text())
+    by_path = {_relative(s, dataset.root): s for s in dataset.samples}
+    parts = {}
+    for part in ("train", "val", "test"):
+        missing = [p for p in payload.get(part, []) if p not in by_path]
+        if missing:
+            raise DatasetError(
+                f"{path} names {len(missing)} image(s) not in {dataset.root}, "
+                f"e.g. {missing[0]}: is this the dataset the split was made on?"
+            )
+        parts[part] = tuple(by_path[p] for p in payload.get(part, []))
+    return Split(**parts)

@@ -1,0 +1,116 @@
+"""Run a fitted model over a split and turn its predictions into metrics and a CSV."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from defectkit.config import RunConfig
+from defectkit.data.images import ImageDataset
+from defectkit.engine.train import predict_logits
+from defectkit.metrics import binary_metrics, choose_threshold, classification_metrics
+
+
+def positive_class(classes: Sequence[str], requested: str = "") -> str | None:
+    """The NG class of a two-class problem: the one asked for, else "ng" when present."""
+    if requested:
+        if requested not in classes:
+            raise ValueError(
+                f"eval.positive={requested!r} is not a class; classes: {list(classes)}"
+            )
+        return requested
+    lowered = [c.lower() for c in classes]
+    for name in ("ng", "defect", "bad", "nok"):
+        if name in lowered:
+            return classes[lowered.index(name)]
+    return None
+
+
+def evaluate_classifier(
+    model: nn.Module,
+    test_set: ImageDataset,
+    device: torch.device,
+    config: RunConfig,
+    run_dir: Path,
+    val_set: ImageDataset | None = None,
+) -> dict[str, Any]:
+    """Metrics on the test split, plus predictions.csv and the worst mistakes for the report.
+    An OK/NG threshold is chosen on the validation images when there are any (so the test
+    numbers at that threshold are honest), else on the test images, and says which."""
+    classes = list(test_set.index)
+    loader = DataLoader(test_set, batch_size=32, num_workers=config.data.num_workers)
+    if test_set.cache is not None:
+        for i in range(len(test_set)):  # decode first, so the timed pass measures the model
+            test_set.raw(i)
+    tick = time.perf_counter()
+    logits, targets = predict_logits(model, loader, device)
+    seconds = time.perf_counter() - tick
+    probs = logits.softmax(1).numpy()
+    targets_np = targets.numpy()
+    predictions = probs.argmax(1)
+    result: dict[str, Any] = {
+        "split_size": len(test_set),
+        "images_per_second": len(test_set) / seconds if seconds else 0.0,
+        **classification_metrics(targets_np, predictions, classes),
+    }
+    positive = positive_class(classes, config.eval.positive)
+    if positive is not None and len(classes) == 2:
+        k = classes.index(positive)
+        rule, target = config.eval.threshold_rule, config.eval.target
+        threshold, chosen_on = None, "test"
+        if val_set is not None and len({s.label for s in val_set.samples}) == 2:
+            val_logits, val_targets = predict_logits(model, DataLoader(val_set, 32), device)
+            val_scores = val_logits.softmax(1)[:, k].numpy()
+            threshold = choose_threshold(val_targets.numpy() == k, val_scores, rule, target)
+            chosen_on = "validation"
+        result["positive"] = positive
+        result["binary"] = binary_metrics(targets_np == k, probs[:, k], rule, target, threshold)
+        result["binary"]["threshold_chosen_on"] = chosen_on
+    write_predictions(run_dir / "predictions.csv", test_set, probs, classes)
+    result["worst_mistakes"] = worst_mistakes(test_set, probs, targets_np, config.eval.worst_k)
+    return result
+
+
+def write_predictions(
+    path: Path, dataset: ImageDataset, probs: np.ndarray, classes: list[str]
+) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label", "predicted", "confidence", *classes])
+        for sample, row in zip(dataset.samples, probs, strict=True):
+            writer.writerow(
+                [
+                    str(sample.image),
+                    sample.label,
+                    classes[int(row.argmax())],
+                    f"{row.max():.6f}",
+                    *(f"{p:.6f}" for p in row),
+                ]
+            )
+
+
+def worst_mistakes(
+    dataset: ImageDataset, probs: np.ndarray, targets: np.ndarray, k: int
+) -> list[dict[str, Any]]:
+    """Wrong predictions, the most confident first: what an engineer should look at."""
+    classes = list(dataset.index)
+    predicted = probs.argmax(1)
+    wrong = np.nonzero(predicted != targets)[0]
+    order = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:k]
+    return [
+        {
+            "image": str(dataset.samples[i].image),
+            "label": classes[targets[i]],
+            "predicted": classes[predicted[i]],
+            "confidence": float(probs[i, predicted[i]]),
+        }
+        for i in order
+    ]

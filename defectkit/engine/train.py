@@ -1,0 +1,191 @@
+"""The training loop shared by the supervised tasks: optimiser, schedule, sampler,
+one epoch at a time, atomic checkpoints that carry their config, and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler, WeightedRandomSampler
+from tqdm.auto import tqdm
+
+from defectkit.config import TrainConfig
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use auto or cpu")
+    return torch.device(name)
+
+
+def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    raise ValueError(f"unknown train.optimizer {config.optimizer!r}; use adamw, adam or sgd")
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step multiplier: linear warm-up, then cosine / step / exponential / constant."""
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = config.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        epoch = step / steps_per_epoch
+        if config.schedule == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if config.schedule == "step":
+            return config.gamma ** int(epoch // config.step_size)
+        if config.schedule == "exponential":
+            return config.gamma**epoch
+        if config.schedule == "constant":
+            return 1.0
+        raise ValueError(
+            f"unknown train.schedule {config.schedule!r}; use cosine, step, exponential or constant"
+        )
+
+    factor(0)  # fail on a bad name now, not after the first epoch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class UndersampleSampler(Sampler[int]):
+    """Each epoch, every class contributes as many (fresh, random) samples as the rarest one."""
+
+    def __init__(self, targets: Sequence[int], seed: int):
+        self.by_class: dict[int, list[int]] = {}
+        for index, target in enumerate(targets):
+            self.by_class.setdefault(target, []).append(index)
+        self.per_class = min(len(v) for v in self.by_class.values())
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.per_class * len(self.by_class)
+
+    def __iter__(self) -> Iterator[int]:
+        chosen = []
+        for members in self.by_class.values():
+            picks = torch.randperm(len(members), generator=self.generator)[: self.per_class]
+            chosen += [members[i] for i in picks.tolist()]
+        order = torch.randperm(len(chosen), generator=self.generator).tolist()
+        return iter([chosen[i] for i in order])
+
+
+def make_sampler(kind: str, targets: Sequence[int], seed: int) -> Sampler[int] | None:
+    if kind == "none":
+        return None
+    if kind == "oversample":
+        counts = np.bincount(targets)
+        weights = 1.0 / counts[np.asarray(targets)]
+        generator = torch.Generator().manual_seed(seed)
+        return WeightedRandomSampler(
+            weights.tolist(), num_samples=len(targets), replacement=True, generator=generator
+        )
+    if kind == "undersample":
+        return UndersampleSampler(targets, seed)
+    raise ValueError(f"unknown train.sampler {kind!r}; use none, oversample or undersample")
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    device: torch.device,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    before_step: Callable[[nn.Module], None] | None = None,
+    description: str = "train",
+) -> dict[str, float]:
+    """One pass over `loader`; returns mean loss and accuracy over the samples seen."""
+    model.train()
+    if before_step is not None:
+        before_step(model)
+    total_loss, correct, seen = 0.0, 0, 0
+    autocast = (
+        torch.autocast(device.type, dtype=torch.float16)
+        if scaler is not None
+        else contextlib.nullcontext()
+    )
+    bar = tqdm(
+        loader, desc=description, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None
+    )  # None: no bar when the output is not a terminal
+    for inputs, targets in bar:
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device)
+        with autocast:
+            logits = model(inputs)
+            loss = loss_fn(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+        total_loss += loss.item() * len(targets)
+        correct += (logits.argmax(1) == targets).sum().item()
+        seen += len(targets)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+    return {"loss": total_loss / max(1, seen), "accuracy": correct / max(1, seen)}
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, loader: DataLoader, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) of every sample in loader order."""
+    model.eval()
+    outputs, targets = [], []
+    for inputs, target in loader:
+        outputs.append(model(inputs.to(device)).float().cpu())
+        targets.append(torch.as_tensor(target))
+    if not outputs:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(outputs), torch.cat(targets)
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write to a temporary name, then rename: an interruption never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint of ours, loaded without unpickling arbitrary objects."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path} is not a defectkit checkpoint ({error})") from None
+    if not isinstance(payload, dict) or "model" not in payload or "task" not in payload:
+        raise ValueError(f"{path} is not a defectkit checkpoint (no model/task entries)")
+    return payload

@@ -1,0 +1,220 @@
+"""Plots (learning curves, confusion matrix, ROC / PR, mistakes, sample grids) and the
+self-contained report.html of a run: images are embedded, so the file can be mailed."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import yaml
+
+from defectkit.config import RunConfig, config_to_dict
+from defectkit.data.images import load_image
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_learning_curves(history: list[dict], path: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    epochs = [h["epoch"] for h in history]
+    for key, axis in (("loss", axes[0]), ("accuracy", axes[1])):
+        axis.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        if history and f"val_{key}" in history[0]:
+            axis.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="validation")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(key)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    return _save(fig, path)
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path) -> Path:
+    values = np.asarray(matrix)
+    size = max(4.0, 0.7 * len(classes) + 2)
+    fig, axis = plt.subplots(figsize=(size, size * 0.85))
+    axis.imshow(values, cmap="Blues")
+    for (i, j), count in np.ndenumerate(values):
+        colour = "white" if count > values.max() / 2 else "black"
+        axis.text(j, i, str(count), ha="center", va="center", color=colour)
+    axis.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    return _save(fig, path)
+
+
+def plot_roc_pr(binary: dict[str, Any], path: Path) -> Path:
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4))
+    roc.plot(binary["roc"]["fpr"], binary["roc"]["tpr"], label=f"AUC {binary['auc']:.4f}")
+    roc.plot([0, 1], [0, 1], "k--", alpha=0.4)
+    point = binary["at_threshold"]
+    roc.plot(
+        1 - point["ok_specificity"],
+        point["ng_recall"],
+        "ro",
+        label=f"{binary['threshold_rule']} threshold {binary['threshold']:.3f}",
+    )
+    roc.set_xlabel("false alarm rate (1 - OK specificity)")
+    roc.set_ylabel("NG recall")
+    pr.plot(
+        binary["pr"]["recall"],
+        binary["pr"]["precision"],
+        label=f"AP {binary['average_precision']:.4f}",
+    )
+    pr.set_xlabel("NG recall")
+    pr.set_ylabel("NG precision")
+    for axis in (roc, pr):
+        axis.grid(alpha=0.3)
+        axis.legend(loc="lower right" if axis is roc else "lower left")
+    return _save(fig, path)
+
+
+def plot_image_grid(
+    items: Sequence[tuple[Path, str]], path: Path, columns: int = 6, thumb: int = 128
+) -> Path:
+    """Thumbnails with a caption each (worst mistakes, samples per class)."""
+    rows = max(1, -(-len(items) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.1), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (image_path, caption) in zip(axes.flat, items, strict=False):
+        image = load_image(Path(image_path))
+        image.thumbnail((thumb, thumb))
+        axis.imshow(np.asarray(image))
+        axis.set_title(caption, fontsize=7)
+    return _save(fig, path)
+
+
+def _embed(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:right}th{background:#f3f3f3}h2{border-bottom:2px solid #eee;margin-top:1.6em}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}.big{font-size:1.4em}"""
+
+
+def write_classify_report(
+    run_dir: Path, config: RunConfig, summary: dict, history: list[dict], result: dict[str, Any]
+) -> Path:
+    plots = run_dir / "plots"
+    classes = list(result["per_class"])
+    parts = [
+        f"<h1>defectkit classify: {html.escape(run_dir.name)}</h1>",
+        f"<p class=big>test accuracy <b>{result['accuracy']:.4f}</b> · balanced accuracy "
+        f"{result['balanced_accuracy']:.4f} · macro F1 {result['macro_f1']:.4f} · "
+        f"{result['split_size']} test images</p>",
+    ]
+    counts = summary["counts"]
+    parts += [
+        "<h2>Data</h2>",
+        f"<p>{html.escape(summary['root'])} ({html.escape(summary['layout'])} layout)</p>",
+        _table([[c, *(counts[p][c] for p in counts)] for c in classes], ["class", *counts]),
+    ]
+    if history:
+        parts += [
+            "<h2>Learning curves</h2>",
+            _embed(plot_learning_curves(history, plots / "learning_curves.png")),
+        ]
+    parts += [
+        "<h2>Test metrics</h2>",
+        _table(
+            [
+                [c, m["precision"], m["recall"], m["f1"], m["support"]]
+                for c, m in result["per_class"].items()
+            ],
+            ["class", "precision", "recall", "F1", "support"],
+        ),
+        _embed(plot_confusion(result["confusion_matrix"], classes, plots / "confusion_matrix.png")),
+    ]
+    binary = result.get("binary")
+    if binary and "auc" in binary:
+        rows = [
+            [
+                name,
+                p["threshold"],
+                p["ng_recall"],
+                p["ok_specificity"],
+                p["ng_precision"],
+                p["ng_f1"],
+            ]
+            for name, p in (
+                ("chosen: " + binary["threshold_rule"], binary["at_threshold"]),
+                ("0.5", binary["at_0.5"]),
+                ("95% OK specificity", binary["at_95_specificity"]),
+            )
+        ]
+        parts += [
+            f"<h2>OK / NG ({html.escape(result['positive'])} is NG)</h2>",
+            f"<p>ROC AUC {binary['auc']:.4f} · average precision "
+            f"{binary['average_precision']:.4f}</p>",
+            _table(
+                rows,
+                [
+                    "operating point",
+                    "threshold",
+                    "NG recall",
+                    "OK specificity",
+                    "NG precision",
+                    "NG F1",
+                ],
+            ),
+            _embed(plot_roc_pr(binary, plots / "roc_pr.png")),
+        ]
+    mistakes = result.get("worst_mistakes", [])
+    parts.append("<h2>Worst mistakes</h2>")
+    if mistakes:
+        items = [
+            (Path(m["image"]), f"{m['label']} → {m['predicted']} {m['confidence']:.2f}")
+            for m in mistakes
+        ]
+        parts.append(_embed(plot_image_grid(items, plots / "worst_mistakes.png")))
+    else:
+        parts.append("<p>none: every test image was classified correctly.</p>")
+    timing = [
+        ["training wall time (s)", result.get("train_seconds", 0.0)],
+        ["whole run (s)", result.get("total_seconds", 0.0)],
+        ["inference images/s", result.get("images_per_second", 0.0)],
+        ["peak memory (MB RSS)", result.get("peak_rss_mb", 0.0)],
+        ["device", result.get("device", "")],
+        ["epochs", result.get("epochs_run", 0)],
+    ]
+    parts += [
+        "<h2>Timing and memory</h2>",
+        _table(timing, ["what", "value"]),
+        "<h2>Configuration</h2>",
+        f"<pre>{html.escape(yaml.safe_dump(config_to_dict(config), sort_keys=False))}</pre>",
+        f"<p>weights: {html.escape(str(result.get('weights', {})))}</p>",
+    ]
+    page = (
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(run_dir.name)}</title>"
+        f"<style>{STYLE}</style>" + "\n".join(parts)
+    )
+    path = run_dir / "report.html"
+    path.write_text(page)
+    return path

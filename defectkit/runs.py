@@ -1,0 +1,53 @@
+"""The run folder: one folder per run holding everything it made, written so that an
+interruption never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from defectkit.config import RunConfig
+
+
+def new_run_dir(config: RunConfig) -> Path:
+    name = config.name or f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = Path(config.out_dir) / name
+    if (path / "checkpoints" / "last.pt").exists():
+        raise FileExistsError(
+            f"run folder {path} already holds a run: resume it with "
+            f"`defectkit train --resume {path}` or choose another name"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json(path: Path, payload: Any) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=1, default=str))
+    os.replace(temporary, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
+def machine_summary() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{platform.machine()} {os.cpu_count()} cores, {gpu}, python "
+        f"{platform.python_version()}, torch {torch.__version__}"
+    )

@@ -1,0 +1,354 @@
+"""The classify task: images labelled by defect type (or OK/NG) -> a trained, evaluated,
+bundled classifier. Reads top to bottom as the pipeline in DESIGN.md."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from defectkit import bundle, report
+from defectkit.config import RunConfig, config_to_dict, save_config
+from defectkit.data.formats import DatasetError, read_dataset
+from defectkit.data.images import ImageDataset
+from defectkit.data.splits import Split, load_manifest, make_split, save_manifest
+from defectkit.data.transforms import eval_transform, train_transform
+from defectkit.engine import evaluate
+from defectkit.engine.losses import balanced_class_weights, make_loss
+from defectkit.engine.train import (
+    load_checkpoint,
+    make_optimizer,
+    make_sampler,
+    make_schedule,
+    pick_device,
+    predict_logits,
+    save_checkpoint,
+    seed_everything,
+    train_one_epoch,
+)
+from defectkit.models.classifier import (
+    STRATEGIES,
+    build_classifier,
+    head_of,
+    keep_frozen_bn_in_eval,
+    parameter_groups,
+    set_backbone_trainable,
+)
+from defectkit.runs import peak_rss_mb, write_json
+from defectkit.tasks import register_task
+
+log = logging.getLogger(__name__)
+
+
+def check_split(split: Split, classes: tuple[str, ...]) -> None:
+    missing = [c for c in classes if not any(s.label == c for s in split.train)]
+    if missing:
+        raise DatasetError(
+            f"class(es) {missing} have no training images after the split: add "
+            "images, lower split.test_fraction, or remove the class"
+        )
+
+
+def warm_start(model: nn.Module, source: str, backbone: str, classes: tuple[str, ...]) -> str:
+    """Load an earlier classify run's weights: the whole trunk, the head only if the classes
+    match (train on one defect set, transfer to another)."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "checkpoints" / "best.pt"
+        if not path.exists():
+            path = path.with_name("last.pt")
+    checkpoint = load_checkpoint(path)
+    if checkpoint["task"] != "classify":
+        raise ValueError(
+            f"{path} is a {checkpoint['task']} checkpoint; warm start of a "
+            "classifier needs a classify run"
+        )
+    theirs = checkpoint["config"]["model"]["backbone"]
+    if theirs != backbone:
+        raise ValueError(
+            f"{path} was trained with backbone {theirs}, this run uses {backbone}: "
+            f"set model.backbone={theirs} to warm start from it"
+        )
+    own = model.state_dict()
+    state = {k: v for k, v in checkpoint["model"].items() if k in own and v.shape == own[k].shape}
+    same_classes = tuple(checkpoint.get("classes", ())) == classes
+    if not same_classes:
+        head = {f"{n}" for n, _ in model.named_parameters() if n.startswith(_head_prefix(model))}
+        state = {k: v for k, v in state.items() if k not in head}
+    model.load_state_dict(state, strict=False)
+    return f"{path} ({len(state)} tensors{', head kept' if same_classes else ', new head'})"
+
+
+def _head_prefix(model: nn.Module) -> str:
+    return model.default_cfg.get("classifier", "classifier")
+
+
+@torch.inference_mode()
+def extract_features(
+    model: nn.Module, loader: DataLoader, device: torch.device, description: str
+) -> TensorDataset:
+    """Pooled backbone features, computed once: with a frozen backbone, every epoch would
+    recompute the same numbers (the seeds' "feature extraction")."""
+    model.eval()
+    features, targets = [], []
+    for inputs, target in tqdm(
+        loader, desc=description, leave=False, dynamic_ncols=True, disable=None
+    ):
+        pooled = model.forward_head(model.forward_features(inputs.to(device)), pre_logits=True)
+        features.append(pooled.float().cpu())
+        targets.append(torch.as_tensor(target))
+    return TensorDataset(torch.cat(features), torch.cat(targets))
+
+
+def _loader(dataset, batch_size: int, config: RunConfig, sampler=None, shuffle=False):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=shuffle and sampler is None,
+        num_workers=config.data.num_workers,
+        persistent_workers=config.data.num_workers > 0,
+    )
+
+
+@register_task("classify")
+def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict:
+    tc = config.train
+    if tc.strategy not in STRATEGIES:
+        raise ValueError(f"unknown train.strategy {tc.strategy!r}; use one of {STRATEGIES}")
+    seed_everything(tc.seed)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = pick_device(tc.device)
+    started = time.perf_counter()
+
+    # dataset on disk -> Samples -> train / val / test
+    dataset = read_dataset(config.data.root, config.data.format, config.data.label_mode)
+    manifest = run_dir / "split.json"
+    split = load_manifest(dataset, manifest) if resume else make_split(dataset, config.split)
+    check_split(split, dataset.classes)
+    save_manifest(split, dataset, manifest, config.split)
+    save_config(config, run_dir / "config.yaml")
+    summary = {
+        "root": str(dataset.root),
+        "layout": dataset.layout,
+        "classes": dataset.classes,
+        "counts": {
+            part: {c: sum(s.label == c for s in members) for c in dataset.classes}
+            for part, members in split.parts().items()
+        },
+    }
+    write_json(run_dir / "data_summary.json", summary)
+    log.info(
+        "%s: %s layout, %d images, classes %s; train %d / val %d / test %d",
+        dataset.root,
+        dataset.layout,
+        len(dataset),
+        ", ".join(dataset.classes),
+        len(split.train),
+        len(split.val),
+        len(split.test),
+    )
+
+    # model, with pretrained or warm-started weights and the strategy's frozen parts
+    classes = dataset.classes
+    model, weights_info, prep = build_classifier(
+        config.model, len(classes), pretrained=config.model.pretrained and tc.strategy != "scratch"
+    )
+    if tc.init_from:
+        weights_info["warm_start"] = warm_start(model, tc.init_from, config.model.backbone, classes)
+    model.to(device)
+    frozen_now = tc.strategy == "frozen" or (
+        tc.strategy == "freeze_then_unfreeze" and tc.unfreeze_epoch > 0
+    )
+    set_backbone_trainable(model, not frozen_now)
+
+    size = config.data.image_size
+    eval_tf = eval_transform(
+        size=size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation
+    )
+    train_tf = train_transform(
+        size=size,
+        mean=prep.mean,
+        std=prep.std,
+        interpolation=prep.interpolation,
+        preset=config.data.augment,
+    )
+    cache = config.data.cache_images
+    train_set = ImageDataset(split.train, classes, train_tf, cache)
+    val_set = ImageDataset(split.val, classes, eval_tf, cache)
+    test_set = ImageDataset(split.test, classes, eval_tf, cache)
+    targets = train_set.targets()
+    weight = (
+        balanced_class_weights(targets, len(classes)).to(device)
+        if tc.class_weights == "balanced"
+        else None
+    )
+    loss_fn = make_loss(
+        tc.loss, weight=weight, label_smoothing=tc.label_smoothing, focal_gamma=tc.focal_gamma
+    ).to(device)
+    sampler = make_sampler(tc.sampler, targets, tc.seed)
+
+    feature_seconds = 0.0  # frozen strategy: the one pass that computes the features
+    if tc.strategy == "frozen":
+        # train the head alone on features computed once; the model keeps that head
+        tick = time.perf_counter()
+        feature_train = extract_features(
+            model,
+            _loader(ImageDataset(split.train, classes, eval_tf, cache), 64, config),
+            device,
+            "features train",
+        )
+        val_features = (
+            extract_features(model, _loader(val_set, 64, config), device, "features val")
+            if len(val_set)
+            else None
+        )
+        feature_seconds = time.perf_counter() - tick
+        trained: nn.Module = nn.Sequential(nn.Dropout(config.model.drop_rate), head_of(model))
+        train_loader = _loader(feature_train, tc.batch_size, config, sampler, shuffle=True)
+        val_loader = _loader(val_features, 256, config) if val_features is not None else None
+        before_step = None
+    else:
+        trained = model
+        train_loader = _loader(train_set, tc.batch_size, config, sampler, shuffle=True)
+        val_loader = _loader(val_set, 64, config) if len(val_set) else None
+        before_step = keep_frozen_bn_in_eval
+
+    optimizer = make_optimizer(parameter_groups(model, tc.lr, tc.head_lr_mult, tc.weight_decay), tc)
+    schedule = make_schedule(optimizer, tc, len(train_loader))
+    scaler = torch.amp.GradScaler() if tc.amp and device.type == "cuda" else None
+
+    history: list[dict] = []
+    start_epoch, best_loss, stale = 0, float("inf"), 0
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        history, best_loss, stale = state["history"], state["best_loss"], state["stale"]
+        start_epoch = state["epoch"] + 1
+        log.info("resumed %s at epoch %d of %d", run_dir, start_epoch + 1, tc.epochs)
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    train_seconds = feature_seconds + sum(h["seconds"] for h in history)
+    try:
+        for epoch in range(start_epoch, tc.epochs):
+            if tc.strategy == "freeze_then_unfreeze" and epoch >= tc.unfreeze_epoch:
+                set_backbone_trainable(model, True)
+            tick = time.perf_counter()
+            stats = train_one_epoch(
+                trained,
+                train_loader,
+                loss_fn,
+                optimizer,
+                schedule,
+                device,
+                scaler=scaler,
+                before_step=before_step,
+                description=f"epoch {epoch + 1}/{tc.epochs}",
+            )
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": stats["loss"],
+                "train_accuracy": stats["accuracy"],
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            if val_loader is not None:
+                logits, val_targets = predict_logits(trained, val_loader, device)
+                row["val_loss"] = float(nn.functional.cross_entropy(logits, val_targets))
+                row["val_accuracy"] = float((logits.argmax(1) == val_targets).float().mean())
+            row["seconds"] = time.perf_counter() - tick
+            train_seconds += row["seconds"]
+            history.append(row)
+            for key, value in row.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, epoch + 1)
+            monitored = row.get("val_loss", -epoch)  # no validation: the latest epoch is best
+            improved = monitored < best_loss
+            best_loss, stale = (monitored, 0) if improved else (best_loss, stale + 1)
+            payload = {
+                "task": "classify",
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "history": history,
+                "best_loss": best_loss,
+                "stale": stale,
+                "classes": list(classes),
+                "config": config_to_dict(config),
+            }
+            save_checkpoint(last_path, payload)
+            if improved:
+                save_checkpoint(
+                    best_path,
+                    {k: payload[k] for k in ("task", "model", "epoch", "classes", "config")},
+                )
+            tqdm.write(_epoch_line(row, tc.epochs))
+            _write_history(run_dir / "history.csv", history)
+            if tc.early_stopping and stale >= tc.early_stopping:
+                tqdm.write(f"early stop: no better validation loss for {stale} epochs")
+                break
+    except KeyboardInterrupt:
+        writer.close()
+        raise KeyboardInterrupt(
+            f"interrupted; resume with: defectkit train --resume {run_dir}"
+        ) from None
+    writer.close()
+
+    # evaluate the best weights on the test split, write metrics, report and bundle
+    model.load_state_dict(load_checkpoint(best_path)["model"])
+    result = evaluate.evaluate_classifier(model, test_set, device, config, run_dir, val_set)
+    result.update(
+        {
+            "train_seconds": train_seconds,
+            "total_seconds": time.perf_counter() - started,
+            "peak_rss_mb": peak_rss_mb(),
+            "epochs_run": len(history),
+            "weights": weights_info,
+            "device": str(device),
+        }
+    )
+    if device.type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    write_json(run_dir / "metrics.json", result)
+    bundle.save_classifier_bundle(
+        run_dir / "bundle",
+        model,
+        config,
+        classes,
+        prep,
+        threshold=result.get("binary", {}).get("threshold"),
+        positive=result.get("positive"),
+    )
+    report.write_classify_report(run_dir, config, summary, history, result)
+    return result
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    line = (
+        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} "
+        f"acc {row['train_accuracy']:.4f}"
+    )
+    if "val_loss" in row:
+        line += f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
+    return line + f" | {row['seconds']:.1f} s"
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)

@@ -1,0 +1,200 @@
+"""The classify task end to end on tiny synthetic images: run folder, strategies, resume,
+warm start, bundle, Inspector."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from defectkit.config import load_config
+from defectkit.engine.train import load_checkpoint, save_checkpoint
+from defectkit.inspect import Inspector
+from defectkit.tasks import classify, get_task
+
+
+def _config(root: Path, out: Path, name: str, *extra: str):
+    return load_config(
+        None,
+        [
+            f"data.root={root}",
+            "data.image_size=64",
+            f"out_dir={out}",
+            f"name={name}",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "split.test_fraction=0.25",
+            "split.val_fraction=0.2",
+            "train.lr=0.002",
+            *extra,
+        ],
+    )
+
+
+def _run(config, resume=False):
+    run_dir = Path(config.out_dir) / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, get_task("classify")(config, run_dir, resume)
+
+
+@pytest.fixture(scope="module")
+def finetuned(synthetic_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return _run(_config(synthetic_root, out, "ft", "train.epochs=3"))
+
+
+def test_run_folder_holds_everything(finetuned):
+    run_dir, result = finetuned
+    for name in (
+        "config.yaml",
+        "split.json",
+        "data_summary.json",
+        "history.csv",
+        "metrics.json",
+        "predictions.csv",
+        "report.html",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "bundle/model.safetensors",
+        "bundle/bundle.json",
+        "plots/confusion_matrix.png",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").iterdir())
+    assert result["split_size"] == 12 and result["epochs_run"] == 3
+    assert "Worst mistakes" in (run_dir / "report.html").read_text()
+
+
+def test_finetuning_lowers_the_training_loss(finetuned):
+    run_dir, _ = finetuned
+    history = load_checkpoint(run_dir / "checkpoints" / "last.pt")["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_inspector_reproduces_the_run_predictions(finetuned):
+    run_dir, _result = finetuned
+    inspector = Inspector(run_dir)
+    lines = (run_dir / "predictions.csv").read_text().splitlines()[1:]
+    paths = [line.split(",")[0] for line in lines]
+    expected = [line.split(",")[2] for line in lines]
+    got = [p.label for p in inspector.predict(paths, batch_size=5)]
+    assert got == expected
+    ok = next(iter(inspector.predict(paths[:1])))
+    assert ok.ok == (ok.label == "ok") and ok.ng_score == pytest.approx(1 - ok.scores["ok"])
+
+
+def test_frozen_strategy_trains_only_the_head(synthetic_root, tmp_path):
+    config = _config(synthetic_root, tmp_path, "frozen", "train.strategy=frozen", "train.epochs=10")
+    run_dir, result = _run(config)
+    assert result["accuracy"] >= 0.9  # pretrained features separate scratches and spots; chance 1/3
+    reference, _, _ = classify.build_classifier(config.model, 3, pretrained=True)
+    trained = load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"]
+    assert torch.equal(trained["conv_stem.weight"], reference.state_dict()["conv_stem.weight"])
+    assert not torch.equal(
+        trained["classifier.weight"], reference.state_dict()["classifier.weight"]
+    )
+
+
+def test_freeze_then_unfreeze_moves_the_backbone_after_the_frozen_epochs(
+    synthetic_root, tmp_path, monkeypatch
+):
+    states = []
+    original = classify.train_one_epoch
+
+    def spy(model, *args, **kwargs):
+        stats = original(model, *args, **kwargs)
+        states.append(model.conv_stem.weight.detach().clone())
+        return stats
+
+    monkeypatch.setattr(classify, "train_one_epoch", spy)
+    config = _config(
+        synthetic_root,
+        tmp_path,
+        "ftu",
+        "train.strategy=freeze_then_unfreeze",
+        "train.unfreeze_epoch=1",
+        "train.epochs=2",
+    )
+    _run(config)
+    reference, _, _ = classify.build_classifier(config.model, 3, pretrained=True)
+    assert torch.equal(states[0], reference.conv_stem.weight)
+    assert not torch.equal(states[1], states[0])
+
+
+def test_interrupted_run_resumes_where_it_stopped(synthetic_root, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = classify.train_one_epoch
+
+    def interrupt_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(classify, "train_one_epoch", interrupt_second_epoch)
+    config = _config(synthetic_root, tmp_path, "resume", "train.epochs=3")
+    with pytest.raises(KeyboardInterrupt, match="defectkit train --resume"):
+        _run(config)
+    run_dir = tmp_path / "resume"
+    first = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert first["epoch"] == 0 and (run_dir / "split.json").is_file()
+    monkeypatch.setattr(classify, "train_one_epoch", original)
+    _, result = _run(config, resume=True)
+    history = load_checkpoint(run_dir / "checkpoints" / "last.pt")["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[0] == first["history"][0]
+    assert result["epochs_run"] == 3
+
+
+def test_warm_start_from_an_earlier_run(finetuned, synthetic_root, tmp_path):
+    source_dir, _ = finetuned
+    config = _config(
+        synthetic_root, tmp_path, "warm", f"train.init_from={source_dir}", "train.epochs=1"
+    )
+    _, result = _run(config)
+    assert "head kept" in result["weights"]["warm_start"]
+
+
+def test_warm_start_refuses_another_backbone_or_task(finetuned, synthetic_root, tmp_path):
+    source_dir, _ = finetuned
+    config = _config(
+        synthetic_root,
+        tmp_path,
+        "warm2",
+        f"train.init_from={source_dir}",
+        "model.backbone=mobilenetv2_100",
+        "model.pretrained=false",
+    )
+    with pytest.raises(ValueError, match="set model.backbone=tf_efficientnet_lite0"):
+        _run(config)
+    other = load_checkpoint(source_dir / "checkpoints" / "best.pt")
+    save_checkpoint(tmp_path / "seg.pt", {**other, "task": "segment"})
+    config = _config(synthetic_root, tmp_path, "warm3", f"train.init_from={tmp_path / 'seg.pt'}")
+    with pytest.raises(ValueError, match="is a segment checkpoint"):
+        _run(config)
+
+
+def test_scratch_with_imbalance_options_runs(synthetic_root, tmp_path):
+    config = _config(
+        synthetic_root,
+        tmp_path,
+        "scratch",
+        "train.strategy=scratch",
+        "model.backbone=resnet18",
+        "train.loss=focal",
+        "train.class_weights=balanced",
+        "train.sampler=undersample",
+        "train.optimizer=sgd",
+        "train.schedule=step",
+        "train.early_stopping=1",
+        "train.epochs=4",
+        "data.augment=light",
+        "train.label_smoothing=0.1",
+    )
+    _, result = _run(config)
+    assert result["weights"] == {"pretrained": False}
+    assert 1 <= result["epochs_run"] <= 4
+
+
+def test_unknown_strategy_is_refused(synthetic_root, tmp_path):
+    with pytest.raises(ValueError, match="unknown train.strategy 'fancy'"):
+        _run(_config(synthetic_root, tmp_path, "bad", "train.strategy=fancy"))

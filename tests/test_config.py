@@ -1,0 +1,64 @@
+import pytest
+
+from defectkit.config import (
+    ConfigError,
+    RunConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_overrides,
+)
+
+
+def test_defaults_need_no_file():
+    config = load_config()
+    assert config == RunConfig()
+    assert config.model.backbone == "tf_efficientnet_lite0"
+
+
+def test_yaml_then_overrides_with_types(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  epochs: 3\n  lr: 0.01\ndata:\n  root: /x\n")
+    config = load_config(
+        str(recipe),
+        ["train.epochs=7", "train.amp=false", "split.stratify_by=label,type", "train.lr=1e-4"],
+    )
+    assert config.train.epochs == 7 and isinstance(config.train.epochs, int)
+    assert config.train.lr == pytest.approx(1e-4)
+    assert config.train.amp is False
+    assert config.split.stratify_by == ("label", "type")
+    assert config.data.root == "/x"
+
+
+def test_unknown_key_names_the_key_and_the_known_ones():
+    with pytest.raises(ConfigError, match=r"train\.epochz.*epochs"):
+        load_config(None, ["train.epochz=3"])
+
+
+def test_wrong_type_is_refused():
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer"):
+        load_config(None, ["train.epochs=2.5"])
+    with pytest.raises(ConfigError, match="expected true/false"):
+        load_config(None, ["train.amp=maybe"])
+
+
+def test_override_needs_equals_sign():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_overrides(["train.lr"])
+
+
+def test_shipped_recipes_load():
+    for name in (
+        "neu_classify",
+        "neu_frozen",
+        "elpv_classify",
+        "elpv_4class",
+        "elpv_demo",
+        "synthetic_classify",
+    ):
+        assert load_config(name).task == "classify"
+
+
+def test_dict_round_trip():
+    config = load_config("elpv_classify")
+    assert config_from_dict(config_to_dict(config)) == config

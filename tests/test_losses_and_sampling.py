@@ -1,0 +1,81 @@
+import itertools
+from collections import Counter
+
+import pytest
+import torch
+from torch import nn
+
+from defectkit.config import TrainConfig
+from defectkit.engine.losses import FocalLoss, balanced_class_weights
+from defectkit.engine.train import make_optimizer, make_sampler, make_schedule
+from defectkit.models.classifier import parameter_groups, set_backbone_trainable
+
+
+def test_focal_with_gamma_zero_is_cross_entropy():
+    logits, target = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    assert FocalLoss(0.0)(logits, target) == pytest.approx(
+        nn.functional.cross_entropy(logits, target).item(), rel=1e-5
+    )
+
+
+def test_focal_down_weights_easy_examples():
+    easy = torch.tensor([[4.0, 0.0]])  # p_true = 0.982
+    ce = nn.functional.cross_entropy(easy, torch.tensor([0])).item()
+    p = torch.softmax(easy, 1)[0, 0].item()
+    assert FocalLoss(2.0)(easy, torch.tensor([0])).item() == pytest.approx((1 - p) ** 2 * ce)
+
+
+def test_balanced_weights_by_hand():
+    # 6 samples, 3 of class 0, 2 of class 1, 1 of class 2: n / (k n_c)
+    weights = balanced_class_weights([0, 0, 0, 1, 1, 2], 3)
+    assert weights.tolist() == pytest.approx([6 / 9, 6 / 6, 6 / 3])
+
+
+def test_samplers_balance_classes():
+    targets = [0] * 90 + [1] * 10
+    over = Counter(targets[i] for i in make_sampler("oversample", targets, 0))
+    assert len(list(make_sampler("oversample", targets, 0))) == 100
+    assert 30 < over[1] < 70
+    under = list(make_sampler("undersample", targets, 0))
+    assert Counter(targets[i] for i in under) == {0: 10, 1: 10}
+    assert make_sampler("none", targets, 0) is None
+    with pytest.raises(ValueError, match="unknown train.sampler"):
+        make_sampler("smote", targets, 0)
+
+
+def test_head_gets_its_own_learning_rate_and_frozen_params_get_no_grad():
+    import timm
+
+    model = timm.create_model("resnet18", num_classes=2)
+    groups = parameter_groups(model, lr=0.01, head_lr_mult=10, weight_decay=0.1)
+    head = [g for g in groups if g["name"] == "head"]
+    assert all(g["lr"] == pytest.approx(0.1) for g in head)
+    assert {id(p) for g in head for p in g["params"]} == {id(p) for p in model.fc.parameters()}
+    assert all(g["weight_decay"] == 0 for g in groups if g["params"][0].ndim <= 1)
+    set_backbone_trainable(model, False)
+    assert not model.conv1.weight.requires_grad and model.fc.weight.requires_grad
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "exponential", "constant"])
+def test_schedules_start_at_the_base_rate_and_do_not_grow(schedule):
+    config = TrainConfig(schedule=schedule, epochs=4, step_size=1, gamma=0.5)
+    optimizer = make_optimizer([{"params": [nn.Parameter(torch.zeros(1))]}], config)
+    sched = make_schedule(optimizer, config, steps_per_epoch=2)
+    rates = []
+    for _ in range(8):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        sched.step()
+    assert rates[0] == pytest.approx(config.lr)
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(rates))
+    if schedule == "step":
+        assert rates[2] == pytest.approx(config.lr * 0.5)
+
+
+def test_warmup_then_bad_schedule_name():
+    config = TrainConfig(warmup_epochs=1, epochs=2)
+    optimizer = make_optimizer([{"params": [nn.Parameter(torch.zeros(1))]}], config)
+    make_schedule(optimizer, config, steps_per_epoch=4)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(config.lr / 4)
+    with pytest.raises(ValueError, match="unknown train.schedule"):
+        make_schedule(optimizer, TrainConfig(schedule="wavy"), 2)

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from defectkit.metrics import (
+    binary_metrics,
+    choose_threshold,
+    classification_metrics,
+    confusion_matrix,
+    rates_at,
+)
+
+
+def test_confusion_and_per_class_by_hand():
+    targets = np.array([0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 0, 1, 1, 2, 2])
+    assert confusion_matrix(targets, predicted, 3).tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    m = classification_metrics(targets, predicted, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # recalls 2/3, 1/2, 1 -> balanced accuracy 13/18
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    # precisions 1, 1/2, 1/2; F1 of b = 2 * (1/2 * 1/2) / 1 = 1/2
+    assert m["per_class"]["a"]["precision"] == 1.0
+    assert m["per_class"]["b"]["f1"] == pytest.approx(0.5)
+    assert m["per_class"]["c"]["f1"] == pytest.approx(2 * 0.5 * 1 / 1.5)
+
+
+def test_class_without_samples_is_left_out_of_balanced_accuracy():
+    m = classification_metrics(np.array([0, 0]), np.array([0, 1]), ["a", "b"])
+    assert m["balanced_accuracy"] == pytest.approx(0.5)
+    assert m["per_class"]["b"]["support"] == 0
+
+
+# NG scores of 4 OK and 4 NG images, worked by hand
+IS_NG = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=bool)
+SCORE = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+
+
+def test_thresholds_by_hand():
+    # t=0.7: recall 3/4, spec 4/4 -> J=0.75; t=0.4: recall 1, spec 3/4 -> J=0.75 (first wins)
+    assert choose_threshold(IS_NG, SCORE, "youden") == pytest.approx(0.7)
+    # highest t with recall >= 1.0 is 0.4
+    assert choose_threshold(IS_NG, SCORE, "recall", 1.0) == pytest.approx(0.4)
+    # lowest t with specificity >= 1.0 is 0.7 (0.6 would let one OK through)
+    assert choose_threshold(IS_NG, SCORE, "specificity", 1.0) == pytest.approx(0.7)
+
+
+def test_rates_and_auc_by_hand():
+    r = rates_at(IS_NG, SCORE, 0.5)
+    assert (r["tp"], r["fp"], r["tn"], r["fn"]) == (3, 1, 3, 1)
+    assert r["ng_f1"] == pytest.approx(0.75)
+    # pairs (ng, ok) ranked right: 0.4 beats 3 of 4 OK, the others all 4 -> 15/16
+    assert binary_metrics(IS_NG, SCORE)["auc"] == pytest.approx(15 / 16)
+
+
+def test_one_class_only_gives_a_note_not_a_crash():
+    assert "note" in binary_metrics(np.zeros(3, bool), np.array([0.1, 0.2, 0.3]))
