@@ -39,7 +39,7 @@ def _run(config, resume=False):
 @pytest.fixture(scope="module")
 def finetuned(synthetic_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return _run(_config(synthetic_root, out, "ft", "train.epochs=3"))
+    return _run(_config(synthetic_root, out, "ft", "train.epochs=4"))
 
 
 def test_run_folder_holds_everything(finetuned):
@@ -60,7 +60,7 @@ def test_run_folder_holds_everything(finetuned):
     ):
         assert (run_dir / name).is_file(), name
     assert any((run_dir / "tensorboard").iterdir())
-    assert result["split_size"] == 12 and result["epochs_run"] == 3
+    assert result["split_size"] == 12 and result["epochs_run"] == 4
     assert "Worst mistakes" in (run_dir / "report.html").read_text()
 
 
@@ -102,7 +102,7 @@ def test_freeze_then_unfreeze_moves_the_backbone_after_the_frozen_epochs(
 
     def spy(model, *args, **kwargs):
         stats = original(model, *args, **kwargs)
-        states.append(model.conv_stem.weight.detach().clone())
+        states.append(model.conv_stem.weight.detach().cpu().clone())
         return stats
 
     monkeypatch.setattr(classify, "train_one_epoch", spy)
@@ -198,3 +198,28 @@ def test_scratch_with_imbalance_options_runs(synthetic_root, tmp_path):
 def test_unknown_strategy_is_refused(synthetic_root, tmp_path):
     with pytest.raises(ValueError, match="unknown train.strategy 'fancy'"):
         _run(_config(synthetic_root, tmp_path, "bad", "train.strategy=fancy"))
+
+
+def test_ok_ng_threshold_is_chosen_on_validation_and_travels_in_the_bundle(tmp_path):
+    from defectkit.data.synthetic import make_classify_set
+
+    root = make_classify_set(tmp_path / "data", per_class=20, size=64, classes=("ok", "spot"))
+    (root / "spot").rename(root / "ng")
+    config = _config(
+        root,
+        tmp_path,
+        "okng",
+        "train.strategy=frozen",
+        "train.epochs=10",
+        "eval.threshold_rule=specificity",
+        "eval.target=0.9",
+    )
+    run_dir, result = _run(config)
+    binary = result["binary"]
+    assert result["positive"] == "ng" and binary["threshold_chosen_on"] == "validation"
+    assert 0.0 <= binary["auc"] <= 1.0 and "OK / NG" in (run_dir / "report.html").read_text()
+    inspector = Inspector(run_dir)
+    assert inspector.threshold == pytest.approx(binary["threshold"])
+    (prediction,) = inspector.predict([next((root / "ng").iterdir())])
+    assert prediction.ok == (prediction.ng_score < binary["threshold"])
+    assert prediction.label == ("ok" if prediction.ok else "ng")

@@ -94,6 +94,17 @@ class UndersampleSampler(Sampler[int]):
         return iter([chosen[i] for i in order])
 
 
+def mixed_precision(enabled: bool, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    """(autocast dtype, grad scaler): bf16 where the GPU has it (no scaler needed), else fp16
+    with a scaler that starts low, so that a short run does not skip its first steps while
+    the scale backs off from 65536."""
+    if not enabled or device.type != "cuda":
+        return None, None
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, None
+    return torch.float16, torch.amp.GradScaler(init_scale=2.0**10)
+
+
 def make_sampler(kind: str, targets: Sequence[int], seed: int) -> Sampler[int] | None:
     if kind == "none":
         return None
@@ -117,6 +128,7 @@ def train_one_epoch(
     schedule: Any,
     device: torch.device,
     *,
+    amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     before_step: Callable[[nn.Module], None] | None = None,
     description: str = "train",
@@ -127,8 +139,8 @@ def train_one_epoch(
         before_step(model)
     total_loss, correct, seen = 0.0, 0, 0
     autocast = (
-        torch.autocast(device.type, dtype=torch.float16)
-        if scaler is not None
+        torch.autocast(device.type, dtype=amp_dtype)
+        if amp_dtype is not None
         else contextlib.nullcontext()
     )
     bar = tqdm(

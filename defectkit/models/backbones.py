@@ -276,6 +276,17 @@ def check_backbone_name(name: str) -> None:
     )
 
 
+def zero_init_head(model: nn.Module) -> None:
+    """Start a fresh head at zero, so every class starts at probability 1/k. timm scales some
+    heads' init by the number of classes (EfficientNet: 1/sqrt(k)), which for a 3-class
+    defect head gives logits in the tens and a first-epoch loss of 5 instead of ln 3.
+    Pretrained weights with a head of the same size still overwrite it."""
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+
+
 def create_backbone(
     name: str,
     num_classes: int,
@@ -288,6 +299,7 @@ def create_backbone(
     """A timm classifier with `num_classes` outputs, its trunk pretrained when asked."""
     check_backbone_name(name)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+    zero_init_head(model)
     info = {"pretrained": False}
     if pretrained or weights:
         info = {"pretrained": True, **load_pretrained(model, name, weights, weights_sha256)}

@@ -27,6 +27,7 @@ from defectkit.engine.train import (
     make_optimizer,
     make_sampler,
     make_schedule,
+    mixed_precision,
     pick_device,
     predict_logits,
     save_checkpoint,
@@ -224,7 +225,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
 
     optimizer = make_optimizer(parameter_groups(model, tc.lr, tc.head_lr_mult, tc.weight_decay), tc)
     schedule = make_schedule(optimizer, tc, len(train_loader))
-    scaler = torch.amp.GradScaler() if tc.amp and device.type == "cuda" else None
+    amp_dtype, scaler = mixed_precision(tc.amp, device)
 
     history: list[dict] = []
     start_epoch, best_loss, stale = 0, float("inf"), 0
@@ -253,6 +254,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
                 optimizer,
                 schedule,
                 device,
+                amp_dtype=amp_dtype,
                 scaler=scaler,
                 before_step=before_step,
                 description=f"epoch {epoch + 1}/{tc.epochs}",
