@@ -1,3 +1,71 @@
-"""defectkit: industrial visual inspection, from a folder of images to a trusted inspector."""
+"""defectkit: industrial visual inspection, from a folder of images to a trusted inspector.
+
+import defectkit
+data = defectkit.load_dataset("../shared/data/neu-det/IMAGES")
+run_dir, metrics = defectkit.train("neu_classify", ["train.epochs=4"])
+inspector = defectkit.Inspector(run_dir)
+for p in inspector.predict(["part_0001.png"]):
+    print(p.label, p.ok, p.scores)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from defectkit.config import RunConfig
+    from defectkit.data.samples import SampleSet
+
+
+def load_dataset(root: str | Path, format: str = "auto", label_mode: str = "default") -> SampleSet:
+    """Read a dataset folder in any known layout (see `defectkit data formats`)."""
+    from defectkit.data.formats import read_dataset
+
+    return read_dataset(root, format, label_mode)
+
+
+def train(
+    config: RunConfig | str | None = None,
+    overrides: list[str] | None = None,
+    resume: Path | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Train and evaluate from a recipe name, a YAML path or a RunConfig; returns the run
+    folder and its metrics. `resume` continues an interrupted run folder."""
+    import logging
+
+    import yaml
+
+    from defectkit.config import RunConfig, config_from_dict, load_config
+    from defectkit.runs import new_run_dir
+    from defectkit.tasks import get_task
+
+    if resume is not None:
+        run_dir = Path(resume)
+        config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    else:
+        if not isinstance(config, RunConfig):
+            config = load_config(config, overrides)
+        run_dir = new_run_dir(config)
+    logging.getLogger("defectkit").info("run folder: %s", run_dir)
+    return run_dir, get_task(config.task)(config, run_dir, resume is not None)
+
+
+def evaluate(bundle: str | Path, data: str | Path, **options: Any) -> dict[str, Any]:
+    """Metrics of a bundle on a labelled dataset folder."""
+    from defectkit.engine.evaluate import evaluate_bundle
+
+    return evaluate_bundle(bundle, data, **options)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Inspector":  # imported on first use: it pulls in torch
+        from defectkit.inspect import Inspector
+
+        return Inspector
+    raise AttributeError(f"module 'defectkit' has no attribute {name!r}")
+
+
+__all__ = ["Inspector", "evaluate", "load_dataset", "train"]

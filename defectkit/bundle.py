@@ -66,6 +66,49 @@ def save_classifier_bundle(
     return folder
 
 
+def save_anomaly_bundle(
+    folder: Path,
+    model: nn.Module,
+    config: RunConfig,
+    prep: Preprocessing,
+    threshold: float,
+    good_label: str,
+) -> Path:
+    """Backbone weights and memory bank together, so the bank can never be lost or mixed up."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS_FILE
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights)
+    )
+    ac = config.anomaly
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "task": "anomaly",
+        "method": ac.method,
+        "backbone": config.model.backbone,
+        "method_options": {"layers": list(ac.layers), "blur_sigma": ac.blur_sigma},
+        "classes": [good_label, "anomalous"],
+        "input_size": [config.data.image_size, config.data.image_size],
+        "preprocessing": {
+            **asdict(prep),
+            "resize": "full image to input_size, no crop",
+            "channels": "RGB (greyscale replicated)",
+        },
+        # image score (max of the smoothed map) at or above this is NG; calibrated on
+        # defect-free images for the false-alarm rate below
+        "threshold": threshold,
+        "false_alarm_rate": ac.false_alarm_rate,
+        "versions": {
+            "defectkit": defectkit.__version__,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+        },
+        "weights_sha256": sha256_of(weights),
+    }
+    write_json(folder / META_FILE, meta)
+    return folder
+
+
 def read_meta(folder: Path) -> dict[str, Any]:
     folder = Path(folder)
     if (folder / "bundle").is_dir() and not (folder / META_FILE).exists():

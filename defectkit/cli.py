@@ -7,7 +7,6 @@ import csv
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 from defectkit.config import ConfigError, load_config
@@ -41,85 +40,61 @@ def _cmd_data_formats(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from defectkit.config import config_from_dict
-    from defectkit.runs import new_run_dir
-    from defectkit.tasks import get_task
+    import defectkit
 
-    if args.resume:
-        run_dir = Path(args.resume)
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"{run_dir} holds no config.yaml: not a run folder to resume")
-        import yaml
-
-        config = config_from_dict(yaml.safe_load(saved.read_text()))
-    else:
-        config = load_config(args.config, args.set)
-        run_dir = new_run_dir(config)
-    print(f"run folder: {run_dir}")
-    result = get_task(config.task)(config, run_dir, bool(args.resume))
+    resume = Path(args.resume) if args.resume else None
+    if resume is not None and not (resume / "config.yaml").is_file():
+        raise ConfigError(f"{resume} holds no config.yaml: not a run folder to resume")
+    run_dir, result = defectkit.train(args.config, args.set, resume=resume)
     _print_result(result, run_dir)
     return 0
 
 
 def _print_result(result: dict, run_dir: Path) -> None:
-    print(
-        f"\ntest accuracy {result['accuracy']:.4f}  balanced {result['balanced_accuracy']:.4f}"
-        f"  macro F1 {result['macro_f1']:.4f}  ({result['split_size']} images)"
-    )
-    binary = result.get("binary", {})
-    if "auc" in binary:
-        point = binary["at_threshold"]
+    if "image_auroc" in result:  # anomaly
+        pixel = result["pixel_auroc"]
         print(
-            f"ROC AUC {binary['auc']:.4f}; at threshold {binary['threshold']:.3f} "
-            f"({binary['threshold_rule']}): NG recall {point['ng_recall']:.3f}, "
-            f"OK specificity {point['ok_specificity']:.3f}"
+            f"\nimage AUROC {result['image_auroc']:.4f}  pixel AUROC "
+            f"{'n/a' if pixel is None else f'{pixel:.4f}'}  F1-max {result['f1_max']:.4f}  "
+            f"F1 at calibrated threshold {result['f1_calibrated']:.4f}"
         )
-    print(f"training {result['train_seconds']:.1f} s, peak memory {result['peak_rss_mb']:.0f} MB")
+        print(
+            f"fit {result['fit_seconds']:.1f} s, {result['ms_per_image']:.1f} ms per image, "
+            f"peak memory {result['peak_rss_mb']:.0f} MB"
+        )
+    else:
+        print(
+            f"\ntest accuracy {result['accuracy']:.4f}  balanced "
+            f"{result['balanced_accuracy']:.4f}  macro F1 {result['macro_f1']:.4f}  "
+            f"({result['split_size']} images)"
+        )
+        binary = result.get("binary", {})
+        if "auc" in binary:
+            point = binary["at_threshold"]
+            print(
+                f"ROC AUC {binary['auc']:.4f}; at threshold {binary['threshold']:.3f} "
+                f"({binary['threshold_rule']}): NG recall {point['ng_recall']:.3f}, "
+                f"OK specificity {point['ok_specificity']:.3f}"
+            )
+        print(
+            f"training {result['train_seconds']:.1f} s, peak memory {result['peak_rss_mb']:.0f} MB"
+        )
     print(f"report: {run_dir / 'report.html'}\nbundle: {run_dir / 'bundle'}")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a bundle on a labelled dataset folder (all of it, or a saved split part)."""
-    import numpy as np
-
-    from defectkit.data.formats import read_dataset
-    from defectkit.data.splits import load_manifest
-    from defectkit.inspect import Inspector
-    from defectkit.metrics import binary_metrics, classification_metrics
+    from defectkit.engine.evaluate import evaluate_bundle
     from defectkit.runs import write_json
 
-    inspector = Inspector(args.bundle)
-    dataset = read_dataset(args.data, args.format, args.label_mode)
-    samples = (
-        load_manifest(dataset, Path(args.split_manifest)).parts()[args.part]
-        if args.split_manifest
-        else dataset.samples
+    result = evaluate_bundle(
+        args.bundle, args.data, args.format, args.label_mode, args.split_manifest, args.part
     )
-    unknown = sorted({s.label for s in samples} - set(inspector.classes))
-    if unknown:
-        raise ConfigError(
-            f"{args.data} has labels {unknown} the model does not know "
-            f"({inspector.classes}); is it the right dataset?"
-        )
-    predictions = list(inspector.predict([s.image for s in samples]))
-    index = {c: i for i, c in enumerate(inspector.classes)}
-    targets = np.array([index[s.label] for s in samples])
-    predicted = np.array([index[p.label] for p in predictions])
-    result = classification_metrics(targets, predicted, inspector.classes)
-    if inspector.positive is not None:
-        k = index[inspector.positive]
-        scores = np.array([p.scores[inspector.positive] for p in predictions])
-        result["binary"] = {
-            key: value
-            for key, value in binary_metrics(targets == k, scores).items()
-            if key not in ("roc", "pr")
-        }
     out = Path(args.out)
     write_json(out, result)
     print(
         f"accuracy {result['accuracy']:.4f}  balanced {result['balanced_accuracy']:.4f}  "
-        f"macro F1 {result['macro_f1']:.4f} on {len(samples)} images -> {out}"
+        f"macro F1 {result['macro_f1']:.4f} on {result['images']} images -> {out}"
     )
     return 0
 
@@ -169,22 +144,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Train and evaluate a classifier on data that needs no download: ELPV (pip) or synthetic."""
-    from defectkit.runs import new_run_dir
-    from defectkit.tasks import get_task
+    import defectkit
 
     overrides = [f"out_dir={args.out}", *args.set]
     if args.synthetic:
         from defectkit.data.synthetic import make_classify_set
 
-        root = make_classify_set(
-            Path(tempfile.mkdtemp(prefix="defectkit-synthetic-")), per_class=40, size=96
-        )
+        root = make_classify_set(Path(args.out) / "synthetic-data", per_class=40, size=96)
         config = load_config("synthetic_classify", [f"data.root={root}", *overrides])
     else:
         config = load_config("elpv_demo", overrides)
-    run_dir = new_run_dir(config)
-    print(f"demo: {config.data.root} -> {run_dir}")
-    result = get_task(config.task)(config, run_dir, False)
+    print(f"demo: {config.task} on {config.data.root}")
+    run_dir, result = defectkit.train(config)
     _print_result(result, run_dir)
     return 0
 

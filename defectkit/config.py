@@ -27,7 +27,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    method: str = "stratified"  # stratified | grouped | kfold | manifest | official
+    # stratified | grouped (by Sample.group, else by near-duplicate image hashes) | kfold
+    # | manifest | official (the layout's own lists: MVTec AD, DeepPCB)
+    method: str = "stratified"
     test_fraction: float = 0.2  # PROTOCOLS.md: first int(0.8 n) of each class train
     val_fraction: float = 0.1  # carved out of train only; 0 keeps the last epoch
     seed: int = 0
@@ -83,6 +85,19 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class AnomalyConfig:
+    method: str = "patchcore"  # a name from defectkit.models.anomaly.list_methods()
+    layers: tuple[int, ...] = (2, 3)  # backbone stages whose features describe a patch
+    coreset_ratio: float = 0.01  # memory bank size as a fraction of all training patches ...
+    max_coreset: int = 10000  # ... bounded, so memory and scoring time stay bounded
+    projection_dim: int = 64  # random projection used only to pick the coreset
+    pool: int = 200000  # patches the coreset is picked from (a random subset beyond that)
+    good_label: str = ""  # the defect-free class; "" = good / free / ok, whichever exists
+    false_alarm_rate: float = 0.01  # calibrated threshold: this share of good images flagged
+    blur_sigma: float = 4.0  # Gaussian smoothing of the map, in pixels of the input size
+
+
+@dataclass(frozen=True)
 class RunConfig:
     task: str = "classify"
     name: str = ""  # run folder name; "" = <task>-<timestamp>
@@ -92,6 +107,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
 
 
 class ConfigError(ValueError):
@@ -103,7 +119,9 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     origin = typing.get_origin(kind)
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else list(value)
-        return tuple(str(item).strip() for item in items if str(item).strip())
+        item_kind = typing.get_args(kind)[0]
+        texts = [str(item).strip() for item in items if str(item).strip()]
+        return tuple(_coerce(text, item_kind, where) for text in texts)
     if kind is bool:
         if isinstance(value, bool):
             return value

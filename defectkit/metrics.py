@@ -126,3 +126,52 @@ def binary_metrics(
         "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
         "pr": {"precision": precision.tolist(), "recall": recall.tolist()},
     }
+
+
+# ---------------------------------------------------------------- anomaly detection
+def f1_max(is_anomalous: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(best F1 over all thresholds, the threshold that gives it)."""
+    precision, recall, thresholds = precision_recall_curve(is_anomalous, scores)
+    f1 = _safe_divide(2 * precision * recall, precision + recall)[:-1]
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(thresholds[best])
+
+
+def aupro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], max_fpr: float = 0.3) -> float:
+    """Area under the per-region-overlap curve up to `max_fpr`, divided by `max_fpr`
+    (Bergmann et al., MVTec AD). Every connected defect region counts equally, however small.
+
+    Exact and single-pass: sorting all pixels by score, the mean overlap over R regions at a
+    threshold is cumsum(w) / R with w = 1 / |region| for a defect pixel, 0 otherwise.
+    """
+    from scipy import ndimage
+
+    weights, negative, scores = [], [], []
+    regions = 0
+    for mask, amap in zip(masks, maps, strict=True):
+        labelled, count = ndimage.label(np.asarray(mask) > 0)
+        sizes = np.bincount(labelled.ravel())
+        w = np.where(labelled > 0, 1.0 / sizes[labelled].clip(min=1), 0.0)
+        weights.append(w.ravel())
+        negative.append((labelled == 0).ravel())
+        scores.append(np.asarray(amap, dtype=np.float64).ravel())
+        regions += count
+    if regions == 0:
+        raise ValueError("AUPRO needs at least one defect region in the masks")
+    w, neg, s = np.concatenate(weights), np.concatenate(negative), np.concatenate(scores)
+    order = np.argsort(-s, kind="stable")
+    s = s[order]
+    pro = np.cumsum(w[order]) / regions
+    fpr = np.cumsum(neg[order]) / max(1, neg.sum())
+    last_of_tie = np.r_[s[1:] != s[:-1], True]  # one point per distinct threshold
+    fpr, pro = np.r_[0.0, fpr[last_of_tie]], np.r_[0.0, pro[last_of_tie]]
+    inside = fpr <= max_fpr
+    cut_pro = np.interp(max_fpr, fpr, pro)
+    fpr, pro = np.r_[fpr[inside], max_fpr], np.r_[pro[inside], cut_pro]
+    return float(np.trapezoid(pro, fpr) / max_fpr)
+
+
+def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> float:
+    truth = np.concatenate([np.asarray(m).ravel() > 0 for m in masks])
+    scores = np.concatenate([np.asarray(a, dtype=np.float32).ravel() for a in maps])
+    return float(roc_auc_score(truth, scores))

@@ -18,6 +18,7 @@ import yaml
 
 from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.images import load_image
+from defectkit.metrics import binary_metrics
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -86,6 +87,7 @@ def plot_image_grid(
     items: Sequence[tuple[Path, str]], path: Path, columns: int = 6, thumb: int = 128
 ) -> Path:
     """Thumbnails with a caption each (worst mistakes, samples per class)."""
+    columns = max(1, min(columns, len(items)))
     rows = max(1, -(-len(items) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.1), squeeze=False)
     for axis in axes.flat:
@@ -210,6 +212,121 @@ def write_classify_report(
         "<h2>Configuration</h2>",
         f"<pre>{html.escape(yaml.safe_dump(config_to_dict(config), sort_keys=False))}</pre>",
         f"<p>weights: {html.escape(str(result.get('weights', {})))}</p>",
+    ]
+    page = (
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(run_dir.name)}</title>"
+        f"<style>{STYLE}</style>" + "\n".join(parts)
+    )
+    path = run_dir / "report.html"
+    path.write_text(page)
+    return path
+
+
+# ---------------------------------------------------------------- anomaly runs
+def plot_score_histogram(
+    scores: np.ndarray, is_bad: np.ndarray, threshold: float, path: Path
+) -> Path:
+    fig, axis = plt.subplots(figsize=(7, 3.6))
+    bins = np.linspace(scores.min(), scores.max(), 40)
+    axis.hist(scores[~is_bad], bins=bins, alpha=0.6, label="defect-free")
+    axis.hist(scores[is_bad], bins=bins, alpha=0.6, label="defective")
+    axis.axvline(
+        threshold, color="k", linestyle="--", label=f"calibrated threshold {threshold:.3f}"
+    )
+    axis.set_xlabel("image anomaly score")
+    axis.set_ylabel("images")
+    axis.legend()
+    return _save(fig, path)
+
+
+def plot_heatmaps(
+    items: list[tuple[Path, np.ndarray, np.ndarray | None, str]], path: Path, vmax: float
+) -> Path:
+    """Image with its anomaly map over it and the true defect outline, one per column."""
+    fig, axes = plt.subplots(
+        1, max(1, len(items)), figsize=(2.3 * max(1, len(items)), 2.6), squeeze=False
+    )
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (image_path, amap, mask, caption) in zip(axes.flat, items, strict=False):
+        image = np.asarray(load_image(image_path).convert("L").resize(amap.shape[::-1]))
+        axis.imshow(image, cmap="gray")
+        axis.imshow(amap, cmap="jet", alpha=0.45, vmin=0, vmax=vmax)
+        if mask is not None and mask.any():
+            axis.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+        axis.set_title(caption, fontsize=7)
+    return _save(fig, path)
+
+
+def write_anomaly_report(
+    run_dir: Path,
+    config: RunConfig,
+    samples: Sequence[Any],
+    good: str,
+    scores: np.ndarray,
+    maps: Sequence[Any],
+    result: dict[str, Any],
+) -> Path:
+    from PIL import Image
+
+    plots = run_dir / "plots"
+    is_bad = np.array([s.label != good for s in samples])
+    threshold = result["threshold"]
+    vmax = float(np.quantile(scores, 0.99))
+
+    def heat_items(indices: Sequence[int]) -> list:
+        items = []
+        for i in indices:
+            amap = maps[i].numpy()
+            mask = None
+            if samples[i].mask is not None:
+                with Image.open(samples[i].mask) as raw:
+                    mask = np.asarray(raw.convert("L").resize(amap.shape[::-1])) > 127
+            items.append((samples[i].image, amap, mask, f"{samples[i].label} {scores[i]:.2f}"))
+        return items
+
+    roc = {**binary_metrics(is_bad, scores, threshold=threshold), "threshold_rule": "calibrated"}
+    order = np.argsort(-scores)
+    caught = [i for i in order if is_bad[i]][:6]
+    missed = [i for i in order[::-1] if is_bad[i]][:6]
+    false_alarms = [i for i in order if not is_bad[i]][:6]
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    headline = (
+        f"image AUROC <b>{result['image_auroc']:.4f}</b> · pixel AUROC "
+        f"{fmt(result['pixel_auroc'])} · AUPRO(30% FPR) {fmt(result['aupro'])} · "
+        f"F1-max {result['f1_max']:.4f} · F1 at the calibrated threshold "
+        f"{result['f1_calibrated']:.4f}"
+    )
+    rates = [[name, v["images"], v["flagged"]] for name, v in result["per_class"].items()]
+    timing = [
+        ["fit (s)", result["fit_seconds"]],
+        ["ms per image", result["ms_per_image"]],
+        ["peak memory (MB RSS)", result["peak_rss_mb"]],
+        ["memory bank (MB)", result["model_mb"]],
+        ["device", result["device"]],
+    ]
+    parts = [
+        f"<h1>defectkit anomaly: {html.escape(run_dir.name)}</h1>",
+        f"<p class=big>{headline}</p>",
+        f"<p>fit on {result['fit']} ; threshold {threshold:.4f} calibrated on "
+        f"{result['calibration_images']} held-out defect-free images for a "
+        f"{100 * result['false_alarm_rate_target']:.1f}% false-alarm rate</p>",
+        "<h2>Scores</h2>",
+        _embed(plot_score_histogram(scores, is_bad, threshold, plots / "score_histogram.png")),
+        "<h2>Image-level ROC and PR</h2>",
+        _embed(plot_roc_pr(roc, plots / "roc_pr.png")),
+        "<h2>Share flagged per class at the calibrated threshold</h2>",
+        _table(rates, ["class", "images", "flagged"]),
+        "<h2>Defects caught with the highest scores</h2>",
+        _embed(plot_heatmaps(heat_items(caught), plots / "heat_caught.png", vmax)),
+        "<h2>Defects with the lowest scores (hardest)</h2>",
+        _embed(plot_heatmaps(heat_items(missed), plots / "heat_missed.png", vmax)),
+        "<h2>Defect-free images with the highest scores (false alarms first)</h2>",
+        _embed(plot_heatmaps(heat_items(false_alarms), plots / "heat_false_alarms.png", vmax)),
+        "<h2>Timing and memory</h2>",
+        _table(timing, ["what", "value"]),
+        "<h2>Configuration</h2>",
+        f"<pre>{html.escape(yaml.safe_dump(config_to_dict(config), sort_keys=False))}</pre>",
     ]
     page = (
         f"<!doctype html><meta charset=utf-8><title>{html.escape(run_dir.name)}</title>"

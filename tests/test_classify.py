@@ -223,3 +223,18 @@ def test_ok_ng_threshold_is_chosen_on_validation_and_travels_in_the_bundle(tmp_p
     (prediction,) = inspector.predict([next((root / "ng").iterdir())])
     assert prediction.ok == (prediction.ng_score < binary["threshold"])
     assert prediction.label == ("ok" if prediction.ok else "ng")
+
+
+def test_altered_bundle_is_refused(finetuned, tmp_path):
+    import shutil
+
+    from defectkit.bundle import BundleError
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(finetuned[0] / "bundle", bundle)
+    weights = bundle / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match the checksum"):
+        Inspector(bundle)

@@ -92,3 +92,24 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
 def test_resume_needs_a_run_folder(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_synthetic_demo_needs_no_data(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "demo",
+                "--synthetic",
+                "--out",
+                str(tmp_path),
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "name=demo",
+            ]
+        )
+        == 0
+    )
+    assert "test accuracy" in capsys.readouterr().out
+    assert (tmp_path / "demo" / "report.html").is_file()
+    assert (tmp_path / "synthetic-data" / "scratch").is_dir()

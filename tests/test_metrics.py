@@ -54,3 +54,35 @@ def test_rates_and_auc_by_hand():
 
 def test_one_class_only_gives_a_note_not_a_crash():
     assert "note" in binary_metrics(np.zeros(3, bool), np.array([0.1, 0.2, 0.3]))
+
+
+def test_aupro_by_hand():
+    from defectkit.metrics import aupro
+
+    # one region of 2 pixels; sorted scores: 0.9 (defect), 0.8 (good), 0.2 (defect), 0.1 (good)
+    # curve (fpr, pro): (0, .5), (.5, .5), (.5, 1), (1, 1): up to fpr 0.3 the overlap is 0.5
+    mask, amap = np.array([[1, 1, 0, 0]]), np.array([[0.9, 0.2, 0.8, 0.1]])
+    assert aupro([mask], [amap], max_fpr=0.3) == pytest.approx(0.5)
+    assert aupro([mask], [amap], max_fpr=1.0) == pytest.approx(0.75)
+    # two one-pixel regions, both above every good pixel: full overlap at zero false alarms
+    assert aupro([np.array([[1, 0, 1]])], [np.array([[0.9, 0.1, 0.5]])]) == pytest.approx(1.0)
+
+
+def test_aupro_weights_regions_not_pixels():
+    from defectkit.metrics import aupro
+
+    # regions {0, 1, 2} and {5}: the big one is found at zero false alarms, the small one
+    # only after every good pixel. Per region that is an overlap of 1/2 (per pixel it would
+    # have been 3/4) until the false-alarm rate reaches 1/2.
+    mask = np.array([[1, 1, 1, 0, 0, 1]])
+    amap = np.array([[0.9, 0.9, 0.9, 0.5, 0.1, 0.05]])
+    assert aupro([mask], [amap], max_fpr=0.3) == pytest.approx(0.5)
+
+
+def test_f1_max_by_hand():
+    from defectkit.metrics import f1_max
+
+    # threshold 0.4 flags all 4 NG and 1 OK: precision 4/5, recall 1 -> F1 8/9
+    best, threshold = f1_max(IS_NG, SCORE)
+    assert best == pytest.approx(8 / 9)
+    assert threshold == pytest.approx(0.4)

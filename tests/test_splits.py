@@ -77,3 +77,24 @@ def test_val_is_carved_from_train_and_manifest_round_trips(tmp_path):
 def test_official_needs_split_lists():
     with pytest.raises(DatasetError, match="official"):
         make_split(_set({"a": 4}), SplitConfig(method="official"))
+
+
+def test_grouped_split_keeps_near_duplicate_images_together(synthetic_root, tmp_path):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from defectkit.data.formats import read_dataset
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(synthetic_root, data_dir)
+    original = np.asarray(Image.open(data_dir / "ok" / "ok_3.png"), dtype=np.int16)
+    Image.fromarray(np.clip(original + 4, 0, 255).astype(np.uint8)).save(
+        data_dir / "ok" / "ok_3_resaved.png"
+    )  # a brighter copy: not byte-identical
+    data = read_dataset(data_dir)
+    for seed in range(6):
+        split = make_split(data, SplitConfig(method="grouped", val_fraction=0, seed=seed))
+        sides = {s.image.name: part for part, members in split.parts().items() for s in members}
+        assert sides["ok_3.png"] == sides["ok_3_resaved.png"]

@@ -83,7 +83,10 @@ def _require(path: Path, what: str, named_in: Path) -> Path:
 def elpv_root() -> Path:
     spec = importlib.util.find_spec("elpv_dataset")
     if spec is None or spec.origin is None:
-        raise DatasetError("the ELPV images come from a pip package: pip install elpv-dataset")
+        raise DatasetError(
+            "the ELPV images come from a pip package: pip install elpv-dataset "
+            "(or run `defectkit demo --synthetic`, which needs no data)"
+        )
     return Path(spec.origin).parent / "data"
 
 

@@ -105,6 +105,10 @@ def make_split(dataset: SampleSet, config: SplitConfig) -> Split:
             samples, 1 - config.test_fraction, config.seed, config.stratify_by
         )
     elif config.method == "grouped":
+        if not any(s.group for s in samples):  # no groups from the layout: group look-alikes
+            from defectkit.data.summary import near_duplicate_groups
+
+            samples = tuple(near_duplicate_groups(samples))
         train, test = grouped_split(samples, 1 - config.test_fraction, config.seed)
     elif config.method == "kfold":
         train, test = kfold_split(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from tqdm.auto import tqdm
 
 from defectkit.data.formats import DatasetError
 from defectkit.data.images import load_image
-from defectkit.data.samples import SampleSet
+from defectkit.data.samples import Sample, SampleSet
 
 
 def difference_hash(image: Image.Image, side: int = 8) -> int:
@@ -77,6 +79,23 @@ def _near_duplicates(hashes: list[tuple[int, str]], max_bits: int) -> list[list[
         for j in np.nonzero(distance <= max_bits)[0]:
             pairs.append([hashes[i][1], hashes[i + 1 + j][1]])
     return pairs
+
+
+def near_duplicate_groups(samples: Sequence[Sample], max_bits: int = 4) -> list[Sample]:
+    """The samples with `group` set so that near-duplicate images share one (union-find over
+    dHash pairs); samples that already carry a group keep it."""
+    hashes = [(difference_hash(load_image(s.image)), str(s.image)) for s in samples]
+    parent = {path: path for _, path in hashes}
+
+    def root(path: str) -> str:
+        while parent[path] != path:
+            parent[path] = parent[parent[path]]
+            path = parent[path]
+        return path
+
+    for a, b in _near_duplicates(hashes, max_bits):
+        parent[root(a)] = root(b)
+    return [s if s.group else replace(s, group=root(str(s.image))) for s in samples]
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -114,3 +114,46 @@ def worst_mistakes(
         }
         for i in order
     ]
+
+
+def evaluate_bundle(
+    bundle: str | Path,
+    data: str | Path,
+    format: str = "auto",
+    label_mode: str = "default",
+    split_manifest: str | Path | None = None,
+    part: str = "test",
+) -> dict[str, Any]:
+    """Score a bundle on a labelled dataset, the way the Inspector will see it on the line:
+    all of the dataset, or one part of a run's saved split."""
+    from defectkit.data.formats import read_dataset
+    from defectkit.data.splits import load_manifest
+    from defectkit.inspect import Inspector
+
+    inspector = Inspector(bundle)
+    dataset = read_dataset(data, format, label_mode)
+    samples = (
+        load_manifest(dataset, Path(split_manifest)).parts()[part]
+        if split_manifest
+        else dataset.samples
+    )
+    unknown = sorted({s.label for s in samples} - set(inspector.classes))
+    if unknown:
+        raise ValueError(
+            f"{data} has labels {unknown} the model does not know "
+            f"({inspector.classes}); is it the right dataset?"
+        )
+    predictions = list(inspector.predict([s.image for s in samples]))
+    index = {c: i for i, c in enumerate(inspector.classes)}
+    targets = np.array([index[s.label] for s in samples])
+    predicted = np.array([index[p.label] for p in predictions])
+    result: dict[str, Any] = {
+        "images": len(samples),
+        **classification_metrics(targets, predicted, inspector.classes),
+    }
+    if inspector.positive is not None:
+        k = index[inspector.positive]
+        scores = np.array([p.scores[inspector.positive] for p in predictions])
+        binary = binary_metrics(targets == k, scores, threshold=inspector.threshold)
+        result["binary"] = {key: v for key, v in binary.items() if key not in ("roc", "pr")}
+    return result

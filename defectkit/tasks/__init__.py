@@ -34,4 +34,4 @@ def get_task(name: str) -> TaskRunner:
 
 
 def _load_builtin() -> None:
-    from defectkit.tasks import classify  # noqa: F401  (registers itself)
+    from defectkit.tasks import anomaly, classify  # noqa: F401  (they register themselves)

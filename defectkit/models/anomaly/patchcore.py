@@ -1,0 +1,135 @@
+"""PatchCore (Roth et al. 2022): locally aware patch features from a pretrained backbone,
+a greedy coreset of them as memory bank, and nearest-neighbour distance as anomaly score.
+
+Fitting is made fast on the CPU by running the greedy k-center selection on a random
+projection of a random pool of patches: the selection is sequential, so its cost is
+(coreset size) x (pool size) x (projection dims) and each step must stream the pool."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from defectkit.models.anomaly import register_method
+from defectkit.models.backbones import create_backbone
+
+
+def greedy_coreset(
+    features: torch.Tensor,
+    size: int,
+    *,
+    projection_dim: int = 64,
+    pool: int = 200_000,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Indices of `size` rows chosen by greedy k-center: each pick is the row farthest from
+    all picked so far, so the bank covers the feature space, rare patterns included."""
+    generator = torch.Generator().manual_seed(seed)
+    n = len(features)
+    if size >= n:
+        return torch.arange(n)
+    candidates = torch.randperm(n, generator=generator)[:pool] if n > pool else torch.arange(n)
+    points = features[candidates].float()
+    if points.shape[1] > projection_dim:  # Johnson-Lindenstrauss: distances roughly kept
+        projection = torch.randn(points.shape[1], projection_dim, generator=generator)
+        points = points @ (projection / math.sqrt(projection_dim))
+    squared = (points * points).sum(1)
+    chosen = torch.empty(size, dtype=torch.long)
+    chosen[0] = int(torch.randint(len(points), (1,), generator=generator))
+    nearest = torch.full((len(points),), float("inf"))
+    for step in range(1, size + 1):
+        centre = points[chosen[step - 1]]
+        distance = squared - 2 * (points @ centre) + squared[chosen[step - 1]]
+        torch.minimum(nearest, distance, out=nearest)
+        if step < size:
+            chosen[step] = int(torch.argmax(nearest))
+    return candidates[chosen]
+
+
+def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Euclidean distance of each query row to its nearest bank row, in chunks of memory."""
+    bank_squared = (bank * bank).sum(1)
+    out = []
+    for start in range(0, len(queries), chunk):
+        q = queries[start : start + chunk]
+        d = (q * q).sum(1, keepdim=True) - 2 * q @ bank.T + bank_squared
+        out.append(d.min(1).values.clamp(min=0).sqrt())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@register_method("patchcore")
+class PatchCore(nn.Module):
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        layers: tuple[int, ...] = (2, 3),
+        coreset_ratio: float = 0.01,
+        max_coreset: int = 10_000,
+        projection_dim: int = 64,
+        pool: int = 200_000,
+        pretrained: bool = True,
+        weights: str = "",
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.backbone, self.weights_info = create_backbone(
+            backbone, 0, pretrained=pretrained, weights=weights
+        )
+        self.backbone.eval().requires_grad_(False)
+        self.layers = tuple(layers)
+        self.coreset_ratio, self.max_coreset = coreset_ratio, max_coreset
+        self.projection_dim, self.pool, self.seed = projection_dim, pool, seed
+        self.register_buffer("memory_bank", torch.empty(0))
+
+    def train(self, mode: bool = True) -> PatchCore:
+        super().train(mode)
+        self.backbone.eval()  # batch norms keep their ImageNet statistics
+        return self
+
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) patch features: each layer averaged over its 3x3 neighbourhood (local
+        context), deeper layers upsampled to the first layer's grid, then concatenated."""
+        maps = self.backbone.forward_intermediates(
+            images, indices=list(self.layers), intermediates_only=True, stop_early=True
+        )
+        maps = [F.avg_pool2d(m, 3, stride=1, padding=1) for m in maps]
+        size = maps[0].shape[-2:]
+        maps = [maps[0]] + [
+            F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]
+        ]
+        return torch.cat(maps, 1)
+
+    @torch.inference_mode()
+    def fit(self, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+        patches = []
+        for images in tqdm(batches, desc="patchcore features", leave=False, disable=None):
+            feats = self.embed(images)
+            patches.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu())
+        features = torch.cat(patches)
+        size = min(self.max_coreset, max(1, int(self.coreset_ratio * len(features))))
+        index = greedy_coreset(
+            features, size, projection_dim=self.projection_dim, pool=self.pool, seed=self.seed
+        )
+        self.memory_bank = features[index].contiguous()
+        return {
+            "patches": len(features),
+            "memory_bank": len(index),
+            "feature_dim": features.shape[1],
+        }
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image scores (B,), patch-level anomaly maps (B, h, w)); maps are raw distances."""
+        if self.memory_bank.numel() == 0:
+            raise RuntimeError("PatchCore has no memory bank: fit it on defect-free images first")
+        feats = self.embed(images)
+        b, c, h, w = feats.shape
+        flat = feats.permute(0, 2, 3, 1).reshape(-1, c)
+        maps = nearest_distance(flat, self.memory_bank.to(flat.device)).reshape(b, h, w)
+        return maps.flatten(1).max(1).values, maps

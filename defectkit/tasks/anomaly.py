@@ -1,0 +1,243 @@
+"""The anomaly task: fit on defect-free images only, calibrate an OK/NG threshold on held-out
+defect-free images (no defect labels needed), then score the test images: image and pixel
+AUROC, AUPRO, F1, heat maps at each image's own resolution."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from defectkit import bundle, report
+from defectkit.config import RunConfig, save_config
+from defectkit.data.formats import DatasetError, read_dataset
+from defectkit.data.images import image_tensor
+from defectkit.data.samples import Sample, SampleSet
+from defectkit.data.transforms import eval_transform
+from defectkit.engine.train import pick_device, seed_everything
+from defectkit.metrics import aupro, f1_max, pixel_auroc, rates_at
+from defectkit.models.anomaly import create_method
+from defectkit.models.backbones import preprocessing_for
+from defectkit.runs import peak_rss_mb, write_json
+from defectkit.tasks import register_task
+
+log = logging.getLogger(__name__)
+GOOD_NAMES = ("good", "free", "ok", "normal")
+
+
+def good_label(dataset: SampleSet, requested: str) -> str:
+    if requested:
+        if requested not in dataset.classes:
+            raise DatasetError(
+                f"anomaly.good_label={requested!r} is not a class of "
+                f"{dataset.root}; classes: {list(dataset.classes)}"
+            )
+        return requested
+    for name in dataset.classes:
+        if name.lower() in GOOD_NAMES:
+            return name
+    raise DatasetError(
+        f"no defect-free class among {list(dataset.classes)} in {dataset.root}: "
+        "name it with --set anomaly.good_label=NAME"
+    )
+
+
+def anomaly_split(
+    dataset: SampleSet, good: str, test_fraction: float, calibration: float, seed: int
+) -> dict[str, list[Sample]]:
+    """fit / calibration / test. A layout's own split (MVTec AD) is kept; otherwise the good
+    images are shuffled with the seed and the first int((1 - test_fraction) n) are for
+    training (PROTOCOLS.md), every defect image is for testing. Calibration images are good
+    images carved out of the training part."""
+    samples = dataset.samples
+    if any(s.meta.get("split") for s in samples):
+        train = [s for s in samples if s.meta.get("split") == "train" and s.label == good]
+        test = [s for s in samples if s.meta.get("split") == "test"]
+    else:
+        goods = sorted((s for s in samples if s.label == good), key=lambda s: str(s.image))
+        random.Random(seed).shuffle(goods)
+        cut = int((1 - test_fraction) * len(goods))
+        train, test = goods[:cut], goods[cut:] + [s for s in samples if s.label != good]
+    n_cal = int(calibration * len(train))
+    if len(train) - n_cal < 1:
+        raise DatasetError(
+            f"{dataset.root}: only {len(train)} defect-free training image(s); "
+            "an anomaly model needs at least a few (tens are better)"
+        )
+    return {"fit": train[n_cal:], "calibration": train[:n_cal], "test": test}
+
+
+def _batches(
+    samples: Sequence[Sample], transform, batch_size: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        yield torch.stack([transform(image_tensor(s.image)) for s in chunk]).to(device)
+
+
+def smooth_maps(maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Patch grid -> input resolution, then a Gaussian blur (as PatchCore does)."""
+    maps = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    if sigma > 0:
+        kernel = 2 * math.ceil(3 * sigma) + 1
+        maps = TF.gaussian_blur(maps, [kernel, kernel], [sigma, sigma])
+    return maps[:, 0]
+
+
+def score(
+    model, samples: Sequence[Sample], transform, config: RunConfig, device: torch.device
+) -> tuple[np.ndarray, list[torch.Tensor]]:
+    """Image scores and smoothed maps (at input size) for every sample."""
+    scores, maps = [], []
+    for images in _batches(samples, transform, 16, device):
+        _, patch_maps = model(images)
+        smoothed = smooth_maps(
+            patch_maps.float(), config.data.image_size, config.anomaly.blur_sigma
+        ).cpu()
+        scores.append(smoothed.flatten(1).max(1).values.numpy())
+        maps += list(smoothed)
+    return (np.concatenate(scores) if scores else np.empty(0)), maps
+
+
+def read_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
+    """The ground-truth mask (value > 127 is defect; masks carry JPEG-like noise), or an
+    empty one at the image's shape for images without a mask."""
+    if sample.mask is None:
+        return np.zeros(shape, dtype=bool)
+    with Image.open(sample.mask) as mask:
+        return np.asarray(mask.convert("L")) > 127
+
+
+@register_task("anomaly")
+def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    ac = config.anomaly
+    seed_everything(config.train.seed)
+    device = pick_device(config.train.device)
+    dataset = read_dataset(config.data.root, config.data.format, config.data.label_mode)
+    good = good_label(dataset, ac.good_label)
+    parts = anomaly_split(
+        dataset, good, config.split.test_fraction, config.split.val_fraction, config.split.seed
+    )
+    save_config(config, run_dir / "config.yaml")
+    write_json(run_dir / "split.json", {k: [str(s.image) for s in v] for k, v in parts.items()})
+    log.info(
+        "%s: %s layout; fit on %d good images, calibrate on %d, test %d (%d defective)",
+        dataset.root,
+        dataset.layout,
+        len(parts["fit"]),
+        len(parts["calibration"]),
+        len(parts["test"]),
+        sum(s.label != good for s in parts["test"]),
+    )
+
+    model = create_method(
+        ac.method,
+        backbone=config.model.backbone,
+        layers=ac.layers,
+        coreset_ratio=ac.coreset_ratio,
+        max_coreset=ac.max_coreset,
+        projection_dim=ac.projection_dim,
+        pool=ac.pool,
+        pretrained=config.model.pretrained,
+        weights=config.model.weights,
+        seed=config.train.seed,
+    ).to(device)
+    prep = preprocessing_for(config.model.backbone, model.backbone)
+    transform = eval_transform(
+        size=config.data.image_size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation
+    )
+
+    tick = time.perf_counter()
+    fit_info = model.fit(_batches(parts["fit"], transform, 16, device))
+    fit_seconds = time.perf_counter() - tick
+    log.info("fitted %s in %.1f s: %s", ac.method, fit_seconds, fit_info)
+
+    calibration_scores, _ = score(model, parts["calibration"], transform, config, device)
+    threshold = (
+        float(np.quantile(calibration_scores, 1 - ac.false_alarm_rate))
+        if len(calibration_scores)
+        else float("nan")
+    )
+
+    tick = time.perf_counter()
+    test_scores, test_maps = score(model, parts["test"], transform, config, device)
+    ms_per_image = 1000 * (time.perf_counter() - tick) / max(1, len(parts["test"]))
+    result = evaluate_anomaly(parts["test"], good, test_scores, test_maps, threshold)
+    result.update(
+        {
+            "fit_seconds": fit_seconds,
+            "ms_per_image": ms_per_image,
+            "peak_rss_mb": peak_rss_mb(),
+            "fit": fit_info,
+            "device": str(device),
+            "good_label": good,
+            "calibration_images": len(parts["calibration"]),
+            "threshold": threshold,
+            "false_alarm_rate_target": ac.false_alarm_rate,
+            "model_mb": model.memory_bank.numel() * 4 / 2**20,
+        }
+    )
+    write_json(run_dir / "metrics.json", result)
+    bundle.save_anomaly_bundle(run_dir / "bundle", model, config, prep, threshold, good)
+    report.write_anomaly_report(
+        run_dir, config, parts["test"], good, test_scores, test_maps, result
+    )
+    return result
+
+
+def evaluate_anomaly(
+    samples: Sequence[Sample],
+    good: str,
+    scores: np.ndarray,
+    maps: Sequence[torch.Tensor],
+    threshold: float,
+) -> dict[str, Any]:
+    """Image AUROC, F1-max and F1 at the calibrated threshold; pixel AUROC and AUPRO with
+    maps resized to each mask's own resolution; detection rate per defect class."""
+    from sklearn.metrics import roc_auc_score
+
+    is_bad = np.array([s.label != good for s in samples])
+    if is_bad.all() or not is_bad.any():
+        raise DatasetError("the test part needs both defect-free and defect images")
+    masks, resized = [], []
+    for sample, amap in zip(samples, maps, strict=True):
+        with Image.open(sample.image) as image:
+            shape = (image.height, image.width)
+        mask = read_mask(sample, shape)
+        masks.append(mask)
+        resized.append(
+            F.interpolate(amap[None, None], size=mask.shape, mode="bilinear", align_corners=False)[
+                0, 0
+            ].numpy()
+        )
+    best_f1, best_threshold = f1_max(is_bad, scores)
+    at_calibrated = rates_at(is_bad, scores, threshold)
+    per_class = {}
+    for name in sorted({s.label for s in samples}):
+        members = np.array([s.label == name for s in samples])
+        per_class[name] = {
+            "images": int(members.sum()),
+            "flagged": float((scores[members] >= threshold).mean()),
+        }
+    has_regions = any(m.any() for m in masks)
+    return {
+        "image_auroc": float(roc_auc_score(is_bad, scores)),
+        "pixel_auroc": pixel_auroc(masks, resized) if has_regions else None,
+        "aupro": aupro(masks, resized) if has_regions else None,
+        "f1_max": best_f1,
+        "f1_max_threshold": best_threshold,
+        "f1_calibrated": at_calibrated["ng_f1"],
+        "at_calibrated": at_calibrated,
+        "per_class": per_class,
+        "test_images": len(samples),
+    }
