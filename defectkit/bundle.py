@@ -142,3 +142,31 @@ def load_classifier(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     model = timm.create_model(meta["backbone"], pretrained=False, num_classes=len(meta["classes"]))
     model.load_state_dict(load_file(str(Path(meta["folder"]) / WEIGHTS_FILE)))
     return model.eval(), meta
+
+
+def load_anomaly(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """An anomaly method with its fitted state (memory bank, Gaussians or decoder)."""
+    from defectkit.models.anomaly import create_method
+
+    meta = read_meta(folder)
+    if meta["task"] != "anomaly":
+        raise BundleError(f"{folder} holds a {meta['task']} model, not an anomaly model")
+    options = meta["method_options"]
+    model = create_method(
+        meta["method"], backbone=meta["backbone"], layers=tuple(options["layers"]), pretrained=False
+    )
+    state = load_file(str(Path(meta["folder"]) / WEIGHTS_FILE))
+    buffers = dict(model.named_buffers())
+    for name, tensor in state.items():  # fitted buffers start empty: give them their size
+        if name in buffers and buffers[name].shape != tensor.shape:
+            owner_name, _, leaf = name.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            owner.register_buffer(leaf, torch.empty_like(tensor))
+    model.load_state_dict(state)
+    return model.eval(), meta
+
+
+def load_model(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Whatever task the bundle holds."""
+    task = read_meta(folder)["task"]
+    return load_anomaly(folder) if task == "anomaly" else load_classifier(folder)

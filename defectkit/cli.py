@@ -136,6 +136,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     writer.writeheader()
                 writer.writerow(flat)
             count += 1
+            if args.overlays and prediction.heat_map is not None:
+                from defectkit.report import save_overlay
+
+                name = f"{count:06d}_{Path(prediction.image).stem}.png"
+                save_overlay(
+                    Path(prediction.image),
+                    prediction.heat_map,
+                    Path(args.overlays) / name,
+                    vmax=2 * prediction.threshold,
+                )
     for error in errors:
         print(f"skipped {error['image']}: {error['error']}", file=sys.stderr)
     print(f"{count} image(s) -> {out}; {len(errors)} skipped")
@@ -218,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+")
     predict.add_argument("--out", default="predictions.csv", help=".csv or .jsonl")
     predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument(
+        "--overlays", metavar="DIR", help="anomaly models: write heat-map overlays here"
+    )
     predict.set_defaults(func=_cmd_predict)
 
     demo = commands.add_parser("demo", help="train on ELPV solar cells (pip) or synthetic data")

@@ -95,6 +95,7 @@ class AnomalyConfig:
     good_label: str = ""  # the defect-free class; "" = good / free / ok, whichever exists
     false_alarm_rate: float = 0.01  # calibrated threshold: this share of good images flagged
     blur_sigma: float = 4.0  # Gaussian smoothing of the map, in pixels of the input size
+    epochs: int = 20  # autoencoder only: reconstruction training epochs
 
 
 @dataclass(frozen=True)

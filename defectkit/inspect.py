@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from defectkit.bundle import load_classifier
+from defectkit.bundle import load_model
 from defectkit.data.formats import DatasetError, images_in, is_image
 from defectkit.data.images import load_image
 from defectkit.data.transforms import eval_transform
@@ -29,6 +29,7 @@ class Prediction:
     ng_score: float | None = None
     threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    heat_map: Any = None  # anomaly: (H, W) numpy map at the model's input size
 
 
 class Inspector:
@@ -37,7 +38,8 @@ class Inspector:
     def __init__(self, bundle: str | Path, backend: str = "torch", device: str = "cpu"):
         if backend != "torch":
             raise ValueError(f"backend {backend!r} is not available yet; use backend='torch'")
-        self.model, self.meta = load_classifier(Path(bundle))
+        self.model, self.meta = load_model(Path(bundle))
+        self.task = self.meta["task"]
         self.device = torch.device(device)
         self.model.to(self.device)
         self.classes: list[str] = self.meta["classes"]
@@ -56,8 +58,38 @@ class Inspector:
         self, images: Sequence[Image.Image], names: Sequence[str]
     ) -> list[Prediction]:
         batch = torch.stack([self.transform(F.pil_to_tensor(im.convert("RGB"))) for im in images])
+        if self.task == "anomaly":
+            return self._anomaly(batch.to(self.device), names)
         probs = self.model(batch.to(self.device)).float().softmax(1).cpu()
         return [self._decide(name, row) for name, row in zip(names, probs, strict=True)]
+
+    def _anomaly(self, batch: torch.Tensor, names: Sequence[str]) -> list[Prediction]:
+        """Score = max of the smoothed map, compared with the threshold calibrated at fit."""
+        from defectkit.models.anomaly import smooth_maps
+
+        _, patch_maps = self.model(batch)
+        maps = smooth_maps(
+            patch_maps.float(),
+            self.meta["input_size"][0],
+            self.meta["method_options"]["blur_sigma"],
+        ).cpu()
+        good, bad = self.classes
+        out = []
+        for name, amap in zip(names, maps, strict=True):
+            score = float(amap.max())
+            ok = score < self.threshold
+            out.append(
+                Prediction(
+                    name,
+                    good if ok else bad,
+                    {bad: score},
+                    ok,
+                    score,
+                    self.threshold,
+                    heat_map=amap.numpy(),
+                )
+            )
+        return out
 
     def _decide(self, name: str, probs: torch.Tensor) -> Prediction:
         scores = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}

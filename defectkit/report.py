@@ -335,3 +335,15 @@ def write_anomaly_report(
     path = run_dir / "report.html"
     path.write_text(page)
     return path
+
+
+def save_overlay(image_path: Path, heat_map: np.ndarray, path: Path, vmax: float) -> Path:
+    """The image at the map's size with the anomaly map blended over it (jet, 45%)."""
+    from PIL import Image
+
+    image = load_image(image_path).resize(heat_map.shape[::-1])
+    colours = plt.get_cmap("jet")(np.clip(heat_map / max(vmax, 1e-12), 0, 1))[..., :3]
+    heat = Image.fromarray((colours * 255).astype(np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.blend(image, heat, 0.45).save(path)
+    return path

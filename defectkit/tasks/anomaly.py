@@ -4,8 +4,8 @@ AUROC, AUPRO, F1, heat maps at each image's own resolution."""
 
 from __future__ import annotations
 
+import csv
 import logging
-import math
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.nn import functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from defectkit import bundle, report
 from defectkit.config import RunConfig, save_config
@@ -26,7 +25,7 @@ from defectkit.data.samples import Sample, SampleSet
 from defectkit.data.transforms import eval_transform
 from defectkit.engine.train import pick_device, seed_everything
 from defectkit.metrics import aupro, f1_max, pixel_auroc, rates_at
-from defectkit.models.anomaly import create_method
+from defectkit.models.anomaly import create_method, smooth_maps
 from defectkit.models.backbones import preprocessing_for
 from defectkit.runs import peak_rss_mb, write_json
 from defectkit.tasks import register_task
@@ -69,29 +68,35 @@ def anomaly_split(
         cut = int((1 - test_fraction) * len(goods))
         train, test = goods[:cut], goods[cut:] + [s for s in samples if s.label != good]
     n_cal = int(calibration * len(train))
-    if len(train) - n_cal < 1:
+    if len(train) - n_cal < 1 or n_cal < 1:
         raise DatasetError(
-            f"{dataset.root}: only {len(train)} defect-free training image(s); "
-            "an anomaly model needs at least a few (tens are better)"
+            f"{dataset.root}: {len(train)} defect-free training image(s) leave {n_cal} to "
+            f"calibrate the threshold with split.val_fraction={calibration}: an anomaly model "
+            "needs tens of good images, and at least one held out (raise split.val_fraction)"
         )
     return {"fit": train[n_cal:], "calibration": train[:n_cal], "test": test}
 
 
-def _batches(
-    samples: Sequence[Sample], transform, batch_size: int, device: torch.device
-) -> Iterator[torch.Tensor]:
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        yield torch.stack([transform(image_tensor(s.image)) for s in chunk]).to(device)
+class Batches:
+    """Image batches of samples, re-iterable (a method that trains, like the autoencoder,
+    goes over them once per epoch); images are decoded once and kept as uint8."""
 
+    def __init__(self, samples: Sequence[Sample], transform, batch_size: int, device: torch.device):
+        self.samples, self.transform = samples, transform
+        self.batch_size, self.device = batch_size, device
+        self.decoded: dict[int, torch.Tensor] = {}
 
-def smooth_maps(maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """Patch grid -> input resolution, then a Gaussian blur (as PatchCore does)."""
-    maps = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)
-    if sigma > 0:
-        kernel = 2 * math.ceil(3 * sigma) + 1
-        maps = TF.gaussian_blur(maps, [kernel, kernel], [sigma, sigma])
-    return maps[:, 0]
+    def __len__(self) -> int:
+        return -(-len(self.samples) // self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self.samples), self.batch_size):
+            images = []
+            for i in range(start, min(start + self.batch_size, len(self.samples))):
+                if i not in self.decoded:
+                    self.decoded[i] = image_tensor(self.samples[i].image)
+                images.append(self.transform(self.decoded[i]))
+            yield torch.stack(images).to(self.device)
 
 
 def score(
@@ -99,7 +104,7 @@ def score(
 ) -> tuple[np.ndarray, list[torch.Tensor]]:
     """Image scores and smoothed maps (at input size) for every sample."""
     scores, maps = [], []
-    for images in _batches(samples, transform, 16, device):
+    for images in Batches(samples, transform, 16, device):
         _, patch_maps = model(images)
         smoothed = smooth_maps(
             patch_maps.float(), config.data.image_size, config.anomaly.blur_sigma
@@ -150,24 +155,22 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         pool=ac.pool,
         pretrained=config.model.pretrained,
         weights=config.model.weights,
+        epochs=ac.epochs,
         seed=config.train.seed,
     ).to(device)
-    prep = preprocessing_for(config.model.backbone, model.backbone)
+    features = getattr(model, "features", None)
+    prep = preprocessing_for(config.model.backbone, getattr(features, "backbone", None))
     transform = eval_transform(
         size=config.data.image_size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation
     )
 
     tick = time.perf_counter()
-    fit_info = model.fit(_batches(parts["fit"], transform, 16, device))
+    fit_info = model.fit(Batches(parts["fit"], transform, 16, device))
     fit_seconds = time.perf_counter() - tick
     log.info("fitted %s in %.1f s: %s", ac.method, fit_seconds, fit_info)
 
     calibration_scores, _ = score(model, parts["calibration"], transform, config, device)
-    threshold = (
-        float(np.quantile(calibration_scores, 1 - ac.false_alarm_rate))
-        if len(calibration_scores)
-        else float("nan")
-    )
+    threshold = float(np.quantile(calibration_scores, 1 - ac.false_alarm_rate))
 
     tick = time.perf_counter()
     test_scores, test_maps = score(model, parts["test"], transform, config, device)
@@ -184,10 +187,17 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
             "calibration_images": len(parts["calibration"]),
             "threshold": threshold,
             "false_alarm_rate_target": ac.false_alarm_rate,
-            "model_mb": model.memory_bank.numel() * 4 / 2**20,
+            "method": ac.method,
+            "model_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values())
+            / 2**20,
         }
     )
     write_json(run_dir / "metrics.json", result)
+    with open(run_dir / "predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label", "score", "flagged"])
+        for sample, value in zip(parts["test"], test_scores, strict=True):
+            writer.writerow([str(sample.image), sample.label, f"{value:.6f}", value >= threshold])
     bundle.save_anomaly_bundle(run_dir / "bundle", model, config, prep, threshold, good)
     report.write_anomaly_report(
         run_dir, config, parts["test"], good, test_scores, test_maps, result

@@ -4,9 +4,14 @@ registered by name so that a new method is one new file."""
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 
+import torch
 from torch import nn
+from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
 
 _METHODS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -27,13 +32,26 @@ def list_methods() -> list[str]:
 
 
 def create_method(name: str, **options) -> nn.Module:
+    """Build a method from the options it takes; options meant for other methods (the run
+    config carries all of them) are left out."""
     _load_builtin()
     if name not in _METHODS:
         raise ValueError(
             f"unknown anomaly method {name!r}; available: {', '.join(sorted(_METHODS))}"
         )
-    return _METHODS[name](**options)
+    factory = _METHODS[name]
+    accepted = inspect.signature(factory).parameters
+    return factory(**{k: v for k, v in options.items() if k in accepted})
+
+
+def smooth_maps(maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Patch grid -> input resolution, then a Gaussian blur (as PatchCore does)."""
+    maps = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    if sigma > 0:
+        kernel = 2 * math.ceil(3 * sigma) + 1
+        maps = TF.gaussian_blur(maps, [kernel, kernel], [sigma, sigma])
+    return maps[:, 0]
 
 
 def _load_builtin() -> None:
-    from defectkit.models.anomaly import patchcore  # noqa: F401  (registers itself)
+    from defectkit.models.anomaly import autoencoder, padim, patchcore  # noqa: F401

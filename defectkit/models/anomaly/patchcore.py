@@ -12,11 +12,10 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from defectkit.models.anomaly import register_method
-from defectkit.models.backbones import create_backbone
+from defectkit.models.anomaly.features import PatchFeatures
 
 
 def greedy_coreset(
@@ -77,46 +76,25 @@ class PatchCore(nn.Module):
         seed: int = 0,
     ):
         super().__init__()
-        self.backbone, self.weights_info = create_backbone(
-            backbone, 0, pretrained=pretrained, weights=weights
+        self.features = PatchFeatures(
+            backbone, layers, pretrained=pretrained, weights=weights, local=3
         )
-        self.backbone.eval().requires_grad_(False)
-        self.layers = tuple(layers)
         self.coreset_ratio, self.max_coreset = coreset_ratio, max_coreset
         self.projection_dim, self.pool, self.seed = projection_dim, pool, seed
-        self.register_buffer("memory_bank", torch.empty(0))
-
-    def train(self, mode: bool = True) -> PatchCore:
-        super().train(mode)
-        self.backbone.eval()  # batch norms keep their ImageNet statistics
-        return self
-
-    @torch.inference_mode()
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) patch features: each layer averaged over its 3x3 neighbourhood (local
-        context), deeper layers upsampled to the first layer's grid, then concatenated."""
-        maps = self.backbone.forward_intermediates(
-            images, indices=list(self.layers), intermediates_only=True, stop_early=True
-        )
-        maps = [F.avg_pool2d(m, 3, stride=1, padding=1) for m in maps]
-        size = maps[0].shape[-2:]
-        maps = [maps[0]] + [
-            F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]
-        ]
-        return torch.cat(maps, 1)
+        self.register_buffer("memory_bank", torch.empty(0, self.features.channels))
 
     @torch.inference_mode()
     def fit(self, batches: Iterable[torch.Tensor]) -> dict[str, float]:
         patches = []
         for images in tqdm(batches, desc="patchcore features", leave=False, disable=None):
-            feats = self.embed(images)
+            feats = self.features(images)
             patches.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu())
         features = torch.cat(patches)
         size = min(self.max_coreset, max(1, int(self.coreset_ratio * len(features))))
         index = greedy_coreset(
             features, size, projection_dim=self.projection_dim, pool=self.pool, seed=self.seed
         )
-        self.memory_bank = features[index].contiguous()
+        self.memory_bank = features[index].contiguous().to(self.memory_bank.device)
         return {
             "patches": len(features),
             "memory_bank": len(index),
@@ -128,8 +106,8 @@ class PatchCore(nn.Module):
         """(image scores (B,), patch-level anomaly maps (B, h, w)); maps are raw distances."""
         if self.memory_bank.numel() == 0:
             raise RuntimeError("PatchCore has no memory bank: fit it on defect-free images first")
-        feats = self.embed(images)
+        feats = self.features(images)
         b, c, h, w = feats.shape
         flat = feats.permute(0, 2, 3, 1).reshape(-1, c)
-        maps = nearest_distance(flat, self.memory_bank.to(flat.device)).reshape(b, h, w)
+        maps = nearest_distance(flat, self.memory_bank).reshape(b, h, w)
         return maps.flatten(1).max(1).values, maps

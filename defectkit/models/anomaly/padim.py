@@ -1,0 +1,78 @@
+"""PaDiM (Defard et al. 2021): a Gaussian per patch position over pretrained features of
+defect-free images; the Mahalanobis distance to it is the anomaly score. Suits parts that
+are aligned in the image (same part, same pose)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from defectkit.models.anomaly import register_method
+from defectkit.models.anomaly.features import PatchFeatures
+
+
+@register_method("padim")
+class PaDiM(nn.Module):
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        layers: tuple[int, ...] = (2, 3),
+        max_dims: int = 100,
+        pretrained: bool = True,
+        weights: str = "",
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.features = PatchFeatures(backbone, layers, pretrained=pretrained, weights=weights)
+        dims = min(max_dims, self.features.channels)
+        generator = torch.Generator().manual_seed(seed)
+        # a random subset of channels: the paper found it as good as PCA and far cheaper
+        chosen = torch.randperm(self.features.channels, generator=generator)[:dims].sort().values
+        self.register_buffer("channels", chosen)
+        self.register_buffer("mean", torch.empty(0))
+        self.register_buffer("inverse_covariance", torch.empty(0))
+
+    @torch.inference_mode()
+    def fit(self, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+        feats = torch.cat(
+            [
+                self.features(images)[:, self.channels].cpu().double()
+                for images in tqdm(batches, desc="padim features", leave=False, disable=None)
+            ]
+        )
+        n, c, h, w = feats.shape
+        if n < 2:
+            raise ValueError("PaDiM needs at least 2 defect-free training images")
+        flat = feats.permute(2, 3, 0, 1).reshape(h * w, n, c)  # (positions, images, dims)
+        mean = flat.mean(1, keepdim=True)
+        centred = flat - mean
+        covariance = centred.transpose(1, 2) @ centred / (n - 1)
+        covariance += 0.01 * torch.eye(c, dtype=covariance.dtype)  # the paper's regulariser
+        device = self.channels.device
+        self.mean = mean[:, 0].float().to(device)
+        self.inverse_covariance = torch.linalg.inv(covariance).float().to(device)
+        return {
+            "images": n,
+            "positions": h * w,
+            "dims": c,
+            "model_mb": (self.mean.numel() + self.inverse_covariance.numel()) * 4 / 2**20,
+        }
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mean.numel() == 0:
+            raise RuntimeError("PaDiM is not fitted: fit it on defect-free images first")
+        feats = self.features(images)[:, self.channels]
+        b, c, h, w = feats.shape
+        if h * w != self.mean.shape[0]:
+            raise ValueError(
+                f"images give a {h}x{w} feature grid, the model was fitted on "
+                f"{self.mean.shape[0]} positions: use the training input size"
+            )
+        delta = feats.permute(2, 3, 0, 1).reshape(h * w, b, c) - self.mean[:, None]
+        distance = ((delta @ self.inverse_covariance) * delta).sum(-1).clamp(min=0).sqrt()
+        maps = distance.T.reshape(b, h, w)
+        return maps.flatten(1).max(1).values, maps
