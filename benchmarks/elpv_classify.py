@@ -6,12 +6,31 @@
 
 from __future__ import annotations
 
-from common import save_results, table, train, write_section
+import argparse
+import json
+
+from common import RUNS, save_results, table, train, write_section
 
 
 def main() -> None:
-    binary, command = train("elpv-binary", "elpv_classify", [])
-    four, command4 = train("elpv-4class", "elpv_4class", [])
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--only",
+        choices=("binary", "4class"),
+        help="retrain one of the two; the other's last run folder is reused",
+    )
+    args = parser.parse_args()
+    runs = {}
+    for name, recipe in (("binary", "elpv_classify"), ("4class", "elpv_4class")):
+        folder = RUNS / f"elpv-{name}"
+        if args.only and args.only != name and (folder / "metrics.json").is_file():
+            runs[name] = (
+                json.loads((folder / "metrics.json").read_text()),
+                f"defectkit train --config {recipe}",
+            )
+        else:
+            runs[name] = train(f"elpv-{name}", recipe, [])
+    (binary, command), (four, command4) = runs["binary"], runs["4class"]
     b = binary["binary"]
     run = {
         "name": "default",
@@ -49,7 +68,8 @@ def main() -> None:
         f"""## ELPV solar cells (PROTOCOLS.md)
 
 Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`.
-EfficientNet-Lite0 fine-tuned at 160 px, 8 epochs, class-weighted loss; the threshold is
+EfficientNet-Lite0 fine-tuned at 160 px, 8 epochs (OK/NG: class-weighted loss; 4-class:
+unweighted, label smoothing 0.1, recipes elpv_classify / elpv_4class). The OK/NG threshold is
 chosen on the validation images (10% of train, Youden) and applied to the test images;
 the 95%-specificity point is read off the test ROC.
 

@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from defectkit.bundle import load_model
-from defectkit.data.formats import DatasetError, images_in, is_image
+from defectkit.data.formats import DatasetError, is_image
 from defectkit.data.images import load_image
 from defectkit.data.transforms import eval_transform
 
@@ -143,4 +143,4 @@ def expand_inputs(inputs: Sequence[str | Path]) -> Iterator[Path]:
             raise FileNotFoundError(f"{path} does not exist; give image files or folders")
 
 
-__all__ = ["Inspector", "Prediction", "expand_inputs", "images_in"]
+__all__ = ["Inspector", "Prediction", "expand_inputs"]

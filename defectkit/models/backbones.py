@@ -223,9 +223,16 @@ def load_pretrained(model: nn.Module, name: str, file: str = "", sha256: str = "
         try:
             hub_model = timm.create_model(name, pretrained=True)
         except Exception as error:
+            source = _SOURCES.get(name)
+            looked = ""
+            if source is not None:
+                places = [str(d / source.filename) for d in cache_dirs()]
+                if source.package:
+                    places.append(f"pip package {source.package} ({source.package_file})")
+                looked = f" (looked for {'; '.join(places)})"
             raise WeightsError(
-                f"no pretrained weights for {name} here and timm's download failed ({error}); "
-                "pass --set model.weights=FILE, choose one of "
+                f"no pretrained weights for {name} here{looked} and timm's download failed "
+                f"({error}); pass --set model.weights=FILE, choose one of "
                 f"{', '.join(list_backbones())}, or --set model.pretrained=false"
             ) from None
         loaded, where = hub_model.state_dict(), "timm hub"
