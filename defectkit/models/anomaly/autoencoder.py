@@ -65,7 +65,7 @@ class AutoEncoder(nn.Module):
         self.eval()
         return {
             "epochs": self.epochs,
-            "final_loss": float(loss),
+            "final_loss": float(loss.detach()),
             "model_mb": sum(p.numel() for p in self.parameters()) * 4 / 2**20,
         }
 
