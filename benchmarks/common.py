@@ -4,6 +4,7 @@ and the protocol's table in benchmarks/RESULTS.md."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shlex
@@ -48,6 +49,34 @@ def train(name: str, recipe: str, overrides: list[str]) -> tuple[dict, str]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["wall_seconds"] = time.perf_counter() - tick
     return metrics, shlex.join(args)
+
+
+def parse_run_args(doc: str | None, runs: dict) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--runs", default=",".join(runs), help="comma-separated run names")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take runs whose folder already holds metrics.json as they are",
+    )
+    return parser.parse_args()
+
+
+def train_or_reuse(name: str, recipe: str, overrides: list[str], reuse: bool) -> tuple[dict, str]:
+    """`train`, unless `reuse` and the run folder already holds its metrics.json."""
+    metrics_file = RUNS / name / "metrics.json"
+    if reuse and metrics_file.is_file():
+        command = shlex.join(
+            [
+                "defectkit",
+                "train",
+                "--config",
+                recipe,
+                *[a for o in overrides for a in ("--set", o)],
+            ]
+        )
+        return json.loads(metrics_file.read_text()), command
+    return train(name, recipe, overrides)
 
 
 def save_results(protocol: str, runs: list[dict], command: str) -> dict:

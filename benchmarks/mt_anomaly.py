@@ -6,9 +6,7 @@ held-out good images and every defect image.
 
 from __future__ import annotations
 
-import argparse
-
-from common import SHARED_DATA, save_results, table, train, write_section
+from common import SHARED_DATA, parse_run_args, save_results, table, train_or_reuse, write_section
 
 RUNS_DEFINED = {
     # name: (overrides, what it is)
@@ -22,17 +20,12 @@ RUNS_DEFINED = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", default=",".join(RUNS_DEFINED))
-    args = parser.parse_args()
+    args = parse_run_args(__doc__, RUNS_DEFINED)
     runs = []
     for name in args.runs.split(","):
         overrides, _ = RUNS_DEFINED[name]
-        metrics, command = train(
-            f"mt-anomaly-{name}",
-            "mt_anomaly",
-            [f"data.root={SHARED_DATA / 'magnetic-tile'}", *overrides],
-        )
+        overrides = [f"data.root={SHARED_DATA / 'magnetic-tile'}", *overrides]
+        metrics, command = train_or_reuse(f"mt-anomaly-{name}", "mt_anomaly", overrides, args.reuse)
         runs.append(
             {
                 "name": name,
@@ -61,7 +54,7 @@ def main() -> None:
     rows = [
         [
             r["name"],
-            r["method"],
+            RUNS_DEFINED[r["name"]][1],
             f"{r['image_auroc']:.4f}",
             f"{r['pixel_auroc']:.4f}",
             f"{r['aupro']:.4f}",
@@ -70,7 +63,7 @@ def main() -> None:
             f"{r['fit_seconds']:.1f}",
             f"{r['ms_per_image']:.1f}",
             f"{r['peak_rss_mb']:.0f}",
-            f"{r['memory_bank']} ({r['model_mb']:.1f} MB)",
+            f"{r['model_mb']:.1f}",
         ]
         for r in payload["runs"]
     ]
@@ -97,7 +90,7 @@ each mask's own resolution (mask > 127). ms/image covers decoding, resizing and 
                     "fit s",
                     "ms/image",
                     "peak MB",
-                    "memory bank",
+                    "model MB",
                 ],
             )
         }

@@ -9,11 +9,17 @@ set): run that first.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
-from common import RUNS, SHARED_DATA, save_results, table, train, write_section
+from common import (
+    RUNS,
+    SHARED_DATA,
+    parse_run_args,
+    save_results,
+    table,
+    train_or_reuse,
+    write_section,
+)
 
 ROOT = SHARED_DATA / "neu-det" / "IMAGES"
 RUNS_DEFINED = {
@@ -47,25 +53,13 @@ RUNS_DEFINED = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", default=",".join(RUNS_DEFINED))
-    parser.add_argument(
-        "--reuse",
-        action="store_true",
-        help="take runs whose folder already holds metrics.json as they are",
-    )
-    args = parser.parse_args()
+    args = parse_run_args(__doc__, RUNS_DEFINED)
     results = []
     for name in args.runs.split(","):
         recipe, overrides, _ = RUNS_DEFINED[name]
-        folder = RUNS / f"neu6-{name}"
-        if args.reuse and (folder / "metrics.json").is_file():
-            metrics = json.loads((folder / "metrics.json").read_text())
-            command = f"defectkit train --config {recipe} " + " ".join(
-                f"--set {o}" for o in [f"data.root={ROOT}", *overrides]
-            )
-        else:
-            metrics, command = train(f"neu6-{name}", recipe, [f"data.root={ROOT}", *overrides])
+        metrics, command = train_or_reuse(
+            f"neu6-{name}", recipe, [f"data.root={ROOT}", *overrides], args.reuse
+        )
         results.append(
             {
                 "name": name,

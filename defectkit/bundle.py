@@ -28,33 +28,29 @@ class BundleError(ValueError):
     """A bundle folder that is incomplete, damaged or from an unknown format version."""
 
 
-def save_classifier_bundle(
+def _write_bundle(
     folder: Path,
     model: nn.Module,
     config: RunConfig,
-    classes: tuple[str, ...],
     prep: Preprocessing,
-    threshold: float | None = None,
-    positive: str | None = None,
+    task_meta: dict[str, Any],
 ) -> Path:
+    """model.safetensors + bundle.json: what every task records, plus `task_meta`."""
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_FILE
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(weights))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights)
+    )
     meta = {
         "format": BUNDLE_FORMAT,
-        "task": "classify",
         "backbone": config.model.backbone,
-        "classes": list(classes),
         "input_size": [config.data.image_size, config.data.image_size],
         "preprocessing": {
             **asdict(prep),
             "resize": "full image to input_size, no crop",
             "channels": "RGB (greyscale replicated)",
         },
-        "positive_class": positive,
-        # NG probability at or above this is NG; without a binary problem, argmax decides
-        "threshold": threshold,
+        **task_meta,
         "versions": {
             "defectkit": defectkit.__version__,
             "torch": torch.__version__,
@@ -64,6 +60,30 @@ def save_classifier_bundle(
     }
     write_json(folder / META_FILE, meta)
     return folder
+
+
+def save_classifier_bundle(
+    folder: Path,
+    model: nn.Module,
+    config: RunConfig,
+    classes: tuple[str, ...],
+    prep: Preprocessing,
+    threshold: float | None = None,
+    positive: str | None = None,
+) -> Path:
+    return _write_bundle(
+        folder,
+        model,
+        config,
+        prep,
+        {
+            "task": "classify",
+            "classes": list(classes),
+            "positive_class": positive,
+            # NG probability at or above this is NG; without a binary problem, argmax decides
+            "threshold": threshold,
+        },
+    )
 
 
 def save_anomaly_bundle(
@@ -74,39 +94,25 @@ def save_anomaly_bundle(
     threshold: float,
     good_label: str,
 ) -> Path:
-    """Backbone weights and memory bank together, so the bank can never be lost or mixed up."""
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / WEIGHTS_FILE
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights)
-    )
+    """Backbone weights and fitted state (memory bank, Gaussians) in one file, so the bank
+    can never be lost or mixed up."""
     ac = config.anomaly
-    meta = {
-        "format": BUNDLE_FORMAT,
-        "task": "anomaly",
-        "method": ac.method,
-        "backbone": config.model.backbone,
-        "method_options": {"layers": list(ac.layers), "blur_sigma": ac.blur_sigma},
-        "classes": [good_label, "anomalous"],
-        "input_size": [config.data.image_size, config.data.image_size],
-        "preprocessing": {
-            **asdict(prep),
-            "resize": "full image to input_size, no crop",
-            "channels": "RGB (greyscale replicated)",
+    return _write_bundle(
+        folder,
+        model,
+        config,
+        prep,
+        {
+            "task": "anomaly",
+            "method": ac.method,
+            "method_options": {"layers": list(ac.layers), "blur_sigma": ac.blur_sigma},
+            "classes": [good_label, "anomalous"],
+            # image score (max of the smoothed map) at or above this is NG; calibrated on
+            # defect-free images for the false-alarm rate below
+            "threshold": threshold,
+            "false_alarm_rate": ac.false_alarm_rate,
         },
-        # image score (max of the smoothed map) at or above this is NG; calibrated on
-        # defect-free images for the false-alarm rate below
-        "threshold": threshold,
-        "false_alarm_rate": ac.false_alarm_rate,
-        "versions": {
-            "defectkit": defectkit.__version__,
-            "torch": torch.__version__,
-            "timm": timm.__version__,
-        },
-        "weights_sha256": sha256_of(weights),
-    }
-    write_json(folder / META_FILE, meta)
-    return folder
+    )
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

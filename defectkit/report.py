@@ -121,6 +121,19 @@ text-align:right}th{background:#f3f3f3}h2{border-bottom:2px solid #eee;margin-to
 pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}.big{font-size:1.4em}"""
 
 
+def _write_page(run_dir: Path, config: RunConfig, parts: list[str]) -> Path:
+    """report.html: the given sections, then the run's configuration."""
+    config_text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    parts = [*parts, "<h2>Configuration</h2>", f"<pre>{html.escape(config_text)}</pre>"]
+    page = (
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(run_dir.name)}</title>"
+        f"<style>{STYLE}</style>" + "\n".join(parts)
+    )
+    path = run_dir / "report.html"
+    path.write_text(page)
+    return path
+
+
 def write_classify_report(
     run_dir: Path, config: RunConfig, summary: dict, history: list[dict], result: dict[str, Any]
 ) -> Path:
@@ -209,17 +222,9 @@ def write_classify_report(
     parts += [
         "<h2>Timing and memory</h2>",
         _table(timing, ["what", "value"]),
-        "<h2>Configuration</h2>",
-        f"<pre>{html.escape(yaml.safe_dump(config_to_dict(config), sort_keys=False))}</pre>",
         f"<p>weights: {html.escape(str(result.get('weights', {})))}</p>",
     ]
-    page = (
-        f"<!doctype html><meta charset=utf-8><title>{html.escape(run_dir.name)}</title>"
-        f"<style>{STYLE}</style>" + "\n".join(parts)
-    )
-    path = run_dir / "report.html"
-    path.write_text(page)
-    return path
+    return _write_page(run_dir, config, parts)
 
 
 # ---------------------------------------------------------------- anomaly runs
@@ -325,16 +330,8 @@ def write_anomaly_report(
         _embed(plot_heatmaps(heat_items(false_alarms), plots / "heat_false_alarms.png", vmax)),
         "<h2>Timing and memory</h2>",
         _table(timing, ["what", "value"]),
-        "<h2>Configuration</h2>",
-        f"<pre>{html.escape(yaml.safe_dump(config_to_dict(config), sort_keys=False))}</pre>",
     ]
-    page = (
-        f"<!doctype html><meta charset=utf-8><title>{html.escape(run_dir.name)}</title>"
-        f"<style>{STYLE}</style>" + "\n".join(parts)
-    )
-    path = run_dir / "report.html"
-    path.write_text(page)
-    return path
+    return _write_page(run_dir, config, parts)
 
 
 def save_overlay(image_path: Path, heat_map: np.ndarray, path: Path, vmax: float) -> Path:
