@@ -4,7 +4,7 @@ command line or a service."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ class Prediction:
     ok: bool | None  # None when the model's classes say nothing about OK / NG
     ng_score: float | None = None
     threshold: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     heat_map: Any = None  # anomaly: (H, W) numpy map at the model's input size
 
 
