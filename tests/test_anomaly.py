@@ -133,3 +133,44 @@ def test_predict_writes_heat_map_overlays(anomaly_run, tiles, tmp_path):
     )
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 3
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 3
+
+
+def test_mvtec_layout_runs_end_to_end_with_its_own_split(tmp_path):
+    """A tiny MVTec-AD-style category: train/good, test/{good,spot}, ground_truth/spot."""
+    from PIL import Image
+
+    from defectkit.data.synthetic import draw_defect, surface
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "bottle"
+    for folder, count, kind in (
+        ("train/good", 12, "ok"),
+        ("test/good", 4, "ok"),
+        ("test/spot", 4, "spot"),
+    ):
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            image = surface(rng, 64)
+            mask = draw_defect(image, kind, rng)
+            Image.fromarray(image.astype(np.uint8)).save(root / folder / f"{i:03d}.png")
+            if kind != "ok":
+                (root / "ground_truth" / "spot").mkdir(parents=True, exist_ok=True)
+                Image.fromarray((mask * 255).astype(np.uint8)).save(
+                    root / "ground_truth" / "spot" / f"{i:03d}_mask.png"
+                )
+    config = load_config(
+        "mt_anomaly",
+        [
+            f"data.root={root}",
+            "data.format=auto",
+            "data.image_size=64",
+            f"out_dir={tmp_path}",
+            "anomaly.good_label=",
+            "split.val_fraction=0.2",
+            "anomaly.blur_sigma=1",
+        ],
+    )
+    result = get_task("anomaly")(config, tmp_path, False)
+    assert result["good_label"] == "good"
+    assert result["test_images"] == 8 and result["calibration_images"] == 2
+    assert result["image_auroc"] >= 0.9 and result["pixel_auroc"] >= 0.8
