@@ -51,6 +51,21 @@ def train(name: str, recipe: str, overrides: list[str]) -> tuple[dict, str]:
     return metrics, shlex.join(args)
 
 
+# what every anomaly benchmark reports per run (PROTOCOLS.md mt-anomaly keys and a few more)
+ANOMALY_KEYS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "f1_max",
+    "f1_calibrated",
+    "fit_seconds",
+    "ms_per_image",
+    "peak_rss_mb",
+    "model_mb",
+    "threshold",
+)
+
+
 def parse_run_args(doc: str | None, runs: dict) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=doc)
     parser.add_argument("--runs", default=",".join(runs), help="comma-separated run names")

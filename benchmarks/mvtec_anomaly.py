@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import save_results, table, train, write_section
+from common import ANOMALY_KEYS, save_results, table, train, write_section
 
 
 def main() -> None:
@@ -31,16 +31,7 @@ def main() -> None:
             f"anomaly.method={args.method}",
         ],
     )
-    keys = (
-        "image_auroc",
-        "pixel_auroc",
-        "aupro",
-        "f1_max",
-        "f1_calibrated",
-        "fit_seconds",
-        "ms_per_image",
-        "peak_rss_mb",
-    )
+    keys = ANOMALY_KEYS
     run = {"name": name, "command": command, **{k: metrics[k] for k in keys}}
     payload = save_results(
         "mvtec-anomaly", [run], f"python benchmarks/mvtec_anomaly.py --root {args.root}"

@@ -114,11 +114,12 @@ def score(
     return (np.concatenate(scores) if scores else np.empty(0)), maps
 
 
-def read_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
+def read_mask(sample: Sample) -> np.ndarray:
     """The ground-truth mask (value > 127 is defect; masks carry JPEG-like noise), or an
-    empty one at the image's shape for images without a mask."""
+    empty one at the image's own size (read from its header) for images without a mask."""
     if sample.mask is None:
-        return np.zeros(shape, dtype=bool)
+        with Image.open(sample.image) as image:
+            return np.zeros((image.height, image.width), dtype=bool)
     with Image.open(sample.mask) as mask:
         return np.asarray(mask.convert("L")) > 127
 
@@ -221,9 +222,7 @@ def evaluate_anomaly(
         raise DatasetError("the test part needs both defect-free and defect images")
     masks, resized = [], []
     for sample, amap in zip(samples, maps, strict=True):
-        with Image.open(sample.image) as image:
-            shape = (image.height, image.width)
-        mask = read_mask(sample, shape)
+        mask = read_mask(sample)
         masks.append(mask)
         resized.append(
             F.interpolate(amap[None, None], size=mask.shape, mode="bilinear", align_corners=False)[
