@@ -93,6 +93,7 @@ def save_anomaly_bundle(
     prep: Preprocessing,
     threshold: float,
     good_label: str,
+    normalisation: dict[str, float],
 ) -> Path:
     """Backbone weights and fitted state (memory bank, Gaussians) in one file, so the bank
     can never be lost or mixed up."""
@@ -111,6 +112,9 @@ def save_anomaly_bundle(
             # defect-free images for the false-alarm rate below
             "threshold": threshold,
             "false_alarm_rate": ac.false_alarm_rate,
+            # scores and maps are reported as 0.5 + (raw - threshold) / (2 scale), clipped
+            # to [0, 1]: 0.5 is the threshold whatever the method
+            "normalisation": normalisation,
         },
     )
 

@@ -1,4 +1,4 @@
-"""The `defectkit` command: data, train, eval, predict, demo, backbones."""
+"""The `defectkit` command: data, train, eval, predict, export, serve, demo, backbones."""
 
 from __future__ import annotations
 
@@ -100,11 +100,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from tqdm.auto import tqdm
 
     from defectkit.inspect import Inspector, expand_inputs
 
-    inspector = Inspector(args.bundle)
+    inspector = Inspector(args.bundle, backend=args.backend)
     out = Path(args.out)
     errors: list[dict[str, str]] = []
     count = 0
@@ -123,12 +125,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 "ng_score": prediction.ng_score,
                 "threshold": prediction.threshold,
                 "scores": prediction.scores,
+                "regions": [asdict(r) for r in prediction.regions],
             }
             if out.suffix == ".jsonl":
                 handle.write(json.dumps(row) + "\n")
             else:
                 flat = {
-                    **{k: v for k, v in row.items() if k != "scores"},
+                    **{k: v for k, v in row.items() if k not in ("scores", "regions")},
+                    "regions": len(prediction.regions),
                     **{f"score_{c}": f"{s:.6f}" for c, s in prediction.scores.items()},
                 }
                 if writer is None:
@@ -141,14 +145,53 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
                 name = f"{count:06d}_{Path(prediction.image).stem}.png"
                 save_overlay(
-                    Path(prediction.image),
-                    prediction.heat_map,
-                    Path(args.overlays) / name,
-                    vmax=2 * prediction.threshold,
+                    Path(prediction.image), prediction.heat_map, Path(args.overlays) / name
                 )
     for error in errors:
         print(f"skipped {error['image']}: {error['error']}", file=sys.stderr)
     print(f"{count} image(s) -> {out}; {len(errors)} skipped")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """ONNX export into the bundle, then (given images) a check against PyTorch."""
+    from itertools import islice
+
+    from defectkit.export import check_export, export_onnx
+    from defectkit.inspect import expand_inputs
+
+    record = export_onnx(args.bundle, opset=args.opset)
+    print(f"exported {record['file']} (opset {record['opset']}) in {record['export_seconds']} s")
+    if not args.check:
+        print("not checked: give --check IMAGES to compare it with PyTorch on real images")
+        return 0
+    result = check_export(args.bundle, list(islice(expand_inputs(args.check), args.check_limit)))
+    verdict = (
+        "decisions agree"
+        if not result["decisions_disagree"]
+        else (f"{len(result['decisions_disagree'])} decisions differ")
+    )
+    print(
+        f"checked on {result['images']} images: {verdict}, largest score difference "
+        f"{result['max_score_difference']:.2e} (tolerance {result['tolerance']:.0e})"
+    )
+    if not result["passed"]:
+        print("the ONNX model does not reproduce PyTorch: do not deploy it", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from defectkit.serve import serve
+
+    serve(
+        args.bundle,
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        workers=args.workers,
+        max_upload_mb=args.max_upload_mb,
+    )
     return 0
 
 
@@ -229,9 +272,28 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="predictions.csv", help=".csv or .jsonl")
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument(
+        "--backend", default="torch", choices=("torch", "onnx"), help="onnx: run `export` first"
+    )
+    predict.add_argument(
         "--overlays", metavar="DIR", help="anomaly models: write heat-map overlays here"
     )
     predict.set_defaults(func=_cmd_predict)
+
+    export = commands.add_parser("export", help="write model.onnx into a bundle and check it")
+    export.add_argument("bundle")
+    export.add_argument("--check", nargs="+", metavar="IMAGES", help="images or folders")
+    export.add_argument("--check-limit", type=int, default=64, help="images checked at most")
+    export.add_argument("--opset", type=int, default=18)
+    export.set_defaults(func=_cmd_export)
+
+    serve = commands.add_parser("serve", help="HTTP service + operator page for a bundle")
+    serve.add_argument("bundle")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    serve.add_argument("--workers", type=int, default=2, help="images inspected at once")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0)
+    serve.set_defaults(func=_cmd_serve)
 
     demo = commands.add_parser("demo", help="train on ELPV solar cells (pip) or synthetic data")
     demo.add_argument("--synthetic", action="store_true", help="procedural images, no download")

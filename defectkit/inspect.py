@@ -1,23 +1,41 @@
 """Inspector: a model bundle -> predictions for new images, the same from a script, the
-command line or a service."""
+command line or a service, with either backend (PyTorch eager or ONNX Runtime) and one
+result type for every task."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as F
+from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
 
-from defectkit.bundle import load_model
+from defectkit.bundle import load_model, read_meta
 from defectkit.data.formats import DatasetError, is_image
 from defectkit.data.images import load_image
 from defectkit.data.transforms import eval_transform
 
 OK_NAMES = ("ok", "good", "free", "normal", "pass")
+BACKENDS = ("torch", "onnx")
+MAX_REGIONS = 20
+
+
+@dataclass
+class Region:
+    """A connected area of the anomaly map at or above the threshold, in image pixels."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    area: int
+    peak: float  # highest normalised score inside (0.5 = the threshold)
 
 
 @dataclass
@@ -26,78 +44,169 @@ class Prediction:
     label: str
     scores: dict[str, float]
     ok: bool | None  # None when the model's classes say nothing about OK / NG
-    ng_score: float | None = None
-    threshold: float | None = None
-    heat_map: Any = None  # anomaly: (H, W) numpy map at the model's input size
+    ng_score: float | None = None  # anomaly: normalised, 0.5 at the threshold
+    threshold: float | None = None  # on the same scale as ng_score
+    heat_map: Any = None  # anomaly: (H, W) normalised map at the image's own size
+    regions: list[Region] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the heat map, JSON-ready."""
+        out = asdict(self)
+        out.pop("heat_map")
+        return out
+
+
+def normalise(raw: np.ndarray | float, norm: dict[str, float]) -> np.ndarray:
+    """Raw anomaly scores -> [0, 1] with the calibrated threshold at 0.5 and the spread of the
+    defect-free calibration scores setting the scale, so that maps and scores of any method
+    read the same way."""
+    value = 0.5 + (np.asarray(raw, dtype=np.float64) - norm["threshold"]) / (2 * norm["scale"])
+    return np.clip(value, 0.0, 1.0)
+
+
+def normalisation_of(meta: dict[str, Any]) -> dict[str, float]:
+    """Bundles written before normalisation was stored map 0 -> 0 and 2 x threshold -> 1."""
+    return meta.get("normalisation") or {
+        "threshold": meta["threshold"],
+        "scale": max(abs(meta["threshold"]), 1e-12),
+    }
+
+
+def find_regions(heat_map: np.ndarray, level: float = 0.5) -> list[Region]:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(heat_map >= level)
+    regions = []
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[box] == index
+        regions.append(
+            Region(
+                x=box[1].start,
+                y=box[0].start,
+                width=box[1].stop - box[1].start,
+                height=box[0].stop - box[0].start,
+                area=int(inside.sum()),
+                peak=float(heat_map[box][inside].max()),
+            )
+        )
+    return sorted(regions, key=lambda r: -r.peak)[:MAX_REGIONS] if count else []
+
+
+class _OnnxRunner:
+    def __init__(self, meta: dict[str, Any], threads: int | None):
+        import onnxruntime as ort
+
+        from defectkit.export import onnx_path
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(
+            str(onnx_path(meta)), options, providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, batch: torch.Tensor) -> list[np.ndarray]:
+        return self.session.run(None, {"images": batch.numpy()})
+
+
+class _TorchRunner:
+    def __init__(self, meta: dict[str, Any], device: str):
+        from defectkit.export import InspectionGraph
+
+        model, _ = load_model(Path(meta["folder"]))
+        self.device = torch.device(device)
+        self.graph = InspectionGraph.from_meta(model, meta).eval().to(self.device)
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> list[np.ndarray]:
+        out = self.graph(batch.to(self.device))
+        return [t.float().cpu().numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
 class Inspector:
     """Runs a bundle (a bundle folder or a run folder holding bundle/) on images."""
 
-    def __init__(self, bundle: str | Path, backend: str = "torch", device: str = "cpu"):
-        if backend != "torch":
-            raise ValueError(f"backend {backend!r} is not available yet; use backend='torch'")
-        self.model, self.meta = load_model(Path(bundle))
-        self.task = self.meta["task"]
-        self.device = torch.device(device)
-        self.model.to(self.device)
+    def __init__(
+        self,
+        bundle: str | Path,
+        backend: str = "torch",
+        device: str = "cpu",
+        threads: int | None = None,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+        self.meta = read_meta(Path(bundle))
+        self.task, self.backend = self.meta["task"], backend
         self.classes: list[str] = self.meta["classes"]
+        self.size = self.meta["input_size"][0]
         prep = self.meta["preprocessing"]
         self.transform = eval_transform(
-            size=self.meta["input_size"][0],
+            size=self.size,
             mean=prep["mean"],
             std=prep["std"],
             interpolation=prep["interpolation"],
         )
         self.positive = self.meta.get("positive_class")
         self.threshold = self.meta.get("threshold")
+        if threads:
+            torch.set_num_threads(threads)
+        self._run = (
+            _OnnxRunner(self.meta, threads)
+            if backend == "onnx"
+            else _TorchRunner(self.meta, device)
+        )
 
-    @torch.inference_mode()
     def predict_images(
         self, images: Sequence[Image.Image], names: Sequence[str]
     ) -> list[Prediction]:
-        batch = torch.stack([self.transform(F.pil_to_tensor(im.convert("RGB"))) for im in images])
-        if self.task == "anomaly":
-            return self._anomaly(batch.to(self.device), names)
-        probs = self.model(batch.to(self.device)).float().softmax(1).cpu()
-        return [self._decide(name, row) for name, row in zip(names, probs, strict=True)]
-
-    def _anomaly(self, batch: torch.Tensor, names: Sequence[str]) -> list[Prediction]:
-        """Score = max of the smoothed map, compared with the threshold calibrated at fit."""
-        from defectkit.models.anomaly import smooth_maps
-
-        _, patch_maps = self.model(batch)
-        maps = smooth_maps(
-            patch_maps.float(),
-            self.meta["input_size"][0],
-            self.meta["method_options"]["blur_sigma"],
-        ).cpu()
-        good, bad = self.classes
-        out = []
-        for name, amap in zip(names, maps, strict=True):
-            score = float(amap.max())
-            ok = score < self.threshold
-            out.append(
-                Prediction(
-                    name,
-                    good if ok else bad,
-                    {bad: score},
-                    ok,
-                    score,
-                    self.threshold,
-                    heat_map=amap.numpy(),
-                )
+        with torch.inference_mode():
+            batch = torch.stack(
+                [self.transform(TF.pil_to_tensor(im.convert("RGB"))) for im in images]
             )
-        return out
+        outputs = self._run(batch)
+        if self.task == "anomaly":
+            sizes = [(im.height, im.width) for im in images]
+            return [
+                self._anomaly(name, float(score), amap, size)
+                for name, score, amap, size in zip(names, *outputs, sizes, strict=True)
+            ]
+        return [self._decide(name, row) for name, row in zip(names, outputs[0], strict=True)]
 
-    def _decide(self, name: str, probs: torch.Tensor) -> Prediction:
-        scores = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
-        label = self.classes[int(probs.argmax())]
+    def _anomaly(
+        self, name: str, raw: float, amap: np.ndarray, size: tuple[int, int]
+    ) -> Prediction:
+        """OK/NG from the raw image score (max of the smoothed map) against the threshold
+        calibrated at fit; score and map are reported normalised (0.5 = threshold), the map
+        resized to the image's own size."""
+        norm = normalisation_of(self.meta)
+        good, bad = self.classes
+        ok = raw < self.threshold
+        full = F.interpolate(
+            torch.from_numpy(np.ascontiguousarray(amap))[None, None],
+            size=size,
+            mode="bilinear",
+            align_corners=False,
+        )[0, 0].numpy()
+        heat = normalise(full, norm).astype(np.float32)
+        return Prediction(
+            name,
+            good if ok else bad,
+            {"anomaly_score": raw, bad: float(normalise(raw, norm))},
+            ok,
+            float(normalise(raw, norm)),
+            0.5,
+            heat_map=heat,
+            regions=[] if ok else find_regions(heat),
+        )
+
+    def _decide(self, name: str, row: np.ndarray) -> Prediction:
+        scores = {c: float(p) for c, p in zip(self.classes, row, strict=True)}
+        label = self.classes[int(np.argmax(row))]
         if self.positive is not None and self.threshold is not None:
             ng_score = scores[self.positive]
             is_ng = ng_score >= self.threshold
             negatives = [c for c in self.classes if c != self.positive]
-            label = self.positive if is_ng else max(negatives, key=scores.get)
+            label = self.positive if is_ng else max(negatives, key=scores.__getitem__)
             return Prediction(name, label, scores, not is_ng, ng_score, self.threshold)
         ok_class = next((c for c in self.classes if c.lower() in OK_NAMES), None)
         ok = None if ok_class is None else label == ok_class
@@ -127,6 +236,18 @@ class Inspector:
         if batch:
             yield from self.predict_images(batch, names)
 
+    def describe(self) -> dict[str, Any]:
+        """What an operator or a client needs to know of the model (no local paths)."""
+        keep = ("task", "method", "backbone", "classes", "positive_class", "input_size")
+        return {
+            **{k: self.meta[k] for k in keep if k in self.meta},
+            "threshold": 0.5 if self.task == "anomaly" else self.threshold,
+            "backend": self.backend,
+            "versions": self.meta.get("versions", {}),
+            "weights_sha256": self.meta.get("weights_sha256"),
+            "cpu_threads": torch.get_num_threads() if self.backend == "torch" else os.cpu_count(),
+        }
+
 
 def expand_inputs(inputs: Sequence[str | Path]) -> Iterator[Path]:
     """Files as given; folders walked recursively for images, in sorted order."""
@@ -142,4 +263,4 @@ def expand_inputs(inputs: Sequence[str | Path]) -> Iterator[Path]:
             raise FileNotFoundError(f"{path} does not exist; give image files or folders")
 
 
-__all__ = ["Inspector", "Prediction", "expand_inputs"]
+__all__ = ["Inspector", "Prediction", "Region", "expand_inputs"]

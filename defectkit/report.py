@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import yaml
+from PIL import Image
 
 from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.images import load_image
@@ -334,13 +335,18 @@ def write_anomaly_report(
     return _write_page(run_dir, config, parts)
 
 
-def save_overlay(image_path: Path, heat_map: np.ndarray, path: Path, vmax: float) -> Path:
-    """The image at the map's size with the anomaly map blended over it (jet, 45%)."""
-    from PIL import Image
+def overlay(image: Image.Image, heat_map: np.ndarray, max_side: int = 0) -> Image.Image:
+    """The normalised heat map (0.5 = threshold) blended over the image (jet, 45%), both at
+    the map's size, shrunk to `max_side` when given."""
+    image = image.convert("RGB").resize(heat_map.shape[::-1])
+    colours = plt.get_cmap("jet")(np.clip(heat_map, 0, 1))[..., :3]
+    blended = Image.blend(image, Image.fromarray((colours * 255).astype(np.uint8)), 0.45)
+    if max_side and max(blended.size) > max_side:
+        blended.thumbnail((max_side, max_side))
+    return blended
 
-    image = load_image(image_path).resize(heat_map.shape[::-1])
-    colours = plt.get_cmap("jet")(np.clip(heat_map / max(vmax, 1e-12), 0, 1))[..., :3]
-    heat = Image.fromarray((colours * 255).astype(np.uint8))
+
+def save_overlay(image_path: Path, heat_map: np.ndarray, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.blend(image, heat, 0.45).save(path)
+    overlay(load_image(image_path), heat_map).save(path)
     return path

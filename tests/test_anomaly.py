@@ -40,11 +40,6 @@ def test_registry_lists_patchcore_and_refuses_unknown():
         create_method("magic")
 
 
-@pytest.fixture(scope="module")
-def tiles(tmp_path_factory):
-    return make_mask_set(tmp_path_factory.mktemp("tiles"), per_class=16, size=64)
-
-
 @pytest.fixture(scope="module", params=["patchcore", "padim", "autoencoder"])
 def anomaly_run(request, tiles, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
@@ -106,10 +101,18 @@ def test_bundle_reproduces_the_run_scores_and_decisions(anomaly_run):
     inspector = Inspector(run_dir)
     predictions = list(inspector.predict([row["image"] for row in rows]))
     for row, prediction in zip(rows, predictions, strict=True):
-        assert prediction.ng_score == pytest.approx(float(row["score"]), abs=1e-4)
+        raw = prediction.scores["anomaly_score"]
+        assert raw == pytest.approx(float(row["score"]), abs=1e-4)
         assert prediction.ok == (row["flagged"] == "False")
-        assert prediction.threshold == pytest.approx(result["threshold"])
+        # reported normalised: 0.5 is the calibrated threshold
+        assert prediction.threshold == 0.5
+        assert (prediction.ng_score >= 0.5) == (raw >= result["threshold"])
         assert prediction.heat_map.shape == (64, 64)
+        assert 0.0 <= prediction.heat_map.min() <= prediction.heat_map.max() <= 1.0
+        if prediction.ok:
+            assert prediction.regions == []
+        else:  # the map's peak is the image score, so an NG image has a region
+            assert prediction.regions and prediction.regions[0].peak >= 0.5
 
 
 def test_predict_writes_heat_map_overlays(anomaly_run, tiles, tmp_path):

@@ -25,7 +25,7 @@ from defectkit.data.samples import Sample, SampleSet
 from defectkit.data.transforms import eval_transform
 from defectkit.engine.train import pick_device, seed_everything
 from defectkit.metrics import aupro, f1_max, pixel_auroc, rates_at
-from defectkit.models.anomaly import create_method, smooth_maps
+from defectkit.models.anomaly import create_method
 from defectkit.models.backbones import preprocessing_for
 from defectkit.runs import peak_rss_mb, write_json
 from defectkit.tasks import register_task
@@ -102,16 +102,25 @@ class Batches:
 def score(
     model, samples: Sequence[Sample], transform, config: RunConfig, device: torch.device
 ) -> tuple[np.ndarray, list[torch.Tensor]]:
-    """Image scores and smoothed maps (at input size) for every sample."""
+    """Image scores and smoothed maps (at input size) for every sample, computed by the graph
+    that the Inspector runs and ONNX export writes."""
+    from defectkit.export import InspectionGraph
+
+    graph = InspectionGraph(model, "anomaly", config.data.image_size, config.anomaly.blur_sigma)
     scores, maps = [], []
-    for images in Batches(samples, transform, 16, device):
-        _, patch_maps = model(images)
-        smoothed = smooth_maps(
-            patch_maps.float(), config.data.image_size, config.anomaly.blur_sigma
-        ).cpu()
-        scores.append(smoothed.flatten(1).max(1).values.numpy())
-        maps += list(smoothed)
+    with torch.inference_mode():
+        for images in Batches(samples, transform, 16, device):
+            image_scores, smoothed = graph(images)
+            scores.append(image_scores.cpu().numpy())
+            maps += list(smoothed.cpu())
     return (np.concatenate(scores) if scores else np.empty(0)), maps
+
+
+def normalisation(calibration_scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """Threshold -> 0.5, the lowest defect-free calibration score -> 0 (see
+    inspect.normalise); a floor on the scale keeps one calibration image usable."""
+    spread = threshold - float(np.min(calibration_scores))
+    return {"threshold": threshold, "scale": max(spread, 0.05 * abs(threshold), 1e-6)}
 
 
 def read_mask(sample: Sample) -> np.ndarray:
@@ -199,7 +208,15 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         writer.writerow(["image", "label", "score", "flagged"])
         for sample, value in zip(parts["test"], test_scores, strict=True):
             writer.writerow([str(sample.image), sample.label, f"{value:.6f}", value >= threshold])
-    bundle.save_anomaly_bundle(run_dir / "bundle", model, config, prep, threshold, good)
+    bundle.save_anomaly_bundle(
+        run_dir / "bundle",
+        model,
+        config,
+        prep,
+        threshold,
+        good,
+        normalisation(calibration_scores, threshold),
+    )
     report.write_anomaly_report(
         run_dir, config, parts["test"], good, test_scores, test_maps, result
     )

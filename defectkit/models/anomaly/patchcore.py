@@ -50,15 +50,19 @@ def greedy_coreset(
     return candidates[chosen]
 
 
-def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Euclidean distance of each query row to its nearest bank row, in chunks of memory."""
-    bank_squared = (bank * bank).sum(1)
-    out = []
-    for start in range(0, len(queries), chunk):
-        q = queries[start : start + chunk]
-        d = (q * q).sum(1, keepdim=True) - 2 * q @ bank.T + bank_squared
-        out.append(d.min(1).values.clamp(min=0).sqrt())
-    return torch.cat(out) if out else torch.empty(0)
+def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """Euclidean distance of each query row to its nearest bank row. The bank is walked in
+    chunks (a fixed number of steps, so the same code exports to ONNX with any batch size)
+    and memory stays at queries x chunk."""
+    queries_squared = (queries * queries).sum(1, keepdim=True)
+    nearest = None
+    for start in range(0, len(bank), chunk):
+        part = bank[start : start + chunk]
+        d = (queries_squared - 2 * queries @ part.T + (part * part).sum(1)).amin(1)
+        nearest = d if nearest is None else torch.minimum(nearest, d)
+    if nearest is None:
+        raise ValueError("the memory bank is empty")
+    return nearest.clamp(min=0).sqrt()
 
 
 @register_method("patchcore")
