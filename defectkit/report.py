@@ -336,14 +336,17 @@ def write_anomaly_report(
 
 
 def overlay(image: Image.Image, heat_map: np.ndarray, max_side: int = 0) -> Image.Image:
-    """The normalised heat map (0.5 = threshold) blended over the image (jet, 45%), both at
-    the map's size, shrunk to `max_side` when given."""
+    """The normalised heat map (0.5 = threshold) over the image, both at the map's size: jet
+    colours fading in from 0.3 and fully on (60%) from 0.6, so that defect-free areas keep
+    showing the surface. Shrunk to `max_side` when given."""
     image = image.convert("RGB").resize(heat_map.shape[::-1])
     colours = plt.get_cmap("jet")(np.clip(heat_map, 0, 1))[..., :3]
-    blended = Image.blend(image, Image.fromarray((colours * 255).astype(np.uint8)), 0.45)
-    if max_side and max(blended.size) > max_side:
-        blended.thumbnail((max_side, max_side))
-    return blended
+    alpha = 0.6 * np.clip((heat_map - 0.3) / 0.3, 0, 1)[..., None]
+    blended = (1 - alpha) * np.asarray(image, dtype=np.float32) + alpha * colours * 255
+    out = Image.fromarray(blended.round().astype(np.uint8))
+    if max_side and max(out.size) > max_side:
+        out.thumbnail((max_side, max_side))
+    return out
 
 
 def save_overlay(image_path: Path, heat_map: np.ndarray, path: Path) -> Path:

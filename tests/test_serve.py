@@ -1,0 +1,164 @@
+"""The inspector service: its API with malformed uploads, and the operator page end to end in
+headless Chromium."""
+
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from defectkit.serve import create_app, decode_upload
+
+
+@pytest.fixture(scope="module")
+def client(classify_bundle):
+    from fastapi.testclient import TestClient
+
+    return TestClient(create_app(classify_bundle, workers=1, max_upload_mb=1, max_pixels=10**6))
+
+
+def _png(size=(64, 64), colour=128) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_inspect_one_and_many_images(client, synthetic_root):
+    paths = sorted(synthetic_root.glob("spot/*.png"))[:3]
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    response = client.post("/inspect", files=files)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["image"] for r in results] == [p.name for p in paths]
+    for r in results:
+        assert r["label"] in ("ok", "scratch", "spot")
+        assert sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert r["ok"] == (r["label"] == "ok") and (r["width"], r["height"]) == (64, 64)
+
+
+def test_health_model_and_openapi(client):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["task"] == "classify"
+    model = client.get("/model").json()
+    assert model["classes"] == ["ok", "scratch", "spot"] and "folder" not in model
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/inspect", "/health", "/model"} <= set(paths)
+    assert "drop" in client.get("/").text.lower()
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "message"),
+    [
+        ([("files", ("notes.txt", b"hello, not an image", "text/plain"))], 415, "not an image"),
+        ([("files", ("cut.png", _png()[:60], "image/png"))], 400, "truncated or corrupt"),
+        ([("files", ("huge.png", _png((2000, 1000), 0), "image/png"))], 413, "over the limit"),
+        ([("files", ("empty.png", b"", "image/png"))], 400, "empty"),
+        ([("image", ("a.png", _png(), "image/png"))], 422, "field `files`"),
+        ([("files", ("big.png", os.urandom(2 * 2**20), "image/png"))], 413, "MB"),
+    ],
+)
+def test_malformed_uploads_get_a_clear_4xx_and_the_service_keeps_serving(
+    client, files, status, message
+):
+    response = client.post("/inspect", files=files)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+    ok = client.post("/inspect", files=[("files", ("fine.png", _png(), "image/png"))])
+    assert ok.status_code == 200
+
+
+def test_decode_upload_names_the_file():
+    with pytest.raises(Exception, match=r"part-17\.jpg: not an image"):
+        decode_upload("part-17.jpg", b"GIF??", 10**6, 10**6)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("DEFECTKIT_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed: `apt-get install chromium` (CI does)")
+        pytest.skip("no chromium here (Debian: apt-get install chromium)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def live_service(anomaly_bundle):
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(anomaly_bundle, workers=1), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_operator_page_in_headless_chromium(live_service, tiles, tmp_path):
+    """Pick a defect-free and a defect image on the page: the verdict banner, label, overlay
+    and the session list show what /inspect says for them."""
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    executable = _chromium()
+    good = sorted(tiles.glob("MT_Ok/Imgs/*.jpg"))[-1]
+    bad = sorted(tiles.glob("MT_Spot/Imgs/*.jpg"))[0]
+    expected = {}
+    for path in (good, bad):
+        answer = httpx.post(
+            live_service + "inspect", files=[("files", (path.name, path.read_bytes()))]
+        ).json()["results"][0]
+        expected[path.name] = "OK" if answer["ok"] else "NG"
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=executable,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page()
+        page.goto(live_service)
+        page.wait_for_function("document.getElementById('model').textContent.includes('anomaly')")
+        page.set_input_files("#pick", [str(good), str(bad)])
+        page.wait_for_function("document.querySelectorAll('#history tr').length === 2")
+        rows = page.locator("#history tr")
+        # newest first
+        assert rows.nth(0).locator("td").nth(1).inner_text() == bad.name
+        assert rows.nth(0).locator("td").nth(2).inner_text() == expected[bad.name]
+        assert rows.nth(1).locator("td").nth(2).inner_text() == expected[good.name]
+        assert page.locator("#verdict").inner_text() == expected[bad.name]
+        assert page.locator("#view").get_attribute("src").startswith("data:image/png;base64,")
+        rows.nth(1).click()  # back to the first image
+        assert page.locator("#verdict").inner_text() == expected[good.name]
+        assert "inspected" in page.locator("#counts").inner_text()
+        page.set_input_files(
+            "#pick", files=[{"name": "junk.png", "mimeType": "image/png", "buffer": b"junk"}]
+        )
+        page.wait_for_function("document.getElementById('error').textContent.length > 0")
+        assert "junk.png: not an image" in page.locator("#error").inner_text()
+        shot = Path(tmp_path / "page.png")
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 10_000
