@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -47,11 +48,15 @@ def decode_upload(name: str, data: bytes, max_bytes: int, max_pixels: int) -> Im
             413, f"{name}: {len(data) / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB limit"
         )
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # the size is judged below, against our own limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise UploadError(
             415, f"{name}: not an image this service reads (PNG, JPEG, BMP, TIFF, WebP)"
         ) from None
+    except Image.DecompressionBombError as error:
+        raise UploadError(413, f"{name}: {error}; send a smaller image or tile it") from None
     width, height = image.size
     if width * height > max_pixels:
         raise UploadError(

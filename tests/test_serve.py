@@ -22,6 +22,20 @@ def client(classify_bundle):
     return TestClient(create_app(classify_bundle, workers=1, max_upload_mb=1, max_pixels=10**6))
 
 
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims huge dimensions (a decompression bomb's header), without pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
 def _png(size=(64, 64), colour=128) -> bytes:
     buffer = io.BytesIO()
     Image.new("L", size, colour).save(buffer, format="PNG")
@@ -58,6 +72,7 @@ def test_health_model_and_openapi(client):
         ([("files", ("cut.png", _png()[:60], "image/png"))], 400, "truncated or corrupt"),
         ([("files", ("huge.png", _png((2000, 1000), 0), "image/png"))], 413, "over the limit"),
         ([("files", ("empty.png", b"", "image/png"))], 400, "empty"),
+        ([("files", ("bomb.png", _png_header_only(40_000, 40_000), "image/png"))], 413, "bomb"),
         ([("image", ("a.png", _png(), "image/png"))], 422, "field `files`"),
         ([("files", ("big.png", os.urandom(2 * 2**20), "image/png"))], 413, "MB"),
     ],

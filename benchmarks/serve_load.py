@@ -1,0 +1,210 @@
+"""Service under load (PROTOCOLS.md `serve-load`): `defectkit serve` with the default classify
+model (NEU-6) on loopback, N concurrent clients for S seconds, each sending real NEU test
+images one per request, with malformed uploads mixed in (non-images, truncated files, huge
+dimensions, a wrong field name, empty files). Every malformed upload must get a 4xx and
+every good one a 200; anything else (5xx, timeouts, refused connections) is an error.
+
+    python benchmarks/serve_load.py [--backends onnx,torch] [--clients 20] [--seconds 60]
+
+Clients and service share this machine's cores. Run inference_speed.py (or export the bundle)
+first for the ONNX backend; the script exports it when model.onnx is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+from common import REPO, RUNS, save_results, table, write_section
+from inference_speed import percentile, test_images
+from PIL import Image
+
+BUNDLE = RUNS / "neu6-default" / "bundle"
+MALFORMED_SHARE = 0.15
+
+
+def malformed_uploads(good: bytes) -> dict[str, dict]:
+    huge = io.BytesIO()
+    Image.new("L", (10_000, 10_000), 0).save(huge, format="PNG")  # 100 Mpx, ~100 kB
+    return {
+        "not_an_image": {"files": [("files", ("report.txt", b"OK,12\nNG,3\n", "text/plain"))]},
+        "truncated": {"files": [("files", ("cut.jpg", good[: len(good) // 3], "image/jpeg"))]},
+        "huge_dimensions": {"files": [("files", ("huge.png", huge.getvalue(), "image/png"))]},
+        "wrong_field": {"files": [("image", ("a.jpg", good, "image/jpeg"))]},
+        "empty": {"files": [("files", ("empty.jpg", b"", "image/jpeg"))]},
+    }
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's high-water mark of resident memory (Linux)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def client(url: str, stop: float, goods: list[bytes], bad: dict, seed: int, log: list) -> None:
+    rng = random.Random(seed)
+    with httpx.Client(timeout=30) as session:
+        while time.time() < stop:
+            if rng.random() < MALFORMED_SHARE:
+                kind = rng.choice(sorted(bad))
+                payload = bad[kind]
+            else:
+                kind, payload = "image", {"files": [("files", ("part.jpg", rng.choice(goods)))]}
+            tick = time.perf_counter()
+            try:
+                status = session.post(url + "/inspect", **payload).status_code
+            except httpx.HTTPError as error:
+                status = type(error).__name__
+            log.append((kind, status, 1000 * (time.perf_counter() - tick)))
+
+
+def run(backend: str, clients: int, seconds: float, port: int) -> dict:
+    goods = [p.read_bytes() for p in test_images(RUNS / "neu6-default")[:64]]
+    bad = malformed_uploads(goods[0])
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "defectkit.cli",
+            "serve",
+            str(BUNDLE),
+            "--port",
+            str(port),
+            "--backend",
+            backend,
+        ],
+        cwd=REPO,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        log: list = []
+        stop = time.time() + seconds
+        threads = [
+            threading.Thread(target=client, args=(url, stop, goods, bad, i, log))
+            for i in range(clients)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        health = httpx.get(url + "/health").json()
+        peak_mb = peak_rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(30)
+    good = [(s, ms) for kind, s, ms in log if kind == "image"]
+    malformed = [(kind, s) for kind, s, _ in log if kind != "image"]
+    errors = sum(s != 200 for s, _ in good) + sum(
+        not (isinstance(s, int) and 400 <= s < 500) for _, s in malformed
+    )
+    latencies = [ms for s, ms in good if s == 200]
+    return {
+        "name": backend,
+        "backend": backend,
+        "clients": clients,
+        "seconds": seconds,
+        "requests": len(log),
+        "images_inspected": len(latencies),
+        "requests_per_second": len(log) / seconds,
+        "errors": errors,
+        "p50_ms": statistics.median(latencies),
+        "p95_ms": percentile(latencies, 0.95),
+        "peak_rss_mb": peak_mb,
+        "malformed_sent": len(malformed),
+        "malformed_rejected": sum(isinstance(s, int) and 400 <= s < 500 for _, s in malformed),
+        "malformed_status": {
+            kind: sorted({str(s) for k, s in malformed if k == kind}) for kind in sorted(bad)
+        },
+        "service_alive_after": health["status"] == "ok",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backends", default="onnx,torch")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    if not (BUNDLE / "model.onnx").is_file():
+        from defectkit.export import export_onnx
+
+        export_onnx(BUNDLE)
+    runs = []
+    for backend in args.backends.split(","):
+        result = run(backend, args.clients, args.seconds, args.port)
+        print(result, flush=True)
+        runs.append(result)
+    command = (
+        f"python benchmarks/serve_load.py --backends {args.backends} --clients {args.clients} "
+        f"--seconds {args.seconds:g}"
+    )
+    payload = save_results("serve-load", runs, command)
+    rows = [
+        [
+            r["backend"],
+            str(r["clients"]),
+            f"{r['seconds']:g}",
+            str(r["requests"]),
+            f"{r['requests_per_second']:.1f}",
+            str(r["errors"]),
+            f"{r['p50_ms']:.0f}",
+            f"{r['p95_ms']:.0f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['malformed_rejected']}/{r['malformed_sent']}",
+        ]
+        for r in payload["runs"]
+    ]
+    statuses = "; ".join(
+        f"{kind} -> {', '.join(codes)}"
+        for kind, codes in payload["runs"][0]["malformed_status"].items()
+    )
+    write_section(
+        "serve-load",
+        f"""## Inspector service under load (PROTOCOLS.md)
+
+Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`.
+`defectkit serve` with the NEU-6 default bundle (2 inference workers, 1 thread each) on
+loopback; the clients run on the same 2 cores. Each request is one real NEU test image or,
+15% of the time, a malformed upload. Latency is per good request, client side, queueing
+included; errors count any good request without a 200 and any malformed one without a 4xx.
+Malformed uploads got: {statuses}.
+
+{
+            table(
+                rows,
+                [
+                    "backend",
+                    "clients",
+                    "seconds",
+                    "requests",
+                    "requests/s",
+                    "errors",
+                    "p50 ms",
+                    "p95 ms",
+                    "peak service MB",
+                    "malformed rejected (4xx)",
+                ],
+            )
+        }""",
+    )
+
+
+if __name__ == "__main__":
+    main()
