@@ -47,7 +47,8 @@ def _write_bundle(
         "input_size": [config.data.image_size, config.data.image_size],
         "preprocessing": {
             **asdict(prep),
-            "resize": "full image to input_size, no crop",
+            # squash: the whole image to input_size; pad: longer side to input_size, edges
+            # replicated into the rest; never a crop
             "channels": "RGB (greyscale replicated)",
         },
         **task_meta,

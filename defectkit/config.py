@@ -22,6 +22,10 @@ class DataConfig:
     image_size: int = 224  # square side the network sees; images of any size are resized
     cache_images: bool = True  # keep decoded images in RAM: decoding dominates small CPU runs
     augment: str = "default"  # "default", "light" or "none" (see data/transforms.py)
+    # "squash": the whole image to a square; "pad": keep the aspect ratio, longer side to
+    # image_size, edges replicated into the rest (anomaly maps are cropped back)
+    resize: str = "squash"
+    interpolation: str = ""  # "bilinear" or "bicubic"; empty: what the backbone's weights used
     num_workers: int = 0  # DataLoader workers; 0 is fastest on 2 cores with cached images
 
 

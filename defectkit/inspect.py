@@ -19,7 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 from defectkit.bundle import load_model, read_meta
 from defectkit.data.formats import DatasetError, is_image
 from defectkit.data.images import load_image
-from defectkit.data.transforms import eval_transform
+from defectkit.data.transforms import content_box, eval_transform
 
 OK_NAMES = ("ok", "good", "free", "normal", "pass")
 BACKENDS = ("torch", "onnx")
@@ -140,11 +140,13 @@ class Inspector:
         self.classes: list[str] = self.meta["classes"]
         self.size = self.meta["input_size"][0]
         prep = self.meta["preprocessing"]
+        self.resize = "pad" if prep.get("resize") == "pad" else "squash"
         self.transform = eval_transform(
             size=self.size,
             mean=prep["mean"],
             std=prep["std"],
             interpolation=prep["interpolation"],
+            resize=self.resize,
         )
         self.positive = self.meta.get("positive_class")
         self.threshold = self.meta.get("threshold")
@@ -167,22 +169,23 @@ class Inspector:
         if self.task == "anomaly":
             sizes = [(im.height, im.width) for im in images]
             return [
-                self._anomaly(name, float(score), amap, size)
-                for name, score, amap, size in zip(names, *outputs, sizes, strict=True)
+                self._anomaly(name, amap, size)
+                for name, amap, size in zip(names, outputs[1], sizes, strict=True)
             ]
         return [self._decide(name, row) for name, row in zip(names, outputs[0], strict=True)]
 
-    def _anomaly(
-        self, name: str, raw: float, amap: np.ndarray, size: tuple[int, int]
-    ) -> Prediction:
-        """OK/NG from the raw image score (max of the smoothed map) against the threshold
-        calibrated at fit; score and map are reported normalised (0.5 = threshold), the map
-        resized to the image's own size."""
+    def _anomaly(self, name: str, amap: np.ndarray, size: tuple[int, int]) -> Prediction:
+        """The smoothed map cropped to the image's content; its maximum, the raw image score,
+        against the threshold calibrated at fit decides OK/NG. Score and map are reported
+        normalised (0.5 = threshold), the map resized to the image's own size."""
         norm = normalisation_of(self.meta)
         good, bad = self.classes
+        top, left, h, w = content_box(*size, self.size, self.resize)
+        crop = amap[top : top + h, left : left + w]
+        raw = float(crop.max())
         ok = raw < self.threshold
         full = F.interpolate(
-            torch.from_numpy(np.ascontiguousarray(amap))[None, None],
+            torch.from_numpy(np.ascontiguousarray(crop))[None, None],
             size=size,
             mode="bilinear",
             align_corners=False,

@@ -177,3 +177,54 @@ def test_mvtec_layout_runs_end_to_end_with_its_own_split(tmp_path):
     assert result["good_label"] == "good"
     assert result["test_images"] == 8 and result["calibration_images"] == 2
     assert result["image_auroc"] >= 0.9 and result["pixel_auroc"] >= 0.8
+
+
+def test_content_box_and_resize_pad_keep_the_aspect_ratio():
+    from defectkit.data.transforms import ResizePad, content_box
+
+    assert content_box(100, 50, 64, "pad") == (0, 16, 64, 32)
+    assert content_box(100, 50, 64, "squash") == (0, 0, 64, 64)
+    image = torch.zeros(3, 100, 50, dtype=torch.uint8)
+    image[:, :, -1] = 200  # the right edge column is replicated into the padding
+    out = ResizePad(64, __import__("torchvision").transforms.InterpolationMode.BILINEAR)(image)
+    assert out.shape == (3, 64, 64) and out.dtype == torch.uint8
+    assert out[0, 10, 60] == out[0, 10, 47] and out[0, 10, 5] == 0
+
+
+def test_pad_mode_maps_are_cropped_to_each_image(tiles, tmp_path):
+    """Tiles cut to 64 x 40: the run and the Inspector score the image's own content and
+    return maps at its own size."""
+    import csv
+    import shutil
+
+    from PIL import Image
+
+    from defectkit.inspect import Inspector
+
+    root = tmp_path / "narrow"
+    shutil.copytree(tiles, root)
+    for path in root.rglob("*.*"):
+        with Image.open(path) as image:
+            cut = image.crop((0, 0, 40, 64))
+        cut.save(path)
+    config = load_config(
+        "mt_anomaly",
+        [
+            f"data.root={root}",
+            "data.image_size=64",
+            f"out_dir={tmp_path}",
+            "name=p",
+            "anomaly.good_label=Ok",
+            "anomaly.blur_sigma=1",
+        ],
+    )
+    assert config.data.resize == "pad"
+    run_dir = tmp_path / "p"
+    run_dir.mkdir()
+    result = get_task("anomaly")(config, run_dir, False)
+    assert result["image_auroc"] >= 0.8
+    rows = list(csv.DictReader((run_dir / "predictions.csv").open()))[::6]
+    predictions = list(Inspector(run_dir).predict([row["image"] for row in rows]))
+    for row, prediction in zip(rows, predictions, strict=True):
+        assert prediction.scores["anomaly_score"] == pytest.approx(float(row["score"]), abs=1e-4)
+        assert prediction.heat_map.shape == (64, 40)

@@ -6,22 +6,62 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.nn import functional as F
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
 
 AUGMENT_PRESETS = ("default", "light", "none")
+RESIZE_MODES = ("squash", "pad")
 
 
 def _interpolation(name: str) -> T.InterpolationMode:
     return T.InterpolationMode.BICUBIC if name == "bicubic" else T.InterpolationMode.BILINEAR
 
 
+def content_box(height: int, width: int, size: int, resize: str) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the image inside the size x size network input."""
+    if resize != "pad":
+        return 0, 0, size, size
+    scale = size / max(height, width)
+    inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
+    return (size - inner_h) // 2, (size - inner_w) // 2, inner_h, inner_w
+
+
+class ResizePad(torch.nn.Module):
+    """Keep the aspect ratio: the longer side to `size`, then replicate the edges into the
+    rest of the square (a flat grey border would be a texture of its own)."""
+
+    def __init__(self, size: int, interpolation: T.InterpolationMode):
+        super().__init__()
+        self.size, self.interpolation = size, interpolation
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        top, left, h, w = content_box(*image.shape[-2:], self.size, "pad")
+        inner = TF.resize(image, [h, w], interpolation=self.interpolation, antialias=True)
+        padding = (left, self.size - w - left, top, self.size - h - top)
+        return F.pad(inner[None].float(), padding, mode="replicate")[0].to(image.dtype)
+
+
+def _resize(size: int, interpolation: str, resize: str) -> torch.nn.Module:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"unknown data.resize {resize!r}; use one of {RESIZE_MODES}")
+    if resize == "pad":
+        return ResizePad(size, _interpolation(interpolation))
+    return T.Resize((size, size), interpolation=_interpolation(interpolation), antialias=True)
+
+
 def eval_transform(
-    *, size: int, mean: Sequence[float], std: Sequence[float], interpolation: str = "bilinear"
+    *,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str = "bilinear",
+    resize: str = "squash",
 ) -> T.Compose:
-    """Resize the whole image to size x size (no crop: a defect may sit at the border)."""
+    """The whole image to size x size (no crop: a defect may sit at the border)."""
     return T.Compose(
         [
-            T.Resize((size, size), interpolation=_interpolation(interpolation), antialias=True),
+            _resize(size, interpolation, resize),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(mean=list(mean), std=list(std)),
         ]
@@ -35,18 +75,21 @@ def train_transform(
     std: Sequence[float],
     interpolation: str = "bilinear",
     preset: str = "default",
+    resize: str = "squash",
 ) -> T.Compose:
     """`default`: random resized crop, flips, small rotations, brightness/contrast, blur;
     `light`: flips only; `none`: the eval transform."""
     if preset not in AUGMENT_PRESETS:
         raise ValueError(f"unknown augmentation preset {preset!r}; use one of {AUGMENT_PRESETS}")
     if preset == "none":
-        return eval_transform(size=size, mean=mean, std=std, interpolation=interpolation)
+        return eval_transform(
+            size=size, mean=mean, std=std, interpolation=interpolation, resize=resize
+        )
     mode = _interpolation(interpolation)
     steps: list[T.Transform]
     if preset == "light":
         steps = [
-            T.Resize((size, size), interpolation=mode, antialias=True),
+            _resize(size, interpolation, resize),
             T.RandomHorizontalFlip(),
             T.RandomVerticalFlip(),
         ]

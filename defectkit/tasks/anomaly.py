@@ -9,6 +9,7 @@ import logging
 import random
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from defectkit.config import RunConfig, save_config
 from defectkit.data.formats import DatasetError, read_dataset
 from defectkit.data.images import image_tensor
 from defectkit.data.samples import Sample, SampleSet
-from defectkit.data.transforms import eval_transform
+from defectkit.data.transforms import content_box, eval_transform
 from defectkit.engine.train import pick_device, seed_everything
 from defectkit.metrics import aupro, f1_max, pixel_auroc, rates_at
 from defectkit.models.anomaly import create_method
@@ -90,30 +91,41 @@ class Batches:
         return -(-len(self.samples) // self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        for images, _ in self.with_sizes():
+            yield images
+
+    def with_sizes(self) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]]]]:
+        """Batches with each image's own (height, width)."""
         for start in range(0, len(self.samples), self.batch_size):
-            images = []
+            images, sizes = [], []
             for i in range(start, min(start + self.batch_size, len(self.samples))):
                 if i not in self.decoded:
                     self.decoded[i] = image_tensor(self.samples[i].image)
                 images.append(self.transform(self.decoded[i]))
-            yield torch.stack(images).to(self.device)
+                sizes.append(tuple(self.decoded[i].shape[-2:]))
+            yield torch.stack(images).to(self.device), sizes
 
 
 def score(
     model, samples: Sequence[Sample], transform, config: RunConfig, device: torch.device
 ) -> tuple[np.ndarray, list[torch.Tensor]]:
-    """Image scores and smoothed maps (at input size) for every sample, computed by the graph
-    that the Inspector runs and ONNX export writes."""
+    """Image scores and smoothed maps for every sample, computed by the graph that the
+    Inspector runs and ONNX export writes; each map cropped to the image's own content (see
+    data.resize) and its maximum the image score, as the Inspector does."""
     from defectkit.export import InspectionGraph
 
-    graph = InspectionGraph(model, "anomaly", config.data.image_size, config.anomaly.blur_sigma)
+    size = config.data.image_size
+    graph = InspectionGraph(model, "anomaly", size, config.anomaly.blur_sigma)
     scores, maps = [], []
     with torch.inference_mode():
-        for images in Batches(samples, transform, 16, device):
-            image_scores, smoothed = graph(images)
-            scores.append(image_scores.cpu().numpy())
-            maps += list(smoothed.cpu())
-    return (np.concatenate(scores) if scores else np.empty(0)), maps
+        for images, sizes in Batches(samples, transform, 16, device).with_sizes():
+            _, smoothed = graph(images)
+            for amap, (height, width) in zip(smoothed.cpu(), sizes, strict=True):
+                top, left, h, w = content_box(height, width, size, config.data.resize)
+                crop = amap[top : top + h, left : left + w]
+                scores.append(float(crop.max()))
+                maps.append(crop)
+    return np.array(scores, dtype=np.float64), maps
 
 
 def normalisation(calibration_scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -170,8 +182,17 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     ).to(device)
     features = getattr(model, "features", None)
     prep = preprocessing_for(config.model.backbone, getattr(features, "backbone", None))
+    prep = replace(
+        prep,
+        interpolation=config.data.interpolation or prep.interpolation,
+        resize=config.data.resize,
+    )
     transform = eval_transform(
-        size=config.data.image_size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation
+        size=config.data.image_size,
+        mean=prep.mean,
+        std=prep.std,
+        interpolation=prep.interpolation,
+        resize=prep.resize,
     )
 
     tick = time.perf_counter()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -172,8 +173,17 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
     set_backbone_trainable(model, not frozen_now)
 
     size = config.data.image_size
+    prep = replace(
+        prep,
+        interpolation=config.data.interpolation or prep.interpolation,
+        resize=config.data.resize,
+    )
     eval_tf = eval_transform(
-        size=size, mean=prep.mean, std=prep.std, interpolation=prep.interpolation
+        size=size,
+        mean=prep.mean,
+        std=prep.std,
+        interpolation=prep.interpolation,
+        resize=prep.resize,
     )
     train_tf = train_transform(
         size=size,
@@ -181,6 +191,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
         std=prep.std,
         interpolation=prep.interpolation,
         preset=config.data.augment,
+        resize=prep.resize,
     )
     cache = config.data.cache_images
     train_set = ImageDataset(split.train, classes, train_tf, cache)
