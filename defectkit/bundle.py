@@ -177,7 +177,60 @@ def load_anomaly(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
+def save_segment_bundle(
+    folder: Path,
+    model: nn.Module,
+    config: RunConfig,
+    prep: Preprocessing,
+    in_channels: int,
+    gate_threshold: float,
+) -> Path:
+    sc = config.segment
+    return _write_bundle(
+        folder,
+        model,
+        config,
+        prep,
+        {
+            "task": "segment",
+            "arch": sc.arch,
+            "encoder_depth": sc.encoder_depth,
+            "decoder_channels": list(sc.decoder_channels),
+            "in_channels": in_channels,
+            # the input is the image, then its aligned defect-free reference (3 + 3 channels)
+            "reference": sc.reference,
+            "gate": sc.gate,
+            "classes": ["ok", "defect"],
+            # gate: NG probability at or above this keeps the mask; below, the mask is empty
+            "threshold": gate_threshold if sc.gate else None,
+            "mask_threshold": sc.mask_threshold,
+            "min_region": sc.min_region,
+        },
+    )
+
+
+def load_segmenter(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+    from defectkit.config import ModelConfig, SegmentConfig
+    from defectkit.models.segmenter import build_segmenter
+
+    meta = read_meta(folder)
+    if meta["task"] != "segment":
+        raise BundleError(f"{folder} holds a {meta['task']} model, not a segmenter")
+    config = SegmentConfig(
+        arch=meta["arch"],
+        encoder_depth=meta["encoder_depth"],
+        decoder_channels=tuple(meta["decoder_channels"]),
+        gate=meta["gate"],
+    )
+    model, _, _ = build_segmenter(
+        ModelConfig(backbone=meta["backbone"]), config, meta["in_channels"], pretrained=False
+    )
+    model.load_state_dict(load_file(str(Path(meta["folder"]) / WEIGHTS_FILE)))
+    return model.eval(), meta
+
+
 def load_model(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Whatever task the bundle holds."""
     task = read_meta(folder)["task"]
-    return load_anomaly(folder) if task == "anomaly" else load_classifier(folder)
+    loaders = {"anomaly": load_anomaly, "segment": load_segmenter}
+    return loaders.get(task, load_classifier)(folder)

@@ -92,6 +92,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     write_json(out, result)
+    if "image_auroc" in result:
+        pixel = result["pixel_auroc"]
+        print(
+            f"image AUROC {result['image_auroc']:.4f}  pixel AUROC "
+            f"{'n/a' if pixel is None else f'{pixel:.4f}'}  F1 at the bundle's threshold "
+            f"{result['f1_calibrated']:.4f} on {result['images']} images -> {out}"
+        )
+        return 0
     print(
         f"accuracy {result['accuracy']:.4f}  balanced {result['balanced_accuracy']:.4f}  "
         f"macro F1 {result['macro_f1']:.4f} on {result['images']} images -> {out}"

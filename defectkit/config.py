@@ -103,6 +103,28 @@ class AnomalyConfig:
 
 
 @dataclass(frozen=True)
+class SegmentConfig:
+    arch: str = "unet"  # unet | unetplusplus | fpn | deeplabv3plus (segmentation_models_pytorch)
+    encoder_depth: int = 5  # 3..5 downsamplings of the encoder: fewer keep small defects
+    decoder_channels: tuple[int, ...] = ()  # unet/unet++: () = (256, 128, 64, 32, 16)[-depth:]
+    reference: bool = False  # stack the aligned defect-free reference (DeepPCB template) as input
+    loss: str = "bce_dice"  # bce | dice | bce_dice | focal | tversky
+    bce_weight: float = 0.8  # bce_dice: the steel study's 0.8 BCE + 0.2 Dice
+    dice_weight: float = 0.2
+    focal_gamma: float = 2.0
+    tversky_alpha: float = 0.3  # weight of false positives; beta of false negatives
+    tversky_beta: float = 0.7
+    train_on: str = "all"  # all | ng (the mask loss sees defect images only)
+    balance: bool = True  # draw NG and OK images equally often
+    freeze_epochs: int = 0  # encoder frozen for the first N epochs (the study: 5)
+    gate: bool = True  # an OK/NG head on the encoder; images it calls OK get an empty mask
+    gate_weight: float = 0.2  # weight of the OK/NG head's loss
+    mask_threshold: float = 0.5  # pixel probability for "defect"
+    min_region: int = 0  # predicted regions smaller than this (pixels of the image) are dropped
+    region_iou: float = 0.33  # a true region is found when a predicted one overlaps this much
+
+
+@dataclass(frozen=True)
 class RunConfig:
     task: str = "classify"
     name: str = ""  # run folder name; "" = <task>-<timestamp>
@@ -113,6 +135,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
 
 
 class ConfigError(ValueError):

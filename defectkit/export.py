@@ -28,7 +28,8 @@ TOLERANCE = 1e-4
 
 
 def output_names(task: str) -> list[str]:
-    return ["scores", "maps"] if task == "anomaly" else ["probabilities"]
+    names = {"anomaly": ["scores", "maps"], "segment": ["masks", "gate"]}
+    return names.get(task, ["probabilities"])
 
 
 class InspectionGraph(nn.Module):
@@ -44,6 +45,9 @@ class InspectionGraph(nn.Module):
         return cls(model, meta["task"], meta["input_size"][0], sigma)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.task == "segment":  # pixel and OK/NG-gate probabilities
+            masks, gate = self.model(images)
+            return masks.float().sigmoid(), gate.float().sigmoid()
         if self.task != "anomaly":
             return self.model(images).float().softmax(1)
         _, patch_maps = self.model(images)
@@ -58,7 +62,8 @@ def export_onnx(bundle: str | Path, opset: int = OPSET) -> dict[str, Any]:
     folder = Path(meta["folder"])
     graph = InspectionGraph.from_meta(model, meta).eval()
     size = meta["input_size"]
-    example = torch.zeros(2, 3, *size)
+    channels = meta.get("in_channels", 3)
+    example = torch.zeros(2, channels, *size)
     target = folder / ONNX_FILE
     temporary = folder / (ONNX_FILE + ".tmp")
     tick = time.perf_counter()
@@ -80,7 +85,7 @@ def export_onnx(bundle: str | Path, opset: int = OPSET) -> dict[str, Any]:
         "file": ONNX_FILE,
         "sha256": sha256_of(target),
         "opset": opset,
-        "input": {"images": ["batch", 3, *size]},
+        "input": {"images": ["batch", channels, *size]},
         "outputs": output_names(meta["task"]),
         "export_seconds": round(time.perf_counter() - tick, 2),
         "torch": torch.__version__,

@@ -46,13 +46,15 @@ class Prediction:
     ok: bool | None  # None when the model's classes say nothing about OK / NG
     ng_score: float | None = None  # anomaly: normalised, 0.5 at the threshold
     threshold: float | None = None  # on the same scale as ng_score
-    heat_map: Any = None  # anomaly: (H, W) normalised map at the image's own size
+    heat_map: Any = None  # anomaly: (H, W) normalised map; segment: defect probability
+    mask: Any = None  # segment: (H, W) bool defect mask after the gate, at the image's size
     regions: list[Region] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything but the heat map, JSON-ready."""
+        """Everything but the heat map and mask, JSON-ready."""
         out = asdict(self)
         out.pop("heat_map")
+        out.pop("mask")
         return out
 
 
@@ -132,7 +134,10 @@ class Inspector:
         backend: str = "torch",
         device: str = "cpu",
         threads: int | None = None,
+        raw_maps: bool = False,
     ):
+        """raw_maps: anomaly heat maps in the method's own units instead of normalised (for
+        pixel metrics, which clipping to [0, 1] would tie)."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
         self.meta = read_meta(Path(bundle))
@@ -148,6 +153,7 @@ class Inspector:
             interpolation=prep["interpolation"],
             resize=self.resize,
         )
+        self.raw_maps = raw_maps
         self.positive = self.meta.get("positive_class")
         self.threshold = self.meta.get("threshold")
         if threads:
@@ -158,14 +164,38 @@ class Inspector:
             else _TorchRunner(self.meta, device)
         )
 
-    def predict_images(
-        self, images: Sequence[Image.Image], names: Sequence[str]
-    ) -> list[Prediction]:
-        with torch.inference_mode():
-            batch = torch.stack(
-                [self.transform(TF.pil_to_tensor(im.convert("RGB"))) for im in images]
+    def _input(self, image: Image.Image, reference: Image.Image | None) -> torch.Tensor:
+        x = self.transform(TF.pil_to_tensor(image.convert("RGB")))
+        if reference is None:
+            return x
+        if reference.size != image.size:
+            raise DatasetError(
+                f"the reference is {reference.size[0]}x{reference.size[1]} pixels, the image "
+                f"{image.size[0]}x{image.size[1]}: give the aligned reference of the same part"
             )
+        return torch.cat([x, self.transform(TF.pil_to_tensor(reference.convert("RGB")))])
+
+    def predict_images(
+        self,
+        images: Sequence[Image.Image],
+        names: Sequence[str],
+        references: Sequence[Image.Image] | None = None,
+    ) -> list[Prediction]:
+        """`references`: the aligned defect-free image of each, for models that use one."""
+        if self.meta.get("reference") and references is None:
+            raise ValueError(
+                "this model compares each image with its aligned defect-free reference "
+                "(e.g. a DeepPCB template): give references"
+            )
+        pairs = zip(images, references or [None] * len(images), strict=True)
+        with torch.inference_mode():
+            batch = torch.stack([self._input(image, ref) for image, ref in pairs])
         outputs = self._run(batch)
+        if self.task == "segment":
+            return [
+                self._segment(name, masks, float(gate), (im.height, im.width))
+                for name, masks, gate, im in zip(names, *outputs, images, strict=True)
+            ]
         if self.task == "anomaly":
             sizes = [(im.height, im.width) for im in images]
             return [
@@ -198,8 +228,38 @@ class Inspector:
             ok,
             float(normalise(raw, norm)),
             0.5,
-            heat_map=heat,
+            heat_map=full.astype(np.float32) if self.raw_maps else heat,
             regions=[] if ok else find_regions(heat),
+        )
+
+    def _segment(
+        self, name: str, probability: np.ndarray, gate: float, size: tuple[int, int]
+    ) -> Prediction:
+        """Probabilities cropped to the image's content and resized to its size; the mask
+        is what passes mask_threshold, without regions under min_region pixels, and empty
+        when the gate calls the image OK. NG = a non-empty mask."""
+        from defectkit.metrics import drop_small_regions
+
+        top, left, h, w = content_box(*size, self.size, self.resize)
+        crop = np.ascontiguousarray(probability[top : top + h, left : left + w])
+        full = F.interpolate(
+            torch.from_numpy(crop)[None, None], size=size, mode="bilinear", align_corners=False
+        )[0, 0].numpy()
+        mask = drop_small_regions(full >= self.meta["mask_threshold"], self.meta["min_region"])
+        gated = self.meta["gate"] and gate < self.threshold
+        if gated:
+            mask = np.zeros_like(mask)
+        ok = not mask.any()
+        return Prediction(
+            name,
+            "ok" if ok else "defect",
+            {"defect": float(full.max()), "gate": gate},
+            ok,
+            gate if self.meta["gate"] else float(full.max()),
+            self.threshold if self.meta["gate"] else self.meta["mask_threshold"],
+            heat_map=full.astype(np.float32),
+            mask=mask,
+            regions=find_regions(np.where(mask, full, 0.0), self.meta["mask_threshold"]),
         )
 
     def _decide(self, name: str, row: np.ndarray) -> Prediction:
@@ -221,27 +281,43 @@ class Inspector:
         paths: Iterable[str | Path],
         batch_size: int = 16,
         errors: list[dict[str, str]] | None = None,
+        references: Iterable[str | Path] | None = None,
     ) -> Iterator[Prediction]:
-        """Stream predictions in batches; unreadable files go to `errors` (or raise)."""
+        """Stream predictions in batches; unreadable files go to `errors` (or raise).
+        `references`: the aligned reference of each path, for models that use one."""
         batch: list[Image.Image] = []
+        refs: list[Image.Image] = []
         names: list[str] = []
+        reference_paths = iter(references) if references is not None else None
         for path in paths:
             try:
-                batch.append(load_image(Path(path)))
+                image = load_image(Path(path))
+                if reference_paths is not None:
+                    refs.append(load_image(Path(next(reference_paths))))
+                batch.append(image)
                 names.append(str(path))
             except DatasetError as error:
                 if errors is None:
                     raise
                 errors.append({"image": str(path), "error": str(error)})
             if len(batch) == batch_size:
-                yield from self.predict_images(batch, names)
-                batch, names = [], []
+                yield from self.predict_images(batch, names, refs if refs else None)
+                batch, refs, names = [], [], []
         if batch:
-            yield from self.predict_images(batch, names)
+            yield from self.predict_images(batch, names, refs if refs else None)
 
     def describe(self) -> dict[str, Any]:
         """What an operator or a client needs to know of the model (no local paths)."""
-        keep = ("task", "method", "backbone", "classes", "positive_class", "input_size")
+        keep = (
+            "task",
+            "method",
+            "arch",
+            "backbone",
+            "classes",
+            "positive_class",
+            "input_size",
+            "reference",
+        )
         return {
             **{k: self.meta[k] for k in keep if k in self.meta},
             "threshold": 0.5 if self.task == "anomaly" else self.threshold,

@@ -175,3 +175,99 @@ def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> floa
     truth = np.concatenate([np.asarray(m).ravel() > 0 for m in masks])
     scores = np.concatenate([np.asarray(a, dtype=np.float32).ravel() for a in maps])
     return float(roc_auc_score(truth, scores))
+
+
+def regions_of(mask: np.ndarray, min_area: int = 0) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes (y1, x1, y2, x2), end exclusive, of a mask's 8-connected regions."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+    boxes = []
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None or (min_area and (labels[box] == index).sum() < min_area):
+            continue
+        boxes.append((box[0].start, box[1].start, box[0].stop, box[1].stop))
+    return boxes
+
+
+def drop_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """The mask without 8-connected regions smaller than `min_area` pixels."""
+    if not min_area or not mask.any():
+        return mask
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    areas = ndimage.sum(mask, labels, range(1, count + 1))
+    keep = np.concatenate([[False], np.asarray(areas) >= min_area])
+    return keep[labels]
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    h = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    w = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = h * w
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+class SegmentationScores:
+    """Accumulates, image by image at each image's own resolution: pixel counts for defect
+    IoU, Dice and mIoU over {background, defect} (dataset-level, so large defects weigh
+    more, as in the steel study); image-level NG from "mask not empty"; region recall and
+    precision where a true and a predicted region match at box IoU >= `region_iou` (DeepPCB's
+    criterion); and defect IoU per image label."""
+
+    def __init__(self, region_iou: float = 0.33):
+        self.region_iou = region_iou
+        self.tp = self.fp = self.fn = self.tn = 0
+        self.per_label: dict[str, list[int]] = {}
+        self.image_true: list[bool] = []
+        self.image_pred: list[bool] = []
+        self.true_regions = self.found_regions = self.pred_regions = self.right_regions = 0
+
+    def add(self, truth: np.ndarray, predicted: np.ndarray, label: str | None = None) -> float:
+        """One image; returns its own defect IoU (1.0 when both are empty)."""
+        truth, predicted = truth.astype(bool), predicted.astype(bool)
+        tp = int((truth & predicted).sum())
+        fp = int((~truth & predicted).sum())
+        fn = int((truth & ~predicted).sum())
+        self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
+        self.tn += truth.size - tp - fp - fn
+        counts = self.per_label.setdefault(str(label), [0, 0, 0])
+        counts[0], counts[1], counts[2] = counts[0] + tp, counts[1] + fp, counts[2] + fn
+        self.image_true.append(bool(truth.any()))
+        self.image_pred.append(bool(predicted.any()))
+        true_boxes, pred_boxes = regions_of(truth), regions_of(predicted)
+        self.true_regions += len(true_boxes)
+        self.pred_regions += len(pred_boxes)
+        self.found_regions += sum(
+            any(box_iou(t, p) >= self.region_iou for p in pred_boxes) for t in true_boxes
+        )
+        self.right_regions += sum(
+            any(box_iou(t, p) >= self.region_iou for t in true_boxes) for p in pred_boxes
+        )
+        return tp / (tp + fp + fn) if tp + fp + fn else 1.0
+
+    def result(self) -> dict[str, Any]:
+        def iou(tp: int, fp: int, fn: int) -> float:
+            return tp / (tp + fp + fn) if tp + fp + fn else 1.0
+
+        defect = iou(self.tp, self.fp, self.fn)
+        wrong = self.fp + self.fn
+        found, right = self.found_regions, self.right_regions
+        background = iou(self.tn, self.fn, self.fp)
+        truth, predicted = np.array(self.image_true), np.array(self.image_pred)
+        ng, ok = truth.sum(), (~truth).sum()
+        return {
+            "defect_iou": defect,
+            "dice": 2 * self.tp / (2 * self.tp + wrong) if self.tp + wrong else 1.0,
+            "background_iou": background,
+            "miou": (defect + background) / 2,
+            "ng_recall": float((truth & predicted).sum() / ng) if ng else None,
+            "ok_specificity": float((~truth & ~predicted).sum() / ok) if ok else None,
+            "region_recall": found / self.true_regions if self.true_regions else None,
+            "region_precision": right / self.pred_regions if self.pred_regions else None,
+            "regions": {"true": self.true_regions, "predicted": self.pred_regions},
+            "per_label_iou": {k: iou(*v) for k, v in sorted(self.per_label.items()) if sum(v)},
+            "images": len(self.image_true),
+        }

@@ -30,16 +30,23 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def plot_learning_curves(history: list[dict], path: Path) -> Path:
+    """Losses on the left; accuracies and IoUs, whichever the task logs, on the right."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     epochs = [h["epoch"] for h in history]
-    for key, axis in (("loss", axes[0]), ("accuracy", axes[1])):
-        axis.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
-        if history and f"val_{key}" in history[0]:
-            axis.plot(epochs, [h[f"val_{key}"] for h in history], "s-", label="validation")
+    keys = list(history[0]) if history else []
+    panels = (
+        (axes[0], "loss", [k for k in keys if k.endswith("_loss")]),
+        (axes[1], "score", [k for k in keys if "accuracy" in k or "iou" in k]),
+    )
+    for axis, name, series in panels:
+        for key in series:
+            style = "o-" if key.startswith("train") else "s-"
+            axis.plot(epochs, [h[key] for h in history], style, label=key.replace("_", " "))
         axis.set_xlabel("epoch")
-        axis.set_ylabel(key)
+        axis.set_ylabel(name)
         axis.grid(alpha=0.3)
-        axis.legend()
+        if series:
+            axis.legend()
     return _save(fig, path)
 
 
@@ -353,3 +360,115 @@ def save_overlay(image_path: Path, heat_map: np.ndarray, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     overlay(load_image(image_path), heat_map).save(path)
     return path
+
+
+def plot_mask_pairs(items: list[tuple[Path, np.ndarray, np.ndarray, str]], path: Path) -> Path:
+    """Image with the true defect outlined in white and the prediction filled red."""
+    fig, axes = plt.subplots(
+        1, max(1, len(items)), figsize=(2.3 * max(1, len(items)), 2.6), squeeze=False
+    )
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (image_path, truth, predicted, caption) in zip(axes.flat, items, strict=False):
+        axis.imshow(np.asarray(load_image(image_path).convert("L")), cmap="gray")
+        axis.imshow(np.ma.masked_where(~predicted, predicted), cmap="autumn", alpha=0.5)
+        if truth.any():
+            axis.contour(truth, levels=[0.5], colors="white", linewidths=0.8)
+        axis.set_title(caption, fontsize=7)
+    return _save(fig, path)
+
+
+def write_segment_report(
+    run_dir: Path,
+    config: RunConfig,
+    samples: Sequence[Any],
+    probabilities: Sequence[Any],
+    rows: list[dict[str, Any]],
+    result: dict[str, Any],
+    history: list[dict],
+) -> Path:
+    from defectkit.data.segmentation import read_mask
+    from defectkit.tasks.segment import to_image_mask
+
+    plots = run_dir / "plots"
+    sc = config.segment
+
+    def pairs(indices: Sequence[int]) -> list:
+        items = []
+        for i in indices:
+            truth = read_mask(samples[i])
+            predicted = to_image_mask(
+                probabilities[i],
+                truth.shape,
+                config.data.image_size,
+                config.data.resize,
+                sc.mask_threshold,
+            )
+            items.append(
+                (samples[i].image, truth, predicted, f"{rows[i]['label']} IoU {rows[i]['iou']:.2f}")
+            )
+        return items
+
+    defects = [i for i, r in enumerate(rows) if r["true_ng"]]
+    by_iou = sorted(defects, key=lambda i: -rows[i]["iou"])
+    false_alarms = sorted(
+        (i for i, r in enumerate(rows) if not r["true_ng"] and r["predicted_pixels"]),
+        key=lambda i: -rows[i]["predicted_pixels"],
+    )
+    keys = [
+        ("defect IoU", "defect_iou"),
+        ("Dice", "dice"),
+        ("mIoU {background, defect}", "miou"),
+        ("NG recall (mask not empty)", "ng_recall"),
+        ("OK specificity (mask empty)", "ok_specificity"),
+        (f"region recall (box IoU >= {sc.region_iou})", "region_recall"),
+        ("region precision", "region_precision"),
+    ]
+    columns = ["without_gate", *(["with_gate"] if "with_gate" in result else [])]
+    table_rows = [[name, *(result[c][key] for c in columns)] for name, key in keys]
+    per_label = result["without_gate"]["per_label_iou"]
+    parts = [
+        f"<h1>defectkit segment: {html.escape(run_dir.name)}</h1>",
+        f"<p class=big>defect IoU <b>{result['defect_iou']:.4f}</b> · mIoU {result['miou']:.4f}"
+        f" · Dice {result['dice']:.4f} · {result['test_images']} test images"
+        + (" (with the OK/NG gate)" if "with_gate" in result else "")
+        + "</p>",
+        "<h2>Masks with and without the gate</h2>",
+        _table(table_rows, ["metric", *(c.replace("_", " ") for c in columns)]),
+    ]
+    if "gate" in result:
+        gate = result["gate"]
+        parts.append(
+            f"<p>gate: NG probability >= {gate['threshold']:.3f} (chosen on validation "
+            f"images) calls NG; NG recall {_cell(gate['ng_recall'])}, OK specificity "
+            f"{_cell(gate['ok_specificity'])}</p>"
+        )
+    parts += [
+        "<h2>Defect IoU per image label</h2>",
+        _table([[k, v] for k, v in per_label.items()], ["label", "defect IoU"]),
+    ]
+    if history:
+        parts += [
+            "<h2>Learning curves</h2>",
+            _embed(plot_learning_curves(history, plots / "learning_curves.png")),
+        ]
+    parts += [
+        "<h2>Best segmented defects (true outline white, prediction red)</h2>",
+        _embed(plot_mask_pairs(pairs(by_iou[:6]), plots / "masks_best.png")),
+        "<h2>Worst segmented defects</h2>",
+        _embed(plot_mask_pairs(pairs(by_iou[::-1][:6]), plots / "masks_worst.png")),
+    ]
+    if false_alarms:
+        parts += [
+            "<h2>Defect-free images with a predicted mask (before the gate)</h2>",
+            _embed(plot_mask_pairs(pairs(false_alarms[:6]), plots / "masks_false_alarms.png")),
+        ]
+    timing = [
+        ["training (s)", result["train_seconds"]],
+        ["ms per image (batch 16)", result["ms_per_image"]],
+        ["peak memory (MB RSS)", result["peak_rss_mb"]],
+        ["model (MB)", result["model_mb"]],
+        ["device", result["device"]],
+    ]
+    parts += ["<h2>Timing and memory</h2>", _table(timing, ["what", "value"])]
+    return _write_page(run_dir, config, parts)

@@ -228,3 +228,81 @@ def test_pad_mode_maps_are_cropped_to_each_image(tiles, tmp_path):
     for row, prediction in zip(rows, predictions, strict=True):
         assert prediction.scores["anomaly_score"] == pytest.approx(float(row["score"]), abs=1e-4)
         assert prediction.heat_map.shape == (64, 40)
+
+
+def test_defects_among_the_training_images_are_flagged(tiles, tmp_path, caplog):
+    """Spot images slipped into the defect-free folder: PatchCore scores its training images
+    leave-one-out (the coreset would otherwise keep the defects' patches) and names them."""
+    import json
+    import shutil
+
+    root = tmp_path / "dirty"
+    shutil.copytree(tiles, root)
+    for i, image in enumerate(sorted((root / "MT_Spot" / "Imgs").glob("*.jpg"))[:3]):
+        shutil.copy(image, root / "MT_Ok" / "Imgs" / f"slipped{i}.jpg")
+        shutil.copy(image.with_suffix(".png"), root / "MT_Ok" / "Imgs" / f"slipped{i}.png")
+    config = load_config(
+        "mt_anomaly",
+        [
+            f"data.root={root}",
+            "data.image_size=64",
+            f"out_dir={tmp_path}",
+            "name=d",
+            "anomaly.good_label=Ok",
+            "anomaly.blur_sigma=1",
+            "split.val_fraction=0.2",
+        ],
+    )
+    run_dir = tmp_path / "d"
+    run_dir.mkdir()
+    with caplog.at_level("WARNING"):
+        result = get_task("anomaly")(config, run_dir, False)
+    check = result["training_check"]
+    fit = json.loads((run_dir / "split.json").read_text())["fit"]
+    slipped = {Path(p).name for p in fit if "slipped" in p}
+    flagged = {Path(item["image"]).name for item in check["images"]}
+    assert check["leave_one_out"] and check["checked"] == len(fit)
+    # a few slipped-in defects are caught (many alike would vouch for each other)
+    assert slipped and flagged & slipped
+    assert "training folder may hold defects" in caplog.text
+
+
+def test_a_single_good_image_is_refused_with_the_fix(tmp_path):
+    root = make_mask_set(tmp_path / "one", per_class=1, size=32)
+    config = load_config(
+        "mt_anomaly", [f"data.root={root}", f"out_dir={tmp_path}", "anomaly.good_label=Ok"]
+    )
+    with pytest.raises(DatasetError, match="tens of good images"):
+        get_task("anomaly")(config, tmp_path, False)
+
+
+def test_images_of_other_sizes_and_channel_counts_are_inspected(anomaly_bundle, tiles, tmp_path):
+    from PIL import Image
+
+    from defectkit.inspect import Inspector
+
+    source = Image.open(sorted(tiles.glob("MT_Spot/Imgs/*.jpg"))[0])
+    rgba = source.convert("RGBA").resize((70, 50))
+    rgba.save(tmp_path / "rgba.png")
+    wide = np.asarray(source.convert("L").resize((90, 40)), dtype=np.uint16) * 256
+    Image.fromarray(wide).save(tmp_path / "sixteen.png")
+    predictions = list(
+        Inspector(anomaly_bundle).predict([tmp_path / "rgba.png", tmp_path / "sixteen.png"])
+    )
+    assert [p.heat_map.shape for p in predictions] == [(50, 70), (40, 90)]
+    assert all(np.isfinite(p.ng_score) for p in predictions)
+
+
+def test_eval_command_scores_an_anomaly_bundle(anomaly_bundle, tiles, tmp_path, capsys):
+    import json
+
+    from defectkit.cli import main
+
+    assert (
+        main(["eval", str(anomaly_bundle), "--data", str(tiles), "--out", str(tmp_path / "e.json")])
+        == 0
+    )
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["images"] == 48 and result["image_auroc"] >= 0.9
+    assert result["pixel_auroc"] >= 0.8
+    assert "image AUROC" in capsys.readouterr().out

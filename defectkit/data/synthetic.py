@@ -71,3 +71,45 @@ def make_mask_set(root: Path, per_class: int = 6, size: int = 64, seed: int = 0)
             Image.fromarray(image.astype(np.uint8), mode="L").save(folder / f"{kind}{i}.jpg")
             Image.fromarray((mask * 255).astype(np.uint8), mode="L").save(folder / f"{kind}{i}.png")
     return Path(root)
+
+
+def make_paired_set(root: Path, count: int = 24, size: int = 64, seed: int = 0) -> Path:
+    """DeepPCB-style: a defect-free template of random bright traces and a tested image of
+    the same part where a trace piece is missing or an extra one added, so that a defect
+    looks like an ordinary trace unless it is compared with the template. Files
+    group00000/00000/<id>_test.jpg, <id>_temp.jpg, group00000/00000_not/<id>.txt (boxes
+    x1,y1,x2,y2,type), and trainval.txt / test.txt listing 3/4 and 1/4 of them."""
+    rng = np.random.default_rng(seed)
+    images, notes = Path(root) / "group00000" / "00000", Path(root) / "group00000" / "00000_not"
+    images.mkdir(parents=True, exist_ok=True)
+    notes.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(count):
+        template = np.full((size, size), 40.0) + rng.normal(0, 4, (size, size))
+        for _ in range(6):
+            x, y = rng.integers(0, size - 12, 2)
+            w, h = (
+                (rng.integers(12, size // 2), 4)
+                if rng.random() < 0.5
+                else (4, rng.integers(12, size // 2))
+            )
+            template[y : y + h, x : x + w] = 200
+        tested = template.copy()
+        x, y = rng.integers(4, size - 12, 2)
+        if i % 2:  # an extra piece of trace
+            tested[y : y + 4, x : x + 8] = 200
+            kind, height = 5, 4
+        else:  # a bite out of the board where a trace may be
+            tested[y : y + 8, x : x + 8] = 40
+            kind, height = 1, 8
+        name = f"{i:08d}"
+        Image.fromarray(np.clip(template, 0, 255).astype(np.uint8)).save(
+            images / f"{name}_temp.jpg"
+        )
+        Image.fromarray(np.clip(tested, 0, 255).astype(np.uint8)).save(images / f"{name}_test.jpg")
+        (notes / f"{name}.txt").write_text(f"{x},{y},{x + 8},{y + height},{kind}\n")
+        lines.append(f"group00000/00000/{name}.jpg group00000/00000_not/{name}.txt")
+    cut = count * 3 // 4
+    (Path(root) / "trainval.txt").write_text("\n".join(lines[:cut]) + "\n")
+    (Path(root) / "test.txt").write_text("\n".join(lines[cut:]) + "\n")
+    return Path(root)

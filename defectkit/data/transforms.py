@@ -61,8 +61,9 @@ def eval_transform(
     """The whole image to size x size (no crop: a defect may sit at the border)."""
     return T.Compose(
         [
-            _resize(size, interpolation, resize),
+            # resized as floats: rounding to uint8 after resizing costs fine texture
             T.ToDtype(torch.float32, scale=True),
+            _resize(size, interpolation, resize),
             T.Normalize(mean=list(mean), std=list(std)),
         ]
     )

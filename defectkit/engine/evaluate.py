@@ -116,6 +116,26 @@ def worst_mistakes(
     ]
 
 
+def _evaluate_anomaly_bundle(inspector, samples, data) -> dict[str, Any]:
+    """Every image of the dataset is a test image: the model's good class is OK, any other
+    label a defect; masks, where the layout has them, give the pixel metrics."""
+    import torch
+
+    from defectkit.tasks.anomaly import evaluate_anomaly
+
+    good = inspector.classes[0]
+    if not any(s.label == good for s in samples):
+        raise ValueError(
+            f"{data} has no images labelled {good!r}, the model's defect-free class: "
+            "anomaly evaluation needs good and defect images"
+        )
+    predictions = list(inspector.predict([s.image for s in samples]))
+    scores = np.array([p.scores["anomaly_score"] for p in predictions])
+    maps = [torch.from_numpy(p.heat_map) for p in predictions]
+    result = evaluate_anomaly(samples, good, scores, maps, inspector.threshold)
+    return {"images": len(samples), "threshold": inspector.threshold, **result}
+
+
 def evaluate_bundle(
     bundle: str | Path,
     data: str | Path,
@@ -130,13 +150,15 @@ def evaluate_bundle(
     from defectkit.data.splits import load_manifest
     from defectkit.inspect import Inspector
 
-    inspector = Inspector(bundle)
+    inspector = Inspector(bundle, raw_maps=True)
     dataset = read_dataset(data, format, label_mode)
     samples = (
         load_manifest(dataset, Path(split_manifest)).parts()[part]
         if split_manifest
         else dataset.samples
     )
+    if inspector.task == "anomaly":
+        return _evaluate_anomaly_bundle(inspector, samples, data)
     unknown = sorted({s.label for s in samples} - set(inspector.classes))
     if unknown:
         raise ValueError(

@@ -39,3 +39,63 @@ def make_loss(
     if name == "focal":
         return FocalLoss(focal_gamma, weight)
     raise ValueError(f"unknown train.loss {name!r}; use ce or focal")
+
+
+class MaskLoss(nn.Module):
+    """Binary segmentation losses on logits (B, 1, H, W) against masks in {0, 1}.
+
+    bce, dice (soft, over the batch), bce_dice (weighted sum), focal (binary, Lin et al.)
+    and tversky (Salehi et al.: alpha weighs false positives, beta false negatives; beta >
+    alpha favours recall of small defects). `weights` (B,) drops images from the loss (0)."""
+
+    NAMES = ("bce", "dice", "bce_dice", "focal", "tversky")
+
+    def __init__(
+        self,
+        name: str = "bce_dice",
+        bce_weight: float = 0.8,
+        dice_weight: float = 0.2,
+        gamma: float = 2.0,
+        alpha: float = 0.3,
+        beta: float = 0.7,
+    ):
+        super().__init__()
+        if name not in self.NAMES:
+            raise ValueError(f"unknown segment.loss {name!r}; use one of {self.NAMES}")
+        self.name, self.bce_weight, self.dice_weight = name, bce_weight, dice_weight
+        self.gamma, self.alpha, self.beta = gamma, alpha, beta
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        logits, target = logits.float(), target.float()
+        if weights is not None:
+            keep = weights > 0
+            if not keep.any():
+                return logits.sum() * 0.0
+            logits, target = logits[keep], target[keep]
+        if self.name == "bce":
+            return F.binary_cross_entropy_with_logits(logits, target)
+        if self.name == "dice":
+            return soft_dice_loss(logits, target)
+        if self.name == "bce_dice":
+            return self.bce_weight * F.binary_cross_entropy_with_logits(
+                logits, target
+            ) + self.dice_weight * soft_dice_loss(logits, target)
+        if self.name == "focal":
+            bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            p_true = torch.exp(-bce)
+            return ((1 - p_true) ** self.gamma * bce).mean()
+        p = logits.sigmoid()
+        tp = (p * target).sum()
+        fp = (p * (1 - target)).sum()
+        fn = ((1 - p) * target).sum()
+        return 1 - (tp + 1) / (tp + self.alpha * fp + self.beta * fn + 1)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice over the whole batch (images without defects count through the
+    smoothing term, so an all-OK batch asks for an empty mask)."""
+    p = logits.sigmoid()
+    intersection = (p * target).sum()
+    return 1 - (2 * intersection + smooth) / (p.sum() + target.sum() + smooth)

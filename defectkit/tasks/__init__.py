@@ -34,4 +34,4 @@ def get_task(name: str) -> TaskRunner:
 
 
 def _load_builtin() -> None:
-    from defectkit.tasks import anomaly, classify  # noqa: F401  (they register themselves)
+    from defectkit.tasks import anomaly, classify, segment  # noqa: F401  (they register)

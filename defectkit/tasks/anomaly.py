@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn import functional as F
 
 from defectkit import bundle, report
@@ -23,6 +22,7 @@ from defectkit.config import RunConfig, save_config
 from defectkit.data.formats import DatasetError, read_dataset
 from defectkit.data.images import image_tensor
 from defectkit.data.samples import Sample, SampleSet
+from defectkit.data.segmentation import read_mask
 from defectkit.data.transforms import content_box, eval_transform
 from defectkit.engine.train import pick_device, seed_everything
 from defectkit.metrics import aupro, f1_max, pixel_auroc, rates_at
@@ -114,18 +114,78 @@ def score(
     data.resize) and its maximum the image score, as the Inspector does."""
     from defectkit.export import InspectionGraph
 
-    size = config.data.image_size
-    graph = InspectionGraph(model, "anomaly", size, config.anomaly.blur_sigma)
+    graph = InspectionGraph(model, "anomaly", config.data.image_size, config.anomaly.blur_sigma)
     scores, maps = [], []
     with torch.inference_mode():
         for images, sizes in Batches(samples, transform, 16, device).with_sizes():
             _, smoothed = graph(images)
-            for amap, (height, width) in zip(smoothed.cpu(), sizes, strict=True):
-                top, left, h, w = content_box(height, width, size, config.data.resize)
-                crop = amap[top : top + h, left : left + w]
-                scores.append(float(crop.max()))
-                maps.append(crop)
+            batch_scores, crops = crop_to_images(smoothed.cpu(), sizes, config)
+            scores += batch_scores
+            maps += crops
     return np.array(scores, dtype=np.float64), maps
+
+
+def crop_to_images(
+    smoothed: torch.Tensor, sizes: Sequence[tuple[int, int]], config: RunConfig
+) -> tuple[list[float], list[torch.Tensor]]:
+    """Smoothed input-size maps cropped to each image's content; their maxima."""
+    scores, crops = [], []
+    for amap, (height, width) in zip(smoothed, sizes, strict=True):
+        top, left, h, w = content_box(height, width, config.data.image_size, config.data.resize)
+        crops.append(amap[top : top + h, left : left + w])
+        scores.append(float(crops[-1].max()))
+    return scores, crops
+
+
+def suspect_training_images(
+    model, fit: Batches, threshold: float, config: RunConfig, device: torch.device
+) -> dict[str, Any]:
+    """Training images that score above the calibrated threshold: defects among the "good"
+    images. A method that keeps training patches (PatchCore) scores them leave-one-out, as
+    held-out images; others score up to 256 of them as they are. At the target false-alarm
+    rate about rate x checked images pass the threshold by chance; many more are a warning."""
+    from defectkit.models.anomaly import smooth_maps
+
+    loo = getattr(model, "training_maps", None)
+    if loo:
+        indices = sorted(loo)
+        smoothed = smooth_maps(
+            torch.stack([loo[i] for i in indices]).float(),
+            config.data.image_size,
+            config.anomaly.blur_sigma,
+        )
+        sizes = [tuple(fit.decoded[i].shape[-2:]) for i in indices]
+        scores, _ = crop_to_images(smoothed, sizes, config)
+    else:
+        indices = sorted(
+            random.Random(0).sample(range(len(fit.samples)), min(256, len(fit.samples)))
+        )
+        scores = list(
+            score(model, [fit.samples[i] for i in indices], fit.transform, config, device)[0]
+        )
+    flagged = sorted(
+        ((s, fit.samples[i].image) for i, s in zip(indices, scores, strict=True) if s >= threshold),
+        reverse=True,
+    )
+    expected = config.anomaly.false_alarm_rate * len(indices)
+    result = {
+        "checked": len(indices),
+        "above_threshold": len(flagged),
+        "expected_by_chance": expected,
+        "leave_one_out": bool(loo),
+        "images": [{"image": str(path), "score": s} for s, path in flagged[:50]],
+    }
+    if len(flagged) > 2 * expected + 1:
+        log.warning(
+            "%d of %d defect-free training images checked score above the threshold (about "
+            "%.0f expected by chance): the training folder may hold defects, e.g. %s. Look at "
+            "them (metrics.json training_check) and move real defects out, then train again",
+            len(flagged),
+            len(indices),
+            expected,
+            ", ".join(Path(p).name for _, p in flagged[:5]),
+        )
+    return result
 
 
 def normalisation(calibration_scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -133,16 +193,6 @@ def normalisation(calibration_scores: np.ndarray, threshold: float) -> dict[str,
     inspect.normalise); a floor on the scale keeps one calibration image usable."""
     spread = threshold - float(np.min(calibration_scores))
     return {"threshold": threshold, "scale": max(spread, 0.05 * abs(threshold), 1e-6)}
-
-
-def read_mask(sample: Sample) -> np.ndarray:
-    """The ground-truth mask (value > 127 is defect; masks carry JPEG-like noise), or an
-    empty one at the image's own size (read from its header) for images without a mask."""
-    if sample.mask is None:
-        with Image.open(sample.image) as image:
-            return np.zeros((image.height, image.width), dtype=bool)
-    with Image.open(sample.mask) as mask:
-        return np.asarray(mask.convert("L")) > 127
 
 
 @register_task("anomaly")
@@ -196,12 +246,14 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     )
 
     tick = time.perf_counter()
-    fit_info = model.fit(Batches(parts["fit"], transform, 16, device))
+    fit_batches = Batches(parts["fit"], transform, 16, device)
+    fit_info = model.fit(fit_batches)
     fit_seconds = time.perf_counter() - tick
     log.info("fitted %s in %.1f s: %s", ac.method, fit_seconds, fit_info)
 
     calibration_scores, _ = score(model, parts["calibration"], transform, config, device)
     threshold = float(np.quantile(calibration_scores, 1 - ac.false_alarm_rate))
+    suspects = suspect_training_images(model, fit_batches, threshold, config, device)
 
     tick = time.perf_counter()
     test_scores, test_maps = score(model, parts["test"], transform, config, device)
@@ -217,6 +269,7 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
             "good_label": good,
             "calibration_images": len(parts["calibration"]),
             "threshold": threshold,
+            "training_check": suspects,
             "false_alarm_rate_target": ac.false_alarm_rate,
             "method": ac.method,
             "model_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values())

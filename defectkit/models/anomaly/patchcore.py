@@ -99,11 +99,34 @@ class PatchCore(nn.Module):
             features, size, projection_dim=self.projection_dim, pool=self.pool, seed=self.seed
         )
         self.memory_bank = features[index].contiguous().to(self.memory_bank.device)
+        grid = feats.shape[-2:]
+        self.training_maps = self._leave_one_out_maps(features, index, grid)
         return {
             "patches": len(features),
             "memory_bank": len(index),
             "feature_dim": features.shape[1],
         }
+
+    def _leave_one_out_maps(
+        self, features: torch.Tensor, index: torch.Tensor, grid: torch.Size, most: int = 256
+    ) -> dict[int, torch.Tensor]:
+        """Patch maps of (a sample of) the training images scored against the memory bank
+        without the image's own patches. A training image with a defect would otherwise
+        look normal: the greedy coreset keeps exactly such rare patches."""
+        per_image = grid[0] * grid[1]
+        images = len(features) // per_image
+        owner = index // per_image
+        bank = features[index].float()
+        generator = torch.Generator().manual_seed(self.seed)
+        chosen = torch.randperm(images, generator=generator)[:most].sort().values
+        maps = {}
+        for i in chosen.tolist():
+            queries = features[i * per_image : (i + 1) * per_image].float()
+            d = (queries * queries).sum(1, keepdim=True) - 2 * queries @ bank.T
+            d = d + (bank * bank).sum(1)
+            d[:, owner == i] = float("inf")
+            maps[i] = d.amin(1).clamp(min=0).sqrt().reshape(grid)
+        return maps
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

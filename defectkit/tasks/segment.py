@@ -1,0 +1,366 @@
+"""The segment task: pixel masks of defects with a U-Net family model, robust to most images
+being OK: a sampler that balances NG and OK images, an OK/NG gate on the encoder that empties
+the mask of images it calls OK, and metrics with and without the gate."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from defectkit import bundle, report
+from defectkit.config import RunConfig, config_to_dict, save_config
+from defectkit.data.formats import DatasetError, read_dataset
+from defectkit.data.segmentation import SegmentationDataset, read_mask
+from defectkit.data.splits import load_manifest, make_split, save_manifest
+from defectkit.data.transforms import content_box
+from defectkit.engine.losses import MaskLoss
+from defectkit.engine.train import (
+    load_checkpoint,
+    make_optimizer,
+    make_schedule,
+    pick_device,
+    save_checkpoint,
+    seed_everything,
+)
+from defectkit.metrics import (
+    SegmentationScores,
+    choose_threshold,
+    drop_small_regions,
+    regions_of,
+)
+from defectkit.models.classifier import keep_frozen_bn_in_eval
+from defectkit.models.segmenter import Segmenter, build_segmenter
+from defectkit.runs import peak_rss_mb, write_json
+from defectkit.tasks import register_task
+
+log = logging.getLogger(__name__)
+TRAIN_ON = ("all", "ng")
+
+
+def _loader(dataset, batch_size: int, num_workers: int = 0, sampler=None, shuffle=False):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=shuffle and sampler is None,
+        num_workers=num_workers,
+    )
+
+
+def balanced_sampler(is_ng: list[bool], seed: int) -> WeightedRandomSampler | None:
+    """NG and OK images drawn equally often (None when one of them is missing)."""
+    flags = np.array(is_ng)
+    counts = np.array([(~flags).sum(), flags.sum()])
+    if counts.min() == 0:
+        return None
+    weights = 1.0 / counts[flags.astype(int)]
+    generator = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(weights.tolist(), len(flags), generator=generator)
+
+
+def set_encoder_trainable(model: Segmenter, trainable: bool) -> None:
+    for parameter in model.encoder_parameters():
+        parameter.requires_grad = trainable
+
+
+@torch.inference_mode()
+def predict(
+    model: Segmenter, dataset: SegmentationDataset, device: torch.device, batch_size: int = 16
+) -> tuple[list[torch.Tensor], np.ndarray, float]:
+    """Mask probabilities at input size, gate NG probabilities, and ms per image."""
+    model.eval()
+    masks, gates = [], []
+    tick = time.perf_counter()
+    for x, _, _ in _loader(dataset, batch_size):
+        logits, gate = model(x.to(device))
+        masks += list(logits.float().sigmoid().cpu())
+        gates.append(gate.float().sigmoid().cpu().numpy())
+    ms = 1000 * (time.perf_counter() - tick) / max(1, len(dataset))
+    return masks, (np.concatenate(gates) if gates else np.empty(0)), ms
+
+
+def to_image_mask(
+    probability: torch.Tensor, size: tuple[int, int], input_size: int, resize: str, threshold: float
+) -> np.ndarray:
+    """Input-size probabilities -> a boolean mask at the image's own size."""
+    top, left, h, w = content_box(*size, input_size, resize)
+    crop = probability[top : top + h, left : left + w]
+    full = F.interpolate(crop[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    return (full >= threshold).numpy()
+
+
+def evaluate_masks(
+    samples, probabilities, gate_probs, gate_threshold: float, config: RunConfig
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics at each image's own resolution, with and without the gate; per-image rows."""
+    sc = config.segment
+    plain, gated = SegmentationScores(sc.region_iou), SegmentationScores(sc.region_iou)
+    rows = []
+    for sample, probability, gate in zip(samples, probabilities, gate_probs, strict=True):
+        truth = read_mask(sample)
+        predicted = to_image_mask(
+            probability, truth.shape, config.data.image_size, config.data.resize, sc.mask_threshold
+        )
+        predicted = drop_small_regions(predicted, sc.min_region)
+        iou = plain.add(truth, predicted, sample.label)
+        passed = not sc.gate or gate >= gate_threshold
+        gated_iou = gated.add(
+            truth, predicted if passed else np.zeros_like(predicted), sample.label
+        )
+        rows.append(
+            {
+                "image": str(sample.image),
+                "label": sample.label,
+                "true_ng": bool(truth.any()),
+                "gate_ng_probability": float(gate),
+                "predicted_pixels": int(predicted.sum()),
+                "predicted_regions": len(regions_of(predicted)),
+                "iou": iou,
+                "iou_gated": gated_iou,
+            }
+        )
+    result: dict[str, Any] = {"without_gate": plain.result()}
+    if sc.gate:
+        result["with_gate"] = gated.result()
+        truth = np.array([r["true_ng"] for r in rows])
+        called = np.asarray(gate_probs) >= gate_threshold
+        result["gate"] = {
+            "threshold": gate_threshold,
+            "ng_recall": float(called[truth].mean()) if truth.any() else None,
+            "ok_specificity": float((~called[~truth]).mean()) if (~truth).any() else None,
+        }
+    headline = result["with_gate" if sc.gate else "without_gate"]
+    return {**headline, **result}, rows
+
+
+@register_task("segment")
+def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    sc, tc = config.segment, config.train
+    if sc.train_on not in TRAIN_ON:
+        raise ValueError(f"unknown segment.train_on {sc.train_on!r}; use one of {TRAIN_ON}")
+    seed_everything(tc.seed)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = pick_device(tc.device)
+    started = time.perf_counter()
+
+    dataset = read_dataset(config.data.root, config.data.format, config.data.label_mode)
+    manifest = run_dir / "split.json"
+    split = load_manifest(dataset, manifest) if resume else make_split(dataset, config.split)
+    save_manifest(split, dataset, manifest, config.split)
+    save_config(config, run_dir / "config.yaml")
+
+    in_channels = 6 if sc.reference else 3
+    model, weights_info, prep = build_segmenter(
+        config.model, sc, in_channels, pretrained=config.model.pretrained
+    )
+    prep = replace(
+        prep,
+        interpolation=config.data.interpolation or prep.interpolation,
+        resize=config.data.resize,
+    )
+    model.to(device)
+    options = {
+        "size": config.data.image_size,
+        "mean": prep.mean,
+        "std": prep.std,
+        "resize": prep.resize,
+        "reference": sc.reference,
+        "cache": config.data.cache_images,
+    }
+    train_set = SegmentationDataset(
+        split.train, augment=config.data.augment != "none", seed=tc.seed, **options
+    )
+    val_set = SegmentationDataset(split.val, **options)
+    test_set = SegmentationDataset(split.test, **options)
+    train_ng = train_set.is_ng()
+    if not any(train_ng):
+        raise DatasetError(
+            f"{dataset.root}: no training image has a defect in its mask or boxes; the "
+            "segment task needs masks (image_mask, mvtec layouts) or boxes (voc, yolo, deeppcb)"
+        )
+    log.info(
+        "%s: %s layout; train %d (%d NG) / val %d / test %d; input %d channels",
+        dataset.root,
+        dataset.layout,
+        len(train_set),
+        sum(train_ng),
+        len(val_set),
+        len(test_set),
+        in_channels,
+    )
+    sampler = balanced_sampler(train_ng, tc.seed) if sc.balance else None
+    train_loader = _loader(train_set, tc.batch_size, config.data.num_workers, sampler, shuffle=True)
+
+    encoder = {id(p) for p in model.encoder_parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) in encoder], "lr": tc.lr},
+        {
+            "params": [p for p in model.parameters() if id(p) not in encoder],
+            "lr": tc.lr * tc.head_lr_mult,
+        },
+    ]
+    for group in groups:
+        group["weight_decay"] = tc.weight_decay
+    optimizer = make_optimizer(groups, tc)
+    schedule = make_schedule(optimizer, tc, len(train_loader))
+    mask_loss = MaskLoss(
+        sc.loss, sc.bce_weight, sc.dice_weight, sc.focal_gamma, sc.tversky_alpha, sc.tversky_beta
+    )
+
+    history: list[dict] = []
+    start_epoch, best = 0, -1.0
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+        log.info("resumed %s at epoch %d of %d", run_dir, start_epoch + 1, tc.epochs)
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    train_seconds = sum(h["seconds"] for h in history)
+    try:
+        for epoch in range(start_epoch, tc.epochs):
+            frozen = epoch < sc.freeze_epochs
+            set_encoder_trainable(model, not frozen)
+            tick = time.perf_counter()
+            model.train()
+            keep_frozen_bn_in_eval(model)
+            total, seen = 0.0, 0
+            bar = tqdm(
+                train_loader,
+                desc=f"epoch {epoch + 1}/{tc.epochs}" + (" (encoder frozen)" if frozen else ""),
+                leave=False,
+                mininterval=1.0,
+                disable=None,
+            )
+            for x, y, ng in bar:
+                x, y, ng = x.to(device), y.to(device), ng.to(device)
+                logits, gate = model(x)
+                weights = ng if sc.train_on == "ng" else None
+                loss = mask_loss(logits[:, None], y[:, None], weights)
+                if sc.gate:
+                    gate_loss = F.binary_cross_entropy_with_logits(gate.float(), ng)
+                    loss = loss + sc.gate_weight * gate_loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total, seen = total + loss.item() * len(x), seen + len(x)
+                bar.set_postfix(loss=f"{total / seen:.4f}")
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train_loss": total / max(1, seen),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            if len(val_set):
+                row.update(_validate(model, val_set, device, sc.mask_threshold))
+            row["seconds"] = time.perf_counter() - tick
+            train_seconds += row["seconds"]
+            history.append(row)
+            for key, value in row.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, epoch + 1)
+            monitored = row.get("val_defect_iou", epoch)  # no validation: the latest is best
+            improved = monitored > best
+            best = max(best, monitored)
+            payload = {
+                "task": "segment",
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "history": history,
+                "best": best,
+                "config": config_to_dict(config),
+            }
+            save_checkpoint(last_path, payload)
+            if improved:
+                save_checkpoint(best_path, {k: payload[k] for k in ("task", "model", "epoch")})
+            tqdm.write(
+                f"epoch {epoch + 1}/{tc.epochs}  loss {row['train_loss']:.4f}"
+                + (
+                    f" | val defect IoU {row['val_defect_iou']:.4f}"
+                    if "val_defect_iou" in row
+                    else ""
+                )
+                + f" | {row['seconds']:.1f} s"
+            )
+    except KeyboardInterrupt:
+        writer.close()
+        raise KeyboardInterrupt(
+            f"interrupted; resume with: defectkit train --resume {run_dir}"
+        ) from None
+    writer.close()
+
+    model.load_state_dict(load_checkpoint(best_path)["model"])
+    gate_threshold = 0.5
+    if sc.gate and len(val_set):
+        _, val_gates, _ = predict(model, val_set, device)
+        val_ng = np.array(val_set.is_ng())
+        if val_ng.any() and not val_ng.all():
+            gate_threshold = choose_threshold(
+                val_ng, val_gates, config.eval.threshold_rule, config.eval.target
+            )
+    probabilities, gates, ms = predict(model, test_set, device)
+    result, rows = evaluate_masks(split.test, probabilities, gates, gate_threshold, config)
+    result.update(
+        {
+            "ms_per_image": ms,
+            "train_seconds": train_seconds,
+            "total_seconds": time.perf_counter() - started,
+            "peak_rss_mb": peak_rss_mb(),
+            "epochs_run": len(history),
+            "weights": weights_info,
+            "device": str(device),
+            "model_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values())
+            / 2**20,
+            "test_images": len(test_set),
+        }
+    )
+    write_json(run_dir / "metrics.json", result)
+    with open(run_dir / "predictions.csv", "w", newline="") as handle:
+        writer_csv = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["image"])
+        writer_csv.writeheader()
+        writer_csv.writerows(rows)
+    bundle.save_segment_bundle(run_dir / "bundle", model, config, prep, in_channels, gate_threshold)
+    report.write_segment_report(run_dir, config, split.test, probabilities, rows, result, history)
+    return result
+
+
+@torch.inference_mode()
+def _validate(
+    model: Segmenter, dataset: SegmentationDataset, device: torch.device, threshold: float
+) -> dict[str, float]:
+    """Defect IoU over the validation images at input size (quick, for picking the best
+    epoch) and the gate's accuracy."""
+    model.eval()
+    tp = fp = fn = 0
+    right = 0
+    for x, y, ng in _loader(dataset, 16):
+        logits, gate = model(x.to(device))
+        predicted = logits.float().sigmoid().cpu() >= threshold
+        truth = y.bool()
+        tp += int((predicted & truth).sum())
+        fp += int((predicted & ~truth).sum())
+        fn += int((~predicted & truth).sum())
+        right += int(((gate.cpu() >= 0) == ng.bool()).sum())
+    return {
+        "val_defect_iou": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
+        "val_gate_accuracy": right / max(1, len(dataset)),
+    }

@@ -1,0 +1,187 @@
+"""The segment task: losses and metrics worked by hand, masks kept aligned, the encoder's
+first convolution extended for a reference image, and runs end to end on synthetic data."""
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from defectkit.config import ModelConfig, SegmentConfig, load_config
+from defectkit.data.samples import Box, Sample
+from defectkit.data.segmentation import read_mask, resize_pair
+from defectkit.data.synthetic import make_paired_set
+from defectkit.engine.losses import MaskLoss, soft_dice_loss
+from defectkit.inspect import Inspector
+from defectkit.metrics import SegmentationScores, drop_small_regions
+from defectkit.tasks import get_task
+
+
+def test_mask_losses():
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., :2, :2] = 1
+    perfect = (target * 2 - 1) * 20  # logits: +20 inside, -20 outside
+    assert soft_dice_loss(perfect, target) < 1e-6
+    assert MaskLoss("bce")(perfect, target) < 1e-6
+    assert MaskLoss("tversky")(perfect, target) < 1e-6
+    assert MaskLoss("focal")(-perfect, target) > MaskLoss("focal")(torch.zeros_like(target), target)
+    # dice of an all-negative prediction: 1 - 1 / (0 + 4 + 1)
+    assert soft_dice_loss(torch.full_like(target, -20.0), target) == pytest.approx(0.8, abs=1e-4)
+    # an image left out by its weight does not count
+    assert MaskLoss("bce")(perfect, target, torch.zeros(1)) == 0
+    with pytest.raises(ValueError, match="unknown segment.loss 'iou'"):
+        MaskLoss("iou")
+
+
+def test_segmentation_scores_by_hand():
+    truth = np.zeros((4, 4), bool)
+    truth[:2, :2] = True  # 4 defect pixels
+    predicted = np.zeros((4, 4), bool)
+    predicted[:2, :3] = True  # 6 predicted: tp 4, fp 2, fn 0
+    scores = SegmentationScores(0.33)
+    assert scores.add(truth, predicted, "spot") == pytest.approx(4 / 6)
+    scores.add(np.zeros((4, 4), bool), np.zeros((4, 4), bool), "ok")  # an OK image, kept OK
+    result = scores.result()
+    assert result["defect_iou"] == pytest.approx(4 / 6)
+    assert result["dice"] == pytest.approx(8 / 10)
+    assert result["background_iou"] == pytest.approx(26 / 28)  # tn 26 of 32 - 4 tp
+    assert result["miou"] == pytest.approx((4 / 6 + 26 / 28) / 2)
+    assert result["ng_recall"] == 1.0 and result["ok_specificity"] == 1.0
+    assert result["region_recall"] == 1.0 and result["region_precision"] == 1.0  # box IoU 4/6
+    assert result["per_label_iou"] == {"spot": pytest.approx(4 / 6)}
+
+
+def test_region_matching_uses_the_iou_rule():
+    truth = np.zeros((10, 10), bool)
+    truth[0:4, 0:4] = True  # 16 px box
+    predicted = np.zeros((10, 10), bool)
+    predicted[0:2, 0:2] = True  # box IoU 4/16 = 0.25 < 0.33: not found
+    predicted[8:10, 8:10] = True  # a false region
+    result = SegmentationScores(0.33)
+    result.add(truth, predicted)
+    out = result.result()
+    assert out["region_recall"] == 0.0 and out["region_precision"] == 0.0
+    assert out["regions"] == {"true": 1, "predicted": 2}
+    assert drop_small_regions(predicted, 5).sum() == 0
+
+
+def test_boxes_become_masks_and_pad_keeps_them_aligned(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (40, 20)).save(tmp_path / "a.png")
+    mask = read_mask(Sample(tmp_path / "a.png", "defect", boxes=(Box(10, 5, 20, 10),)))
+    assert mask.shape == (20, 40) and mask.sum() == 50 and mask[5:10, 10:20].all()
+    image = torch.zeros(3, 20, 40)
+    image[:, 5:10, 10:20] = 1.0
+    x, y = resize_pair(image, torch.from_numpy(mask), 80, "pad")
+    assert x.shape == (3, 80, 80) and y.shape == (80, 80)
+    assert y[:20].sum() == 0 and y[60:].sum() == 0  # padding is background
+    assert torch.equal(x[0] > 0.5, y)  # image and mask moved together
+
+
+def test_first_convolution_is_extended_for_a_reference_image():
+    from defectkit.models.segmenter import build_segmenter
+
+    config = SegmentConfig(encoder_depth=3)
+    rgb, _, _ = build_segmenter(ModelConfig(), config, 3, pretrained=True)
+    paired, info, prep = build_segmenter(ModelConfig(), config, 6, pretrained=True)
+    first = "conv_stem.weight"
+    w3, w6 = rgb.net.encoder.model.state_dict()[first], paired.net.encoder.model.state_dict()[first]
+    assert w6.shape[1] == 6 and info["first_conv_adapted"] == [first]
+    assert torch.allclose(w6[:, :3], w3 * 0.5) and torch.allclose(w6[:, 3:], w3 * 0.5)
+    assert info["encoder_tensors_loaded"] > 50 and prep.mean == (0.5, 0.5, 0.5)
+    masks, gate = paired(torch.zeros(2, 6, 64, 64))
+    assert masks.shape == (2, 64, 64) and gate.shape == (2,)
+
+
+def _segment(root: Path, out: Path, name: str, *extra: str):
+    config = load_config(
+        None,
+        [
+            "task=segment",
+            f"data.root={root}",
+            "data.image_size=64",
+            f"out_dir={out}",
+            f"name={name}",
+            "train.epochs=6",
+            "train.batch_size=8",
+            "train.lr=0.003",
+            "train.head_lr_mult=1",
+            "segment.encoder_depth=3",
+            *extra,
+        ],
+    )
+    run_dir = out / name
+    run_dir.mkdir(parents=True)
+    return run_dir, get_task("segment")(config, run_dir, False)
+
+
+@pytest.fixture(scope="module")
+def segment_run(tiles, tmp_path_factory):
+    return _segment(tiles, tmp_path_factory.mktemp("seg"), "s", "segment.freeze_epochs=1")
+
+
+def test_segment_run_finds_synthetic_defects(segment_run):
+    run_dir, result = segment_run
+    assert result["without_gate"]["defect_iou"] > 0.3
+    assert 0 <= result["with_gate"]["defect_iou"] <= 1 and "gate" in result
+    assert result["miou"] > 0.6 and result["ms_per_image"] > 0
+    assert set(result["per_label_iou"]) <= {"Scratch", "Spot"}
+    for name in (
+        "metrics.json",
+        "predictions.csv",
+        "report.html",
+        "bundle/bundle.json",
+        "checkpoints/last.pt",
+        "plots/masks_best.png",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert "Masks with and without the gate" in (run_dir / "report.html").read_text()
+
+
+def test_inspector_and_onnx_reproduce_the_run_masks(segment_run, tmp_path):
+    from defectkit.export import check_export, export_onnx
+
+    run_dir, _ = segment_run
+    rows = list(csv.DictReader((run_dir / "predictions.csv").open()))[::3]
+    inspector = Inspector(run_dir)
+    for row, p in zip(rows, inspector.predict([r["image"] for r in rows]), strict=True):
+        gate_open = p.scores["gate"] >= inspector.threshold
+        assert p.scores["gate"] == pytest.approx(float(row["gate_ng_probability"]), abs=1e-4)
+        assert p.mask.sum() == (int(row["predicted_pixels"]) if gate_open else 0)
+        assert p.ok == (not p.mask.any()) and p.heat_map.shape == p.mask.shape == (64, 64)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(run_dir / "bundle", bundle)
+    export_onnx(bundle)
+    assert check_export(bundle, [r["image"] for r in rows])["passed"]
+
+
+def test_reference_pairs_train_and_predict_with_their_templates(tmp_path):
+    root = make_paired_set(tmp_path / "pcb", count=24, size=64)
+    run_dir, result = _segment(
+        root,
+        tmp_path,
+        "p",
+        "segment.reference=true",
+        "split.method=official",
+        "split.val_fraction=0.15",
+        "segment.gate=false",
+        "segment.balance=false",
+    )
+    assert result["test_images"] == 6 and result["region_recall"] is not None
+    inspector = Inspector(run_dir)
+    tested = sorted(root.rglob("*_test.jpg"))[:3]
+    with pytest.raises(ValueError, match="give references"):
+        list(inspector.predict(tested))
+    templates = [p.with_name(p.name.replace("_test", "_temp")) for p in tested]
+    predictions = list(inspector.predict(tested, references=templates))
+    assert len(predictions) == 3 and inspector.describe()["reference"] is True
+
+
+def test_reference_without_templates_is_refused(tiles, tmp_path):
+    from defectkit.data.formats import DatasetError
+
+    with pytest.raises(DatasetError, match="have no reference image"):
+        _segment(tiles, tmp_path, "r", "segment.reference=true")
