@@ -39,7 +39,9 @@ def main() -> None:
                 "gate": metrics.get("gate"),
                 "train_seconds": metrics["train_seconds"],
                 "model_mb": metrics["model_mb"],
-                "per_label_iou": metrics["per_label_iou"],
+                # MT_Free has empty masks; runs saved before per-label IoU left such labels
+                # out listed it with IoU 0
+                "per_label_iou": {k: v for k, v in metrics["per_label_iou"].items() if k != "Free"},
             }
         )
     payload = save_results(
@@ -59,6 +61,12 @@ def main() -> None:
                     f"{r['train_seconds']:.0f}",
                 ]
             )
+    gates = "; ".join(
+        f"{r['name']}: NG recall {r['gate']['ng_recall']:.3f} at OK specificity "
+        f"{r['gate']['ok_specificity']:.3f} (threshold {r['gate']['threshold']:.3f})"
+        for r in payload["runs"]
+        if r.get("gate")
+    )
     labels = "; ".join(
         f"{r['name']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["per_label_iou"].items())
         for r in payload["runs"]
@@ -73,6 +81,7 @@ Split: per class (all six), seed 0, first int(0.8 n) train (10% of it validation
 "gate" rows: masks emptied where the OK/NG head on the encoder (threshold chosen on the
 validation images, Youden) calls the image OK. Image NG = mask not empty.
 Defect IoU per defect class (no gate): {labels}.
+The gate's own OK/NG call on the test images: {gates}.
 
 {
             table(

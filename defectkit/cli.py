@@ -51,7 +51,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_result(result: dict, run_dir: Path) -> None:
-    if "image_auroc" in result:  # anomaly
+    if "defect_iou" in result:  # segment
+        print(
+            f"\ndefect IoU {result['defect_iou']:.4f}  Dice {result['dice']:.4f}  mIoU "
+            f"{result['miou']:.4f}  ({result['test_images']} test images"
+            + (", with the OK/NG gate)" if "gate" in result else ")")
+        )
+        print(
+            f"training {result['train_seconds']:.1f} s, {result['ms_per_image']:.1f} ms per "
+            f"image, peak memory {result['peak_rss_mb']:.0f} MB"
+        )
+    elif "image_auroc" in result:  # anomaly
         pixel = result["pixel_auroc"]
         print(
             f"\nimage AUROC {result['image_auroc']:.4f}  pixel AUROC "
@@ -118,10 +128,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     errors: list[dict[str, str]] = []
     count = 0
+    paths, references = expand_inputs(args.inputs), None
+    if args.reference_from:
+        if ":" not in args.reference_from:
+            raise ValueError("--reference-from takes OLD:NEW, e.g. _test:_temp for DeepPCB")
+        old, new = args.reference_from.split(":", 1)
+        paths = [p for p in paths if old in p.name]
+        references = [p.with_name(p.name.replace(old, new)) for p in paths]
     with open(out, "w", newline="") as handle:
         writer = None
         for prediction in tqdm(
-            inspector.predict(expand_inputs(args.inputs), args.batch_size, errors),
+            inspector.predict(paths, args.batch_size, errors, references),
             desc="predict",
             unit="img",
             disable=None,
@@ -155,6 +172,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 save_overlay(
                     Path(prediction.image), prediction.heat_map, Path(args.overlays) / name
                 )
+            if args.masks and prediction.mask is not None:
+                from PIL import Image
+
+                Path(args.masks).mkdir(parents=True, exist_ok=True)
+                name = f"{count:06d}_{Path(prediction.image).stem}.png"
+                Image.fromarray(prediction.mask.astype("uint8") * 255).save(Path(args.masks) / name)
     for error in errors:
         print(f"skipped {error['image']}: {error['error']}", file=sys.stderr)
     print(f"{count} image(s) -> {out}; {len(errors)} skipped")
@@ -283,7 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", default="torch", choices=("torch", "onnx"), help="onnx: run `export` first"
     )
     predict.add_argument(
-        "--overlays", metavar="DIR", help="anomaly models: write heat-map overlays here"
+        "--overlays", metavar="DIR", help="anomaly and segment models: heat-map overlays here"
+    )
+    predict.add_argument("--masks", metavar="DIR", help="segment models: the masks as PNG here")
+    predict.add_argument(
+        "--reference-from",
+        metavar="OLD:NEW",
+        help="models with a reference: each image's reference is its file name with OLD "
+        "replaced by NEW (DeepPCB: _test:_temp); images without OLD in their name are skipped",
     )
     predict.set_defaults(func=_cmd_predict)
 

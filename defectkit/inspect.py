@@ -237,7 +237,8 @@ class Inspector:
     ) -> Prediction:
         """Probabilities cropped to the image's content and resized to its size; the mask
         is what passes mask_threshold, without regions under min_region pixels, and empty
-        when the gate calls the image OK. NG = a non-empty mask."""
+        when the gate calls the image OK. With a gate, the gate decides OK/NG (an NG image
+        may show no region); without one, NG = a non-empty mask."""
         from defectkit.metrics import drop_small_regions
 
         top, left, h, w = content_box(*size, self.size, self.resize)
@@ -246,10 +247,11 @@ class Inspector:
             torch.from_numpy(crop)[None, None], size=size, mode="bilinear", align_corners=False
         )[0, 0].numpy()
         mask = drop_small_regions(full >= self.meta["mask_threshold"], self.meta["min_region"])
-        gated = self.meta["gate"] and gate < self.threshold
-        if gated:
-            mask = np.zeros_like(mask)
-        ok = not mask.any()
+        if self.meta["gate"]:
+            ok = gate < self.threshold
+            mask = np.zeros_like(mask) if ok else mask
+        else:
+            ok = not mask.any()
         return Prediction(
             name,
             "ok" if ok else "defect",

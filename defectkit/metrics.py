@@ -268,6 +268,7 @@ class SegmentationScores:
             "region_recall": found / self.true_regions if self.true_regions else None,
             "region_precision": right / self.pred_regions if self.pred_regions else None,
             "regions": {"true": self.true_regions, "predicted": self.pred_regions},
-            "per_label_iou": {k: iou(*v) for k, v in sorted(self.per_label.items()) if sum(v)},
+            # labels whose images hold defect pixels (an IoU of OK images says nothing)
+            "per_label_iou": {k: iou(*v) for k, v in sorted(self.per_label.items()) if v[0] + v[2]},
             "images": len(self.image_true),
         }

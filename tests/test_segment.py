@@ -151,16 +151,19 @@ def test_inspector_and_onnx_reproduce_the_run_masks(segment_run, tmp_path):
         gate_open = p.scores["gate"] >= inspector.threshold
         assert p.scores["gate"] == pytest.approx(float(row["gate_ng_probability"]), abs=1e-4)
         assert p.mask.sum() == (int(row["predicted_pixels"]) if gate_open else 0)
-        assert p.ok == (not p.mask.any()) and p.heat_map.shape == p.mask.shape == (64, 64)
+        assert p.ok == (not gate_open)  # the gate decides OK/NG
+        assert p.heat_map.shape == p.mask.shape == (64, 64)
     bundle = tmp_path / "bundle"
     shutil.copytree(run_dir / "bundle", bundle)
     export_onnx(bundle)
     assert check_export(bundle, [r["image"] for r in rows])["passed"]
 
 
-def test_reference_pairs_train_and_predict_with_their_templates(tmp_path):
+@pytest.fixture(scope="module")
+def paired_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("paired")
     root = make_paired_set(tmp_path / "pcb", count=24, size=64)
-    run_dir, result = _segment(
+    return root, *_segment(
         root,
         tmp_path,
         "p",
@@ -170,6 +173,10 @@ def test_reference_pairs_train_and_predict_with_their_templates(tmp_path):
         "segment.gate=false",
         "segment.balance=false",
     )
+
+
+def test_reference_pairs_train_and_predict_with_their_templates(paired_run):
+    root, run_dir, result = paired_run
     assert result["test_images"] == 6 and result["region_recall"] is not None
     inspector = Inspector(run_dir)
     tested = sorted(root.rglob("*_test.jpg"))[:3]
@@ -185,3 +192,50 @@ def test_reference_without_templates_is_refused(tiles, tmp_path):
 
     with pytest.raises(DatasetError, match="have no reference image"):
         _segment(tiles, tmp_path, "r", "segment.reference=true")
+
+
+def test_predict_command_pairs_templates_by_name_and_writes_masks(paired_run, tmp_path):
+    from defectkit.cli import main
+
+    root, run_dir, _ = paired_run
+    folder = root / "group00000" / "00000"
+    code = main(
+        [
+            "predict",
+            str(run_dir),
+            str(folder),
+            "--reference-from",
+            "_test:_temp",
+            "--out",
+            str(tmp_path / "p.csv"),
+            "--masks",
+            str(tmp_path / "masks"),
+        ]
+    )
+    assert code == 0
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(rows) == 1 + 24  # the templates themselves are not inspected
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 24
+
+
+def test_service_takes_references_for_a_paired_model(paired_run):
+    from fastapi.testclient import TestClient
+
+    from defectkit.serve import create_app
+
+    root, run_dir, _ = paired_run
+    client = TestClient(create_app(run_dir / "bundle", workers=1))
+    tested = sorted(root.rglob("*_test.jpg"))[0]
+    template = tested.with_name(tested.name.replace("_test", "_temp"))
+    alone = client.post("/inspect", files=[("files", (tested.name, tested.read_bytes()))])
+    assert alone.status_code == 422 and "references" in alone.json()["detail"]
+    paired = client.post(
+        "/inspect",
+        files=[
+            ("files", (tested.name, tested.read_bytes())),
+            ("references", (template.name, template.read_bytes())),
+        ],
+    )
+    assert paired.status_code == 200, paired.text
+    result = paired.json()["results"][0]
+    assert result["label"] in ("ok", "defect") and result["ok"] == (result["label"] == "ok")

@@ -84,7 +84,7 @@ def overlay_data_url(image: Image.Image, prediction) -> str | None:
 
 
 def page_html() -> str:
-    return resources.files("defectkit").joinpath("web/index.html").read_text()
+    return resources.files("defectkit.serve").joinpath("index.html").read_text()
 
 
 def create_app(
@@ -149,6 +149,9 @@ def create_app(
     async def inspect(
         request: Request,
         files: list[UploadFile] = File(..., description="one or more images"),  # noqa: B008
+        references: list[UploadFile] | None = File(  # noqa: B008
+            None, description="models with a reference: the aligned reference of each image"
+        ),
         overlay: bool = Query(False, description="return heat-map overlays as PNG data URLs"),
     ) -> dict[str, Any]:
         length = int(request.headers.get("content-length") or 0)
@@ -162,12 +165,27 @@ def create_app(
             data = await upload.read(max_bytes + 1)
             images.append(decode_upload(name, data, max_bytes, max_pixels))
             names.append(name)
+        refs = None
+        if inspector.meta.get("reference"):
+            if not references or len(references) != len(files):
+                raise UploadError(
+                    422,
+                    "this model compares each image with its aligned defect-free reference: "
+                    "send one `references` file per `files` file, in the same order",
+                )
+            refs = []
+            for index, upload in enumerate(references):
+                name = upload.filename or f"reference {index + 1}"
+                data = await upload.read(max_bytes + 1)
+                refs.append(decode_upload(name, data, max_bytes, max_pixels))
         if not slots.acquire(blocking=False):
             raise UploadError(503, "the inspector is busy: retry in a moment")
         try:
             tick = time.perf_counter()
             loop = asyncio.get_running_loop()
-            predictions = await loop.run_in_executor(pool, inspector.predict_images, images, names)
+            predictions = await loop.run_in_executor(
+                pool, inspector.predict_images, images, names, refs
+            )
             elapsed = (time.perf_counter() - tick) * 1000
         finally:
             slots.release()
