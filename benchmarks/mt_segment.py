@@ -77,9 +77,10 @@ def main() -> None:
 
 Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`.
 Split: per class (all six), seed 0, first int(0.8 n) train (10% of it validation), rest test
-(271 images, 79 with defect pixels in their masks). Metrics over all test pixels at each mask's own resolution;
-"gate" rows: masks emptied where the OK/NG head on the encoder (threshold chosen on the
-validation images, Youden) calls the image OK. Image NG = mask not empty.
+(271 images, 79 with defect pixels in their masks). Metrics over all test pixels at each
+mask's own resolution; "gate" rows: masks emptied where the OK/NG head on the encoder
+(threshold chosen on the validation images, Youden) calls the image OK. Image NG = mask not
+empty.
 Defect IoU per defect class (no gate): {labels}.
 The gate's own OK/NG call on the test images: {gates}.
 
