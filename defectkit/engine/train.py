@@ -201,3 +201,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or "model" not in payload or "task" not in payload:
         raise ValueError(f"{path} is not a defectkit checkpoint (no model/task entries)")
     return payload
+
+
+def restore(path: Path, model: nn.Module, optimizer, schedule) -> dict[str, Any]:
+    """Load last.pt into the model, optimiser and schedule, and the RNG state; returns the
+    checkpoint for the task's own counters (epoch, history, best)."""
+    state = load_checkpoint(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["rng"])
+    return state

@@ -35,3 +35,26 @@ def get_task(name: str) -> TaskRunner:
 
 def _load_builtin() -> None:
     from defectkit.tasks import anomaly, classify, segment  # noqa: F401  (they register)
+
+
+def open_run(config: RunConfig, run_dir: Path, resume: bool):
+    """What every trained task starts with: seeds, CPU threads, the device, the dataset and
+    its split (the saved split.json when resuming), and split.json + config.yaml written.
+    Returns (device, dataset, split)."""
+    import torch
+
+    from defectkit.config import save_config
+    from defectkit.data.formats import read_dataset
+    from defectkit.data.splits import load_manifest, make_split, save_manifest
+    from defectkit.engine.train import pick_device, seed_everything
+
+    seed_everything(config.train.seed)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    device = pick_device(config.train.device)
+    dataset = read_dataset(config.data.root, config.data.format, config.data.label_mode)
+    manifest = run_dir / "split.json"
+    split = load_manifest(dataset, manifest) if resume else make_split(dataset, config.split)
+    save_manifest(split, dataset, manifest, config.split)
+    save_config(config, run_dir / "config.yaml")
+    return device, dataset, split

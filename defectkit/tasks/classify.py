@@ -16,10 +16,10 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from defectkit import bundle, report
-from defectkit.config import RunConfig, config_to_dict, save_config
-from defectkit.data.formats import DatasetError, read_dataset
+from defectkit.config import RunConfig, config_to_dict
+from defectkit.data.formats import DatasetError
 from defectkit.data.images import ImageDataset
-from defectkit.data.splits import Split, load_manifest, make_split, save_manifest
+from defectkit.data.splits import Split
 from defectkit.data.transforms import eval_transform, train_transform
 from defectkit.engine import evaluate
 from defectkit.engine.losses import balanced_class_weights, make_loss
@@ -29,10 +29,9 @@ from defectkit.engine.train import (
     make_sampler,
     make_schedule,
     mixed_precision,
-    pick_device,
     predict_logits,
+    restore,
     save_checkpoint,
-    seed_everything,
     train_one_epoch,
 )
 from defectkit.models.classifier import (
@@ -44,7 +43,7 @@ from defectkit.models.classifier import (
     set_backbone_trainable,
 )
 from defectkit.runs import peak_rss_mb, write_json
-from defectkit.tasks import register_task
+from defectkit.tasks import open_run, register_task
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +124,11 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
     tc = config.train
     if tc.strategy not in STRATEGIES:
         raise ValueError(f"unknown train.strategy {tc.strategy!r}; use one of {STRATEGIES}")
-    seed_everything(tc.seed)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = pick_device(tc.device)
     started = time.perf_counter()
 
     # dataset on disk -> Samples -> train / val / test
-    dataset = read_dataset(config.data.root, config.data.format, config.data.label_mode)
-    manifest = run_dir / "split.json"
-    split = load_manifest(dataset, manifest) if resume else make_split(dataset, config.split)
+    device, dataset, split = open_run(config, run_dir, resume)
     check_split(split, dataset.classes)
-    save_manifest(split, dataset, manifest, config.split)
-    save_config(config, run_dir / "config.yaml")
     summary = {
         "root": str(dataset.root),
         "layout": dataset.layout,
@@ -242,11 +233,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
     start_epoch, best_loss, stale = 0, float("inf"), 0
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     if resume and last_path.exists():
-        state = load_checkpoint(last_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
+        state = restore(last_path, model, optimizer, schedule)
         history, best_loss, stale = state["history"], state["best_loss"], state["stale"]
         start_epoch = state["epoch"] + 1
         log.info("resumed %s at epoch %d of %d", run_dir, start_epoch + 1, tc.epochs)

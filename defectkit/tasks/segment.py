@@ -19,19 +19,17 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from defectkit import bundle, report
-from defectkit.config import RunConfig, config_to_dict, save_config
-from defectkit.data.formats import DatasetError, read_dataset
+from defectkit.config import RunConfig, config_to_dict
+from defectkit.data.formats import DatasetError
 from defectkit.data.segmentation import SegmentationDataset, read_mask
-from defectkit.data.splits import load_manifest, make_split, save_manifest
 from defectkit.data.transforms import content_box
 from defectkit.engine.losses import MaskLoss
 from defectkit.engine.train import (
     load_checkpoint,
     make_optimizer,
     make_schedule,
-    pick_device,
+    restore,
     save_checkpoint,
-    seed_everything,
 )
 from defectkit.metrics import (
     SegmentationScores,
@@ -42,7 +40,7 @@ from defectkit.metrics import (
 from defectkit.models.classifier import keep_frozen_bn_in_eval
 from defectkit.models.segmenter import Segmenter, build_segmenter
 from defectkit.runs import peak_rss_mb, write_json
-from defectkit.tasks import register_task
+from defectkit.tasks import open_run, register_task
 
 log = logging.getLogger(__name__)
 TRAIN_ON = ("all", "ng")
@@ -149,17 +147,8 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     sc, tc = config.segment, config.train
     if sc.train_on not in TRAIN_ON:
         raise ValueError(f"unknown segment.train_on {sc.train_on!r}; use one of {TRAIN_ON}")
-    seed_everything(tc.seed)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = pick_device(tc.device)
     started = time.perf_counter()
-
-    dataset = read_dataset(config.data.root, config.data.format, config.data.label_mode)
-    manifest = run_dir / "split.json"
-    split = load_manifest(dataset, manifest) if resume else make_split(dataset, config.split)
-    save_manifest(split, dataset, manifest, config.split)
-    save_config(config, run_dir / "config.yaml")
+    device, dataset, split = open_run(config, run_dir, resume)
 
     in_channels = 6 if sc.reference else 3
     model, weights_info, prep = build_segmenter(
@@ -223,11 +212,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     start_epoch, best = 0, -1.0
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     if resume and last_path.exists():
-        state = load_checkpoint(last_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["rng"])
+        state = restore(last_path, model, optimizer, schedule)
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         log.info("resumed %s at epoch %d of %d", run_dir, start_epoch + 1, tc.epochs)
 
