@@ -24,9 +24,9 @@ MODELS = {
     # name: (run folder, recipe, overrides, what it is)
     "neu6": ("neu6-default", "neu_classify", [], "classify: EfficientNet-Lite0, 128 px, 6 classes"),
     "mt_patchcore": (
-        "mt-anomaly-default",
+        "mt-anomaly-patchcore",
         "mt_anomaly",
-        [f"data.root={SHARED_DATA / 'magnetic-tile'}"],
+        [f"data.root={SHARED_DATA / 'magnetic-tile'}", "anomaly.method=patchcore"],
         "anomaly: PatchCore, EfficientNet-Lite0 stages 2+3, 224 px",
     ),
 }

@@ -18,7 +18,15 @@ from common import (
 
 RUNS_DEFINED = {
     # name: (overrides, what it is)
-    "default": ([], "PatchCore, EfficientNet-Lite0 stages 2+3, 1% coreset, 224 px"),
+    "default": (
+        [],
+        "PatchCore + PaDiM on one backbone pass (EfficientNet-Lite0 stages 2+3), mean of "
+        "their maps in z units, 224 px, aspect kept",
+    ),
+    "patchcore": (
+        ["anomaly.method=patchcore"],
+        "PatchCore, EfficientNet-Lite0 stages 2+3, 1% coreset, 224 px, aspect kept",
+    ),
     "padim": (["anomaly.method=padim"], "PaDiM, same features, 100 random dims, 224 px"),
     "autoencoder": (
         ["anomaly.method=autoencoder", "data.image_size=128", "anomaly.epochs=20"],

@@ -66,6 +66,7 @@ def anomaly_bundle(tiles, tmp_path_factory) -> Path:
             f"data.root={tiles}",
             "data.image_size=64",
             "anomaly.good_label=Ok",
+            "anomaly.method=patchcore",
             "anomaly.blur_sigma=1",
         ],
     )

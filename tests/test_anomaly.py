@@ -35,12 +35,12 @@ def test_nearest_distance_matches_brute_force():
 
 
 def test_registry_lists_patchcore_and_refuses_unknown():
-    assert {"patchcore", "padim", "autoencoder"} <= set(list_methods())
+    assert {"patchcore", "padim", "autoencoder", "patchcore_padim"} <= set(list_methods())
     with pytest.raises(ValueError, match="unknown anomaly method 'magic'"):
         create_method("magic")
 
 
-@pytest.fixture(scope="module", params=["patchcore", "padim", "autoencoder"])
+@pytest.fixture(scope="module", params=["patchcore", "padim", "autoencoder", "patchcore_padim"])
 def anomaly_run(request, tiles, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     config = load_config(
@@ -249,6 +249,7 @@ def test_defects_among_the_training_images_are_flagged(tiles, tmp_path, caplog):
             f"out_dir={tmp_path}",
             "name=d",
             "anomaly.good_label=Ok",
+            "anomaly.method=patchcore",
             "anomaly.blur_sigma=1",
             "split.val_fraction=0.2",
         ],

@@ -54,4 +54,4 @@ def smooth_maps(maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
 
 
 def _load_builtin() -> None:
-    from defectkit.models.anomaly import autoencoder, padim, patchcore  # noqa: F401
+    from defectkit.models.anomaly import autoencoder, ensemble, padim, patchcore  # noqa: F401

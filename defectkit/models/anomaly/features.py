@@ -38,11 +38,20 @@ class PatchFeatures(nn.Module):
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        maps = self.backbone.forward_intermediates(
+        return self.combine(self.intermediates(images), self.local)
+
+    def intermediates(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The requested stages' feature maps, one backbone pass."""
+        return self.backbone.forward_intermediates(
             images, indices=list(self.layers), intermediates_only=True, stop_early=True
         )
-        if self.local > 1:
-            maps = [F.avg_pool2d(m, self.local, stride=1, padding=self.local // 2) for m in maps]
+
+    @staticmethod
+    def combine(maps: list[torch.Tensor], local: int) -> torch.Tensor:
+        """Stages averaged over a local x local neighbourhood, upsampled onto the first
+        stage's grid and concatenated."""
+        if local > 1:
+            maps = [F.avg_pool2d(m, local, stride=1, padding=local // 2) for m in maps]
         size = maps[0].shape[-2:]
         maps = [maps[0]] + [
             F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]

@@ -43,6 +43,11 @@ class PaDiM(nn.Module):
                 for images in tqdm(batches, desc="padim features", leave=False, disable=None)
             ]
         )
+        return self.fit_features(feats)
+
+    def fit_features(self, feats: torch.Tensor) -> dict[str, float]:
+        """Gaussians from (N, dims, h, w) features of the training images."""
+        feats = feats.double()
         n, c, h, w = feats.shape
         if n < 2:
             raise ValueError("PaDiM needs at least 2 defect-free training images")
@@ -65,7 +70,11 @@ class PaDiM(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mean.numel() == 0:
             raise RuntimeError("PaDiM is not fitted: fit it on defect-free images first")
-        feats = self.features(images)[:, self.channels]
+        maps = self.score_features(self.features(images)[:, self.channels])
+        return maps.flatten(1).max(1).values, maps
+
+    def score_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, dims, h, w) features -> (B, h, w) Mahalanobis distances."""
         b, c, h, w = feats.shape
         if h * w != self.mean.shape[0]:
             raise ValueError(
@@ -74,5 +83,4 @@ class PaDiM(nn.Module):
             )
         delta = feats.permute(2, 3, 0, 1).reshape(h * w, b, c) - self.mean[:, None]
         distance = ((delta @ self.inverse_covariance) * delta).sum(-1).clamp(min=0).sqrt()
-        maps = distance.T.reshape(b, h, w)
-        return maps.flatten(1).max(1).values, maps
+        return distance.T.reshape(b, h, w)

@@ -93,13 +93,15 @@ class PatchCore(nn.Module):
         for images in tqdm(batches, desc="patchcore features", leave=False, disable=None):
             feats = self.features(images)
             patches.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu())
-        features = torch.cat(patches)
+        return self.fit_patches(torch.cat(patches), feats.shape[-2:])
+
+    def fit_patches(self, features: torch.Tensor, grid: torch.Size) -> dict[str, float]:
+        """Memory bank from all training patches (rows, image after image on a `grid`)."""
         size = min(self.max_coreset, max(1, int(self.coreset_ratio * len(features))))
         index = greedy_coreset(
             features, size, projection_dim=self.projection_dim, pool=self.pool, seed=self.seed
         )
         self.memory_bank = features[index].contiguous().to(self.memory_bank.device)
-        grid = feats.shape[-2:]
         self.training_maps = self._leave_one_out_maps(features, index, grid)
         return {
             "patches": len(features),
@@ -133,8 +135,11 @@ class PatchCore(nn.Module):
         """(image scores (B,), patch-level anomaly maps (B, h, w)); maps are raw distances."""
         if self.memory_bank.numel() == 0:
             raise RuntimeError("PatchCore has no memory bank: fit it on defect-free images first")
-        feats = self.features(images)
+        maps = self.score_features(self.features(images))
+        return maps.flatten(1).max(1).values, maps
+
+    def score_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) patch features -> (B, h, w) distances to the memory bank."""
         b, c, h, w = feats.shape
         flat = feats.permute(0, 2, 3, 1).reshape(-1, c)
-        maps = nearest_distance(flat, self.memory_bank).reshape(b, h, w)
-        return maps.flatten(1).max(1).values, maps
+        return nearest_distance(flat, self.memory_bank).reshape(b, h, w)
