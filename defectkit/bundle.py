@@ -146,8 +146,10 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def load_classifier(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
-    meta = read_meta(folder)
+def load_classifier(
+    folder: Path, meta: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    meta = meta or read_meta(folder)
     if meta["task"] != "classify":
         raise BundleError(f"{folder} holds a {meta['task']} model, not a classifier")
     model = timm.create_model(meta["backbone"], pretrained=False, num_classes=len(meta["classes"]))
@@ -155,11 +157,13 @@ def load_classifier(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
-def load_anomaly(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_anomaly(
+    folder: Path, meta: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """An anomaly method with its fitted state (memory bank, Gaussians or decoder)."""
     from defectkit.models.anomaly import create_method
 
-    meta = read_meta(folder)
+    meta = meta or read_meta(folder)
     if meta["task"] != "anomaly":
         raise BundleError(f"{folder} holds a {meta['task']} model, not an anomaly model")
     options = meta["method_options"]
@@ -209,11 +213,13 @@ def save_segment_bundle(
     )
 
 
-def load_segmenter(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_segmenter(
+    folder: Path, meta: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     from defectkit.config import ModelConfig, SegmentConfig
     from defectkit.models.segmenter import build_segmenter
 
-    meta = read_meta(folder)
+    meta = meta or read_meta(folder)
     if meta["task"] != "segment":
         raise BundleError(f"{folder} holds a {meta['task']} model, not a segmenter")
     config = SegmentConfig(
@@ -229,8 +235,11 @@ def load_segmenter(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
-def load_model(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Whatever task the bundle holds."""
-    task = read_meta(folder)["task"]
+def load_model(
+    folder: Path, meta: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Whatever task the bundle holds; `meta` from read_meta saves checking the weights'
+    checksum a second time."""
+    meta = meta or read_meta(folder)
     loaders = {"anomaly": load_anomaly, "segment": load_segmenter}
-    return loaders.get(task, load_classifier)(folder)
+    return loaders.get(meta["task"], load_classifier)(folder, meta)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from defectkit.bundle import META_FILE, BundleError, load_model, read_meta
+from defectkit.bundle import META_FILE, BundleError, load_model
 from defectkit.models.anomaly import smooth_maps
 from defectkit.models.backbones import sha256_of
 from defectkit.runs import read_json, write_json
@@ -143,8 +143,6 @@ def check_export(bundle: str | Path, images: Sequence[str | Path]) -> dict[str, 
         "tolerance": TOLERANCE,
         "passed": checked > 0 and not disagree and worst <= TOLERANCE,
     }
-    meta = read_meta(Path(bundle))
-    record = dict(meta["onnx"])
-    record["check"] = result
-    _update_meta(Path(meta["folder"]), {"onnx": record})
+    record = {**exported.meta["onnx"], "check": result}
+    _update_meta(Path(exported.meta["folder"]), {"onnx": record})
     return result

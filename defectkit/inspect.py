@@ -13,13 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from defectkit.bundle import load_model, read_meta
 from defectkit.data.formats import DatasetError, is_image
 from defectkit.data.images import load_image
-from defectkit.data.transforms import content_box, eval_transform
+from defectkit.data.transforms import content_box, eval_transform, to_image_size
 
 OK_NAMES = ("ok", "good", "free", "normal", "pass")
 BACKENDS = ("torch", "onnx")
@@ -115,7 +114,7 @@ class _TorchRunner:
     def __init__(self, meta: dict[str, Any], device: str):
         from defectkit.export import InspectionGraph
 
-        model, _ = load_model(Path(meta["folder"]))
+        model, _ = load_model(Path(meta["folder"]), meta)
         self.device = torch.device(device)
         self.graph = InspectionGraph.from_meta(model, meta).eval().to(self.device)
 
@@ -156,6 +155,7 @@ class Inspector:
         self.raw_maps = raw_maps
         self.positive = self.meta.get("positive_class")
         self.threshold = self.meta.get("threshold")
+        self.norm = normalisation_of(self.meta) if self.task == "anomaly" else None
         if threads:
             torch.set_num_threads(threads)
         self._run = (
@@ -208,25 +208,19 @@ class Inspector:
         """The smoothed map cropped to the image's content; its maximum, the raw image score,
         against the threshold calibrated at fit decides OK/NG. Score and map are reported
         normalised (0.5 = threshold), the map resized to the image's own size."""
-        norm = normalisation_of(self.meta)
         good, bad = self.classes
         top, left, h, w = content_box(*size, self.size, self.resize)
-        crop = amap[top : top + h, left : left + w]
-        raw = float(crop.max())
+        raw = float(amap[top : top + h, left : left + w].max())
         ok = raw < self.threshold
-        full = F.interpolate(
-            torch.from_numpy(np.ascontiguousarray(crop))[None, None],
-            size=size,
-            mode="bilinear",
-            align_corners=False,
-        )[0, 0].numpy()
-        heat = normalise(full, norm).astype(np.float32)
+        full = to_image_size(amap, size, self.size, self.resize)
+        heat = normalise(full, self.norm).astype(np.float32)
+        score = float(normalise(raw, self.norm))
         return Prediction(
             name,
             good if ok else bad,
-            {"anomaly_score": raw, bad: float(normalise(raw, norm))},
+            {"anomaly_score": raw, bad: score},
             ok,
-            float(normalise(raw, norm)),
+            score,
             0.5,
             heat_map=full.astype(np.float32) if self.raw_maps else heat,
             regions=[] if ok else find_regions(heat),
@@ -241,11 +235,7 @@ class Inspector:
         may show no region); without one, NG = a non-empty mask."""
         from defectkit.metrics import drop_small_regions
 
-        top, left, h, w = content_box(*size, self.size, self.resize)
-        crop = np.ascontiguousarray(probability[top : top + h, left : left + w])
-        full = F.interpolate(
-            torch.from_numpy(crop)[None, None], size=size, mode="bilinear", align_corners=False
-        )[0, 0].numpy()
+        full = to_image_size(probability, size, self.size, self.resize)
         mask = drop_small_regions(full >= self.meta["mask_threshold"], self.meta["min_region"])
         if self.meta["gate"]:
             ok = gate < self.threshold

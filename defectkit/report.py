@@ -256,19 +256,28 @@ def plot_heatmaps(
     items: list[tuple[Path, np.ndarray, np.ndarray | None, str]], path: Path, vmax: float
 ) -> Path:
     """Image with its anomaly map over it and the true defect outline, one per column."""
-    fig, axes = plt.subplots(
-        1, max(1, len(items)), figsize=(2.3 * max(1, len(items)), 2.6), squeeze=False
-    )
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, (image_path, amap, mask, caption) in zip(axes.flat, items, strict=False):
+    fig, axes = _image_row(len(items))
+    for axis, (image_path, amap, mask, caption) in zip(axes, items, strict=False):
         image = np.asarray(load_image(image_path).convert("L").resize(amap.shape[::-1]))
         axis.imshow(image, cmap="gray")
         axis.imshow(amap, cmap="jet", alpha=0.45, vmin=0, vmax=vmax)
-        if mask is not None and mask.any():
-            axis.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
-        axis.set_title(caption, fontsize=7)
+        _outline(axis, mask, caption)
     return _save(fig, path)
+
+
+def _image_row(count: int) -> tuple[plt.Figure, list]:
+    """A row of `count` image panels without axes."""
+    fig, axes = plt.subplots(1, max(1, count), figsize=(2.3 * max(1, count), 2.6), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    return fig, list(axes.flat)
+
+
+def _outline(axis, truth: np.ndarray | None, caption: str) -> None:
+    """The true defect outlined in white, and the panel's caption."""
+    if truth is not None and truth.any():
+        axis.contour(truth, levels=[0.5], colors="white", linewidths=0.8)
+    axis.set_title(caption, fontsize=7)
 
 
 def write_anomaly_report(
@@ -364,30 +373,23 @@ def save_overlay(image_path: Path, heat_map: np.ndarray, path: Path) -> Path:
 
 def plot_mask_pairs(items: list[tuple[Path, np.ndarray, np.ndarray, str]], path: Path) -> Path:
     """Image with the true defect outlined in white and the prediction filled red."""
-    fig, axes = plt.subplots(
-        1, max(1, len(items)), figsize=(2.3 * max(1, len(items)), 2.6), squeeze=False
-    )
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, (image_path, truth, predicted, caption) in zip(axes.flat, items, strict=False):
+    fig, axes = _image_row(len(items))
+    for axis, (image_path, truth, predicted, caption) in zip(axes, items, strict=False):
         axis.imshow(np.asarray(load_image(image_path).convert("L")), cmap="gray")
         axis.imshow(np.ma.masked_where(~predicted, predicted), cmap="autumn", alpha=0.5)
-        if truth.any():
-            axis.contour(truth, levels=[0.5], colors="white", linewidths=0.8)
-        axis.set_title(caption, fontsize=7)
+        _outline(axis, truth, caption)
     return _save(fig, path)
 
 
 def write_segment_report(
     run_dir: Path,
     config: RunConfig,
-    samples: Sequence[Any],
+    dataset: Any,
     probabilities: Sequence[Any],
     rows: list[dict[str, Any]],
     result: dict[str, Any],
     history: list[dict],
 ) -> Path:
-    from defectkit.data.segmentation import read_mask
     from defectkit.tasks.segment import to_image_mask
 
     plots = run_dir / "plots"
@@ -396,7 +398,7 @@ def write_segment_report(
     def pairs(indices: Sequence[int]) -> list:
         items = []
         for i in indices:
-            truth = read_mask(samples[i])
+            truth = dataset.mask(i)
             predicted = to_image_mask(
                 probabilities[i],
                 truth.shape,
@@ -405,7 +407,12 @@ def write_segment_report(
                 sc.mask_threshold,
             )
             items.append(
-                (samples[i].image, truth, predicted, f"{rows[i]['label']} IoU {rows[i]['iou']:.2f}")
+                (
+                    dataset.samples[i].image,
+                    truth,
+                    predicted,
+                    f"{rows[i]['label']} IoU {rows[i]['iou']:.2f}",
+                )
             )
         return items
 

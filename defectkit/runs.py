@@ -3,12 +3,15 @@ interruption never leaves a half-written file behind."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import os
 import platform
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +54,29 @@ def machine_summary() -> str:
         f"{platform.machine()} {os.cpu_count()} cores, {gpu}, python "
         f"{platform.python_version()}, torch {torch.__version__}"
     )
+
+
+@contextlib.contextmanager
+def training_log(run_dir: Path) -> Iterator[Any]:
+    """The run's TensorBoard writer, closed at the end; Ctrl-C ends the run with the command
+    that resumes it (last.pt is written atomically after every epoch)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    try:
+        yield writer
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"interrupted; resume with: defectkit train --resume {run_dir}"
+        ) from None
+    finally:
+        writer.close()
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """history.csv: one row per epoch, every key any epoch logged."""
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)

@@ -11,20 +11,22 @@ from defectkit.export import check_export, export_onnx
 from defectkit.inspect import Inspector
 
 
+def _exported_copy(bundle, tmp_path_factory):
+    """A copy of a session bundle with model.onnx written into it."""
+    copy = tmp_path_factory.mktemp("exported") / "bundle"
+    shutil.copytree(bundle, copy)
+    export_onnx(copy)
+    return copy
+
+
 @pytest.fixture(scope="module")
 def exported_classifier(classify_bundle, tmp_path_factory):
-    bundle = tmp_path_factory.mktemp("c") / "bundle"
-    shutil.copytree(classify_bundle, bundle)
-    export_onnx(bundle)
-    return bundle
+    return _exported_copy(classify_bundle, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def exported_anomaly(anomaly_bundle, tmp_path_factory):
-    bundle = tmp_path_factory.mktemp("a") / "bundle"
-    shutil.copytree(anomaly_bundle, bundle)
-    export_onnx(bundle)
-    return bundle
+    return _exported_copy(anomaly_bundle, tmp_path_factory)
 
 
 def test_onnx_classifier_matches_pytorch_for_any_batch_size(exported_classifier, synthetic_root):

@@ -132,6 +132,7 @@ def test_segment_run_finds_synthetic_defects(segment_run):
     for name in (
         "metrics.json",
         "predictions.csv",
+        "history.csv",
         "report.html",
         "bundle/bundle.json",
         "checkpoints/last.pt",
@@ -248,3 +249,13 @@ def test_an_interrupted_segment_run_resumes_where_it_stopped(tiles, tmp_path):
     resumed = get_task("segment")(config, run_dir, True)
     assert resumed["epochs_run"] == 2
     assert (run_dir / "split.json").is_file()
+
+
+def test_ctrl_c_in_training_says_how_to_resume(tmp_path):
+    from defectkit.runs import training_log
+
+    hint = f"defectkit train --resume {tmp_path}"
+    with pytest.raises(KeyboardInterrupt, match=hint), training_log(tmp_path) as writer:
+        writer.add_scalar("loss", 1.0, 1)
+        raise KeyboardInterrupt
+    assert any((tmp_path / "tensorboard").iterdir())  # what was logged is kept

@@ -97,6 +97,10 @@ class SegmentationDataset(Dataset):
         """Whether each image holds a defect, read from its mask or boxes."""
         return [bool(self.raw(i)[1].any()) for i in range(len(self))]
 
+    def mask(self, i: int) -> np.ndarray:
+        """The true mask at the image's own size (decoded once when caching)."""
+        return self.raw(i)[1].numpy()
+
     def raw(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 image, with the reference stacked when used; bool mask) at full size."""
         if self.cache is not None and i in self.cache:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 from torchvision.transforms import v2 as T
@@ -110,3 +111,13 @@ def train_transform(
     return T.Compose(
         [*steps, T.ToDtype(torch.float32, scale=True), T.Normalize(mean=list(mean), std=list(std))]
     )
+
+
+def to_image_size(
+    values: torch.Tensor | np.ndarray, size: tuple[int, int], input_size: int, resize: str
+) -> np.ndarray:
+    """An input-size map (anomaly scores, defect probabilities) -> the image's own
+    (height, width): the image's content cropped out (see content_box), then bilinear."""
+    top, left, h, w = content_box(*size, input_size, resize)
+    crop = torch.as_tensor(np.ascontiguousarray(values[top : top + h, left : left + w]))
+    return F.interpolate(crop[None, None].float(), size=size, mode="bilinear")[0, 0].numpy()

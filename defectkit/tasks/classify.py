@@ -3,7 +3,6 @@ bundled classifier. Reads top to bottom as the pipeline in DESIGN.md."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from dataclasses import replace
@@ -12,7 +11,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from defectkit import bundle, report
@@ -42,7 +40,7 @@ from defectkit.models.classifier import (
     parameter_groups,
     set_backbone_trainable,
 )
-from defectkit.runs import peak_rss_mb, write_json
+from defectkit.runs import peak_rss_mb, training_log, write_history, write_json
 from defectkit.tasks import open_run, register_task
 
 log = logging.getLogger(__name__)
@@ -238,9 +236,8 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
         start_epoch = state["epoch"] + 1
         log.info("resumed %s at epoch %d of %d", run_dir, start_epoch + 1, tc.epochs)
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
     train_seconds = feature_seconds + sum(h["seconds"] for h in history)
-    try:
+    with training_log(run_dir) as writer:
         for epoch in range(start_epoch, tc.epochs):
             if tc.strategy == "freeze_then_unfreeze" and epoch >= tc.unfreeze_epoch:
                 set_backbone_trainable(model, True)
@@ -296,16 +293,10 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
                     {k: payload[k] for k in ("task", "model", "epoch", "classes", "config")},
                 )
             tqdm.write(_epoch_line(row, tc.epochs))
-            _write_history(run_dir / "history.csv", history)
+            write_history(run_dir / "history.csv", history)
             if tc.early_stopping and stale >= tc.early_stopping:
                 tqdm.write(f"early stop: no better validation loss for {stale} epochs")
                 break
-    except KeyboardInterrupt:
-        writer.close()
-        raise KeyboardInterrupt(
-            f"interrupted; resume with: defectkit train --resume {run_dir}"
-        ) from None
-    writer.close()
 
     # evaluate the best weights on the test split, write metrics, report and bundle
     model.load_state_dict(load_checkpoint(best_path)["model"])
@@ -344,11 +335,3 @@ def _epoch_line(row: dict, epochs: int) -> str:
     if "val_loss" in row:
         line += f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
     return line + f" | {row['seconds']:.1f} s"
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)

@@ -15,14 +15,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from defectkit import bundle, report
 from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.formats import DatasetError
-from defectkit.data.segmentation import SegmentationDataset, read_mask
-from defectkit.data.transforms import content_box
+from defectkit.data.segmentation import SegmentationDataset
+from defectkit.data.transforms import to_image_size
 from defectkit.engine.losses import MaskLoss
 from defectkit.engine.train import (
     load_checkpoint,
@@ -39,7 +38,7 @@ from defectkit.metrics import (
 )
 from defectkit.models.classifier import keep_frozen_bn_in_eval
 from defectkit.models.segmenter import Segmenter, build_segmenter
-from defectkit.runs import peak_rss_mb, write_json
+from defectkit.runs import peak_rss_mb, training_log, write_history, write_json
 from defectkit.tasks import open_run, register_task
 
 log = logging.getLogger(__name__)
@@ -92,21 +91,22 @@ def to_image_mask(
     probability: torch.Tensor, size: tuple[int, int], input_size: int, resize: str, threshold: float
 ) -> np.ndarray:
     """Input-size probabilities -> a boolean mask at the image's own size."""
-    top, left, h, w = content_box(*size, input_size, resize)
-    crop = probability[top : top + h, left : left + w]
-    full = F.interpolate(crop[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
-    return (full >= threshold).numpy()
+    return to_image_size(probability, size, input_size, resize) >= threshold
 
 
 def evaluate_masks(
-    samples, probabilities, gate_probs, gate_threshold: float, config: RunConfig
+    dataset: SegmentationDataset,
+    probabilities: list[torch.Tensor],
+    gate_probs: np.ndarray,
+    gate_threshold: float,
+    config: RunConfig,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics at each image's own resolution, with and without the gate; per-image rows."""
     sc = config.segment
     plain, gated = SegmentationScores(sc.region_iou), SegmentationScores(sc.region_iou)
     rows = []
-    for sample, probability, gate in zip(samples, probabilities, gate_probs, strict=True):
-        truth = read_mask(sample)
+    for i, (probability, gate) in enumerate(zip(probabilities, gate_probs, strict=True)):
+        sample, truth = dataset.samples[i], dataset.mask(i)
         predicted = to_image_mask(
             probability, truth.shape, config.data.image_size, config.data.resize, sc.mask_threshold
         )
@@ -216,9 +216,8 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         log.info("resumed %s at epoch %d of %d", run_dir, start_epoch + 1, tc.epochs)
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
     train_seconds = sum(h["seconds"] for h in history)
-    try:
+    with training_log(run_dir) as writer:
         for epoch in range(start_epoch, tc.epochs):
             frozen = epoch < sc.freeze_epochs
             set_encoder_trainable(model, not frozen)
@@ -286,12 +285,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
                 )
                 + f" | {row['seconds']:.1f} s"
             )
-    except KeyboardInterrupt:
-        writer.close()
-        raise KeyboardInterrupt(
-            f"interrupted; resume with: defectkit train --resume {run_dir}"
-        ) from None
-    writer.close()
+            write_history(run_dir / "history.csv", history)
 
     model.load_state_dict(load_checkpoint(best_path)["model"])
     gate_threshold = 0.5
@@ -303,7 +297,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
                 val_ng, val_gates, config.eval.threshold_rule, config.eval.target
             )
     probabilities, gates, ms = predict(model, test_set, device)
-    result, rows = evaluate_masks(split.test, probabilities, gates, gate_threshold, config)
+    result, rows = evaluate_masks(test_set, probabilities, gates, gate_threshold, config)
     result.update(
         {
             "ms_per_image": ms,
@@ -324,7 +318,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         writer_csv.writeheader()
         writer_csv.writerows(rows)
     bundle.save_segment_bundle(run_dir / "bundle", model, config, prep, in_channels, gate_threshold)
-    report.write_segment_report(run_dir, config, split.test, probabilities, rows, result, history)
+    report.write_segment_report(run_dir, config, test_set, probabilities, rows, result, history)
     return result
 
 
