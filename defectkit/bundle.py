@@ -48,7 +48,8 @@ def _write_bundle(
         "preprocessing": {
             **asdict(prep),
             # squash: the whole image to input_size; pad: longer side to input_size, edges
-            # replicated into the rest; never a crop
+            # replicated into the rest; never a crop; tile: input_size windows of the
+            # image at its own size, overlapping, outputs averaged (data/tiles.py)
             "channels": "RGB (greyscale replicated)",
         },
         **task_meta,

@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from defectkit.config import ConfigError, load_config
@@ -117,6 +118,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_references(paths: Iterable[Path], reference_from: str | None) -> tuple[list, list | None]:
+    """`--reference-from OLD:NEW`: the images whose name holds OLD, each with its reference
+    (the name with OLD replaced by NEW); without it, every image and no references."""
+    if not reference_from:
+        return list(paths), None
+    if ":" not in reference_from:
+        raise ValueError("--reference-from takes OLD:NEW, e.g. _test:_temp for DeepPCB")
+    old, new = reference_from.split(":", 1)
+    paths = [p for p in paths if old in p.name]
+    return paths, [p.with_name(p.name.replace(old, new)) for p in paths]
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -128,13 +141,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     errors: list[dict[str, str]] = []
     count = 0
-    paths, references = expand_inputs(args.inputs), None
-    if args.reference_from:
-        if ":" not in args.reference_from:
-            raise ValueError("--reference-from takes OLD:NEW, e.g. _test:_temp for DeepPCB")
-        old, new = args.reference_from.split(":", 1)
-        paths = [p for p in paths if old in p.name]
-        references = [p.with_name(p.name.replace(old, new)) for p in paths]
+    paths, references = with_references(expand_inputs(args.inputs), args.reference_from)
     with open(out, "w", newline="") as handle:
         writer = None
         for prediction in tqdm(
@@ -186,8 +193,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """ONNX export into the bundle, then (given images) a check against PyTorch."""
-    from itertools import islice
-
     from defectkit.export import check_export, export_onnx
     from defectkit.inspect import expand_inputs
 
@@ -196,7 +201,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not args.check:
         print("not checked: give --check IMAGES to compare it with PyTorch on real images")
         return 0
-    result = check_export(args.bundle, list(islice(expand_inputs(args.check), args.check_limit)))
+    images, references = with_references(expand_inputs(args.check), args.reference_from)
+    limit = args.check_limit
+    result = check_export(args.bundle, images[:limit], references and references[:limit])
     verdict = (
         "decisions agree"
         if not result["decisions_disagree"]
@@ -321,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("bundle")
     export.add_argument("--check", nargs="+", metavar="IMAGES", help="images or folders")
     export.add_argument("--check-limit", type=int, default=64, help="images checked at most")
+    export.add_argument(
+        "--reference-from", metavar="OLD:NEW", help="models with a reference: as for predict"
+    )
     export.add_argument("--opset", type=int, default=18)
     export.set_defaults(func=_cmd_export)
 

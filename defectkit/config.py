@@ -23,7 +23,8 @@ class DataConfig:
     cache_images: bool = True  # keep decoded images in RAM: decoding dominates small CPU runs
     augment: str = "default"  # "default", "light" or "none" (see data/transforms.py)
     # "squash": the whole image to a square; "pad": keep the aspect ratio, longer side to
-    # image_size, edges replicated into the rest (anomaly maps are cropped back)
+    # image_size, edges replicated into the rest (anomaly maps are cropped back); "tile"
+    # (segment): image_size windows at the image's own resolution, see data/tiles.py
     resize: str = "squash"
     interpolation: str = ""  # "bilinear" or "bicubic"; empty: what the backbone's weights used
     num_workers: int = 0  # DataLoader workers; 0 is fastest on 2 cores with cached images

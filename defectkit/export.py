@@ -116,10 +116,14 @@ def onnx_path(meta: dict[str, Any]) -> Path:
     return path
 
 
-def check_export(bundle: str | Path, images: Sequence[str | Path]) -> dict[str, Any]:
-    """Run both backends on the same images: largest score difference (absolute, or relative
-    for scores above 1), and whether every OK/NG decision and label agrees. Recorded in
-    bundle.json next to the export."""
+def check_export(
+    bundle: str | Path,
+    images: Sequence[str | Path],
+    references: Sequence[str | Path] | None = None,
+) -> dict[str, Any]:
+    """Run both backends on the same images (with their references, for models that take
+    one): largest score difference (absolute, or relative for scores above 1), and whether
+    every OK/NG decision and label agrees. Recorded in bundle.json next to the export."""
     from defectkit.inspect import Inspector
 
     if not images:
@@ -128,7 +132,9 @@ def check_export(bundle: str | Path, images: Sequence[str | Path]) -> dict[str, 
     errors: list[dict[str, str]] = []
     worst, disagree, checked = 0.0, [], 0
     for a, b in zip(
-        eager.predict(images, 16, errors), exported.predict(images, 16, []), strict=True
+        eager.predict(images, 16, errors, references),
+        exported.predict(images, 16, [], references),
+        strict=True,
     ):
         checked += 1
         for key, value in a.scores.items():

@@ -18,7 +18,8 @@ from torchvision.transforms.v2 import functional as TF
 from defectkit.bundle import load_model, read_meta
 from defectkit.data.formats import DatasetError, is_image
 from defectkit.data.images import load_image
-from defectkit.data.transforms import content_box, eval_transform, to_image_size
+from defectkit.data.tiles import split_tiles, stitch
+from defectkit.data.transforms import RESIZE_MODES, content_box, eval_transform, to_image_size
 
 OK_NAMES = ("ok", "good", "free", "normal", "pass")
 BACKENDS = ("torch", "onnx")
@@ -144,7 +145,7 @@ class Inspector:
         self.classes: list[str] = self.meta["classes"]
         self.size = self.meta["input_size"][0]
         prep = self.meta["preprocessing"]
-        self.resize = "pad" if prep.get("resize") == "pad" else "squash"
+        self.resize = prep.get("resize") if prep.get("resize") in RESIZE_MODES else "squash"
         self.transform = eval_transform(
             size=self.size,
             mean=prep["mean"],
@@ -188,6 +189,11 @@ class Inspector:
                 "(e.g. a DeepPCB template): give references"
             )
         pairs = zip(images, references or [None] * len(images), strict=True)
+        if self.resize == "tile":
+            return [
+                self._tiled(name, image, ref)
+                for name, (image, ref) in zip(names, pairs, strict=True)
+            ]
         with torch.inference_mode():
             batch = torch.stack([self._input(image, ref) for image, ref in pairs])
         outputs = self._run(batch)
@@ -253,6 +259,19 @@ class Inspector:
             mask=mask,
             regions=find_regions(np.where(mask, full, 0.0), self.meta["mask_threshold"]),
         )
+
+    def _tiled(
+        self, name: str, image: Image.Image, reference: Image.Image | None, batch_size: int = 16
+    ) -> Prediction:
+        """A segmenter trained on windows: overlapping windows over the whole image, their
+        probabilities averaged, the gate the most confident window's."""
+        with torch.inference_mode():
+            tiles, origins = split_tiles(self._input(image, reference), self.size)
+        outputs = [self._run(chunk) for chunk in tiles.split(batch_size)]
+        probability = torch.from_numpy(np.concatenate([masks for masks, _ in outputs]))
+        full = stitch(probability, origins, image.height, image.width).numpy()
+        gate = float(np.concatenate([gates for _, gates in outputs]).max())
+        return self._segment(name, full, gate, (image.height, image.width))
 
     def _decide(self, name: str, row: np.ndarray) -> Prediction:
         scores = {c: float(p) for c, p in zip(self.classes, row, strict=True)}

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 from defectkit.data.formats import DatasetError
 from defectkit.data.images import image_tensor
 from defectkit.data.samples import Sample
+from defectkit.data.tiles import random_window
 from defectkit.data.transforms import content_box
 
 
@@ -59,7 +60,9 @@ def resize_pair(
 
 class SegmentationDataset(Dataset):
     """Samples -> (input (C, S, S) normalised, mask (S, S) float, NG 0/1). C is 3, or 6 with
-    the reference stacked after the image. Decoded images are kept in RAM when asked."""
+    the reference stacked after the image. Decoded images are kept in RAM when asked.
+    resize="tile": items are S x S windows at the image's own resolution (NG: the window
+    holds a defect); `full` gives whole images to slide windows over."""
 
     def __init__(
         self,
@@ -75,6 +78,7 @@ class SegmentationDataset(Dataset):
         seed: int = 0,
     ):
         self.samples, self.size, self.resize = list(samples), size, resize
+        self.tiled = resize == "tile"
         self.reference, self.augment = reference, augment
         channels = 6 if reference else 3
         self.mean = torch.tensor(list(mean) * (channels // 3))[:, None, None]
@@ -128,12 +132,19 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image, mask = self.raw(i)
-        x, y = resize_pair(image.float() / 255, mask, self.size, self.resize)
+        if self.tiled:
+            x, y = random_window(image.float() / 255, mask, self.size, self.rng)
+        else:
+            x, y = resize_pair(image.float() / 255, mask, self.size, self.resize)
         assert y is not None
         if self.augment:
             x, y = self._augment(x, y)
         x = (x - self.mean) / self.std
-        return x, y.float(), torch.tensor(float(mask.any()))
+        return x, y.float(), torch.tensor(float((y if self.tiled else mask).any()))
+
+    def full(self, i: int) -> torch.Tensor:
+        """The whole image (and reference) normalised at its own size, (C, H, W)."""
+        return (self.raw(i)[0].float() / 255 - self.mean) / self.std
 
     def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flips and quarter turns move image, reference and mask together; brightness,

@@ -12,7 +12,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
 AUGMENT_PRESETS = ("default", "light", "none")
-RESIZE_MODES = ("squash", "pad")
+RESIZE_MODES = ("squash", "pad", "tile")  # tile: segment only, see data/tiles.py
 
 
 def _interpolation(name: str) -> T.InterpolationMode:
@@ -20,7 +20,10 @@ def _interpolation(name: str) -> T.InterpolationMode:
 
 
 def content_box(height: int, width: int, size: int, resize: str) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of the image inside the size x size network input."""
+    """(top, left, height, width) of the image inside the network input (size x size, or
+    the image's own size when tiled)."""
+    if resize == "tile":
+        return 0, 0, height, width
     if resize != "pad":
         return 0, 0, size, size
     scale = size / max(height, width)
@@ -43,11 +46,22 @@ class ResizePad(torch.nn.Module):
         return F.pad(inner[None].float(), padding, mode="replicate")[0].to(image.dtype)
 
 
+def require_whole_images(resize: str, task: str) -> None:
+    """Classify and anomaly models see each image whole: tiling is for the segment task."""
+    if resize == "tile":
+        raise ValueError(
+            f"data.resize=tile cuts windows for the segment task; the {task} task sees whole "
+            "images: use data.resize=squash or pad"
+        )
+
+
 def _resize(size: int, interpolation: str, resize: str) -> torch.nn.Module:
     if resize not in RESIZE_MODES:
         raise ValueError(f"unknown data.resize {resize!r}; use one of {RESIZE_MODES}")
     if resize == "pad":
         return ResizePad(size, _interpolation(interpolation))
+    if resize == "tile":  # windows of the full-resolution image are cut later
+        return torch.nn.Identity()
     return T.Resize((size, size), interpolation=_interpolation(interpolation), antialias=True)
 
 

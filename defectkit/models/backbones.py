@@ -38,7 +38,7 @@ class Preprocessing:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
-    resize: str = "squash"  # or "pad": see data/transforms.py
+    resize: str = "squash"  # or "pad", "tile": see data/transforms.py
 
 
 @dataclass(frozen=True)

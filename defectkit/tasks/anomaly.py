@@ -23,7 +23,7 @@ from defectkit.data.formats import DatasetError, read_dataset
 from defectkit.data.images import image_tensor
 from defectkit.data.samples import Sample, SampleSet
 from defectkit.data.segmentation import read_mask
-from defectkit.data.transforms import content_box, eval_transform
+from defectkit.data.transforms import content_box, eval_transform, require_whole_images
 from defectkit.engine.train import pick_device, seed_everything
 from defectkit.metrics import aupro, f1_max, pixel_auroc, rates_at
 from defectkit.models.anomaly import create_method
@@ -198,6 +198,7 @@ def normalisation(calibration_scores: np.ndarray, threshold: float) -> dict[str,
 @register_task("anomaly")
 def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     ac = config.anomaly
+    require_whole_images(config.data.resize, "anomaly")
     seed_everything(config.train.seed)
     device = pick_device(config.train.device)
     dataset = read_dataset(config.data.root, config.data.format, config.data.label_mode)

@@ -18,7 +18,7 @@ from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.formats import DatasetError
 from defectkit.data.images import ImageDataset
 from defectkit.data.splits import Split
-from defectkit.data.transforms import eval_transform, train_transform
+from defectkit.data.transforms import eval_transform, require_whole_images, train_transform
 from defectkit.engine import evaluate
 from defectkit.engine.losses import balanced_class_weights, make_loss
 from defectkit.engine.train import (
@@ -162,6 +162,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
     set_backbone_trainable(model, not frozen_now)
 
     size = config.data.image_size
+    require_whole_images(config.data.resize, "classify")
     prep = replace(
         prep,
         interpolation=config.data.interpolation or prep.interpolation,

@@ -21,6 +21,7 @@ from defectkit import bundle, report
 from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.formats import DatasetError
 from defectkit.data.segmentation import SegmentationDataset
+from defectkit.data.tiles import split_tiles, stitch
 from defectkit.data.transforms import to_image_size
 from defectkit.engine.losses import MaskLoss
 from defectkit.engine.train import (
@@ -75,14 +76,25 @@ def set_encoder_trainable(model: Segmenter, trainable: bool) -> None:
 def predict(
     model: Segmenter, dataset: SegmentationDataset, device: torch.device, batch_size: int = 16
 ) -> tuple[list[torch.Tensor], np.ndarray, float]:
-    """Mask probabilities at input size, gate NG probabilities, and ms per image."""
+    """Mask probabilities at input size (tiled: at the image's own size, windows averaged),
+    gate NG probabilities (tiled: the most confident window's), and ms per image."""
     model.eval()
     masks, gates = [], []
     tick = time.perf_counter()
-    for x, _, _ in _loader(dataset, batch_size):
-        logits, gate = model(x.to(device))
-        masks += list(logits.float().sigmoid().cpu())
-        gates.append(gate.float().sigmoid().cpu().numpy())
+    if dataset.tiled:
+        for i in range(len(dataset)):
+            image = dataset.full(i)
+            tiles, origins = split_tiles(image, dataset.size)
+            outputs = [model(chunk.to(device)) for chunk in tiles.split(batch_size)]
+            probability = torch.cat([logits for logits, _ in outputs]).float().sigmoid().cpu()
+            masks.append(stitch(probability, origins, *image.shape[-2:]))
+            gate = torch.cat([g for _, g in outputs]).float().sigmoid().max()
+            gates.append(gate.cpu().numpy()[None])
+    else:
+        for x, _, _ in _loader(dataset, batch_size):
+            logits, gate = model(x.to(device))
+            masks += list(logits.float().sigmoid().cpu())
+            gates.append(gate.float().sigmoid().cpu().numpy())
     ms = 1000 * (time.perf_counter() - tick) / max(1, len(dataset))
     return masks, (np.concatenate(gates) if gates else np.empty(0)), ms
 
@@ -326,19 +338,18 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
 def _validate(
     model: Segmenter, dataset: SegmentationDataset, device: torch.device, threshold: float
 ) -> dict[str, float]:
-    """Defect IoU over the validation images at input size (quick, for picking the best
-    epoch) and the gate's accuracy."""
-    model.eval()
+    """Defect IoU over the validation images at input size (tiled: at their own size;
+    quick, for picking the best epoch) and the gate's accuracy."""
+    probabilities, gates, _ = predict(model, dataset, device)
     tp = fp = fn = 0
     right = 0
-    for x, y, ng in _loader(dataset, 16):
-        logits, gate = model(x.to(device))
-        predicted = logits.float().sigmoid().cpu() >= threshold
-        truth = y.bool()
+    for i, (probability, gate) in enumerate(zip(probabilities, gates, strict=True)):
+        predicted = probability >= threshold
+        truth = torch.from_numpy(dataset.mask(i)) if dataset.tiled else dataset[i][1].bool()
         tp += int((predicted & truth).sum())
         fp += int((predicted & ~truth).sum())
         fn += int((~predicted & truth).sum())
-        right += int(((gate.cpu() >= 0) == ng.bool()).sum())
+        right += int((gate >= 0.5) == bool(truth.any()))
     return {
         "val_defect_iou": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
         "val_gate_accuracy": right / max(1, len(dataset)),
