@@ -94,6 +94,24 @@ def train_or_reuse(name: str, recipe: str, overrides: list[str], reuse: bool) ->
     return train(name, recipe, overrides)
 
 
+def cpu_speed(run_dir: Path, root: Path) -> dict:
+    """ms per image and peak memory of a segment run's model on this CPU, in a fresh
+    process (benchmarks/segment_speed.py); runs trained on a GPU are timed here too."""
+    out = subprocess.run(
+        [sys.executable, str(HERE / "segment_speed.py"), str(run_dir), "--root", str(root)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def trained_on(metrics: dict) -> str:
+    """ "GPU" or "CPU", from the device a run was trained on."""
+    return "GPU" if str(metrics.get("device", "cpu")).startswith("cuda") else "CPU"
+
+
 def save_results(protocol: str, runs: list[dict], command: str) -> dict:
     """Merge these runs into results/<protocol>.json (runs of other names are kept)."""
     path = HERE / "results" / f"{protocol}.json"

@@ -1,40 +1,72 @@
 """DeepPCB paired segmentation (PROTOCOLS.md): the tested image alone vs the tested image
 and its aligned template stacked as input channels, on the official lists; defect IoU and
-box recall / precision at IoU >= 0.33 from connected regions.
+box recall / precision at IoU >= 0.33 from connected regions; each model's speed and memory
+on this machine's CPU (benchmarks/segment_speed.py).
 
-    python benchmarks/deeppcb_paired.py [--runs single,paired] [--reuse]
+    python benchmarks/deeppcb_paired.py [--runs single,paired,...] [--reuse]
+
+Runs marked GPU were trained on an H100 (the device tool) with the printed command, their
+run folders copied back and read here with --reuse.
 """
 
 from __future__ import annotations
 
-from common import SHARED_DATA, parse_run_args, save_results, table, train_or_reuse, write_section
+from common import (
+    RUNS,
+    SHARED_DATA,
+    cpu_speed,
+    parse_run_args,
+    save_results,
+    table,
+    train_or_reuse,
+    trained_on,
+    write_section,
+)
 
+ALONE, PAIRED = "image alone (3 ch)", "image + template (6 ch)"
+WHOLE_640 = ["data.resize=squash", "data.image_size=640", "train.epochs=30"]
+WHOLE_256 = ["data.resize=squash", "data.image_size=256", "train.epochs=10"]
 RUNS_DEFINED = {
-    "single": (["segment.reference=false"], "tested image alone (3 channels)"),
-    "paired": (["segment.reference=true"], "tested image + template (6 channels)"),
+    # name: (overrides of the deeppcb_segment recipe, input, what the network sees)
+    "paired": ([], PAIRED, "320 px windows of the 640 px board"),
+    "single": (["segment.reference=false"], ALONE, "320 px windows of the 640 px board"),
+    "paired_30epochs": (["train.epochs=30"], PAIRED, "320 px windows of the 640 px board"),
+    "paired_640": (WHOLE_640, PAIRED, "the whole board at 640 px"),
+    "single_640": ([*WHOLE_640, "segment.reference=false"], ALONE, "the whole board at 640 px"),
+    "paired_256_cpu": (WHOLE_256, PAIRED, "the whole board resized to 256 px"),
+    "single_256_cpu": (
+        [*WHOLE_256, "segment.reference=false"],
+        ALONE,
+        "the whole board resized to 256 px",
+    ),
 }
 
 
 def main() -> None:
     args = parse_run_args(__doc__, RUNS_DEFINED)
+    root = SHARED_DATA / "deeppcb"
     runs = []
     for name in args.runs.split(","):
-        overrides, _ = RUNS_DEFINED[name]
-        overrides = [f"data.root={SHARED_DATA / 'deeppcb'}", *overrides]
+        overrides = [f"data.root={root}", *RUNS_DEFINED[name][0]]
         metrics, command = train_or_reuse(
             f"deeppcb-{name}", "deeppcb_segment", overrides, args.reuse
         )
+        speed = cpu_speed(RUNS / f"deeppcb-{name}", root)
         runs.append(
             {
                 "name": name,
                 "command": command,
+                "trained_on": trained_on(metrics),
+                "epochs": metrics["epochs_run"],
+                "cpu_ms_per_image": speed["ms_per_image_p50"],
+                "cpu_peak_rss_mb": speed["peak_rss_mb"],
+                "cpu_speed": speed,
                 "defect_iou": metrics["defect_iou"],
                 "dice": metrics["dice"],
                 "box_recall": metrics["region_recall"],
                 "box_precision": metrics["region_precision"],
                 "regions": metrics["regions"],
-                "ms_per_image": metrics["ms_per_image"],
-                "peak_rss_mb": metrics["peak_rss_mb"],
+                "train_peak_rss_mb": metrics["peak_rss_mb"],
                 "train_seconds": metrics["train_seconds"],
             }
         )
@@ -53,12 +85,15 @@ def main() -> None:
         [
             r["name"],
             RUNS_DEFINED[r["name"]][1],
+            RUNS_DEFINED[r["name"]][2],
+            f"{r['epochs']} ({r['trained_on']})",
             f"{r['defect_iou']:.4f}",
             f"{r['dice']:.4f}",
             "n/a" if r["box_recall"] is None else f"{r['box_recall']:.4f}",
             "n/a" if r["box_precision"] is None else f"{r['box_precision']:.4f}",
             f"{r['regions']['true']} / {r['regions']['predicted']}",
-            f"{r['ms_per_image']:.1f}",
+            f"{r['cpu_ms_per_image']:.0f}",
+            f"{r['cpu_peak_rss_mb']:.0f}",
             f"{r['train_seconds']:.0f}",
         ]
         for r in payload["runs"]
@@ -69,9 +104,12 @@ def main() -> None:
 
 Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`.
 The official lists of the copy in ../shared/data/deeppcb (311 trainval, 183 test images,
-640 px, resized to 256 px); masks are the filled defect boxes; U-Net on EfficientNet-Lite0,
-depth 4, 10 epochs, no gate (every image has defects). Box recall / precision: connected
-regions of the predicted mask matched to true boxes at box IoU >= 0.33. {summary}
+640 px); masks are the filled defect boxes; U-Net on EfficientNet-Lite0, depth 4, no gate
+(every image has defects). Box recall / precision: connected regions of the predicted mask
+matched to true boxes at box IoU >= 0.33. Epochs: "GPU" runs were trained on an H100 (the
+device tool, not CI), "CPU" runs here; train s is on that machine. CPU ms/image (p50, one
+image + template at a time through the Inspector, all windows) and peak MB (that inference
+process) are measured on this machine for every run. {summary}
 
 {
             table(
@@ -79,12 +117,15 @@ regions of the predicted mask matched to true boxes at box IoU >= 0.33. {summary
                 [
                     "run",
                     "input",
+                    "the network sees",
+                    "epochs",
                     "defect IoU",
                     "Dice",
                     "box recall",
                     "box precision",
                     "true / predicted regions",
-                    "ms/image",
+                    "CPU ms/image",
+                    "CPU peak MB",
                     "train s",
                 ],
             )

@@ -319,7 +319,10 @@ def write_anomaly_report(
         f"F1-max {result['f1_max']:.4f} · F1 at the calibrated threshold "
         f"{result['f1_calibrated']:.4f}"
     )
-    rates = [[name, v["images"], v["flagged"]] for name, v in result["per_class"].items()]
+    rates = [
+        [name, v["images"], v["flagged"], fmt(v.get("pixel_auroc"))]
+        for name, v in result["per_class"].items()
+    ]
     timing = [
         ["fit (s)", result["fit_seconds"]],
         ["ms per image", result["ms_per_image"]],
@@ -338,7 +341,7 @@ def write_anomaly_report(
         "<h2>Image-level ROC and PR</h2>",
         _embed(plot_roc_pr(roc, plots / "roc_pr.png")),
         "<h2>Share flagged per class at the calibrated threshold</h2>",
-        _table(rates, ["class", "images", "flagged"]),
+        _table(rates, ["class", "images", "flagged", "pixel AUROC (with the good images)"]),
         "<h2>Defects caught with the highest scores</h2>",
         _embed(plot_heatmaps(heat_items(caught), plots / "heat_caught.png", vmax)),
         "<h2>Defects with the lowest scores (hardest)</h2>",

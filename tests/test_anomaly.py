@@ -68,6 +68,10 @@ def test_anomaly_run_separates_synthetic_defects(anomaly_run):
     if result["method"] != "autoencoder":  # pretrained features; the autoencoder learns
         assert result["image_auroc"] >= 0.9  # from 11 images here and is only run
         assert result["pixel_auroc"] >= 0.8
+        # each defect class's pixels against the defect-free images', the good class none
+        per_class = result["per_class"]
+        assert {c for c, v in per_class.items() if "pixel_auroc" in v} == set(per_class) - {"Ok"}
+        assert all(v["pixel_auroc"] >= 0.7 for v in per_class.values() if "pixel_auroc" in v)
     assert 0.0 <= result["image_auroc"] <= 1.0 and np.isfinite(result["threshold"])
     assert 0.0 <= result["aupro"] <= 1.0
     assert result["model_mb"] > 0

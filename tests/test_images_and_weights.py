@@ -31,6 +31,8 @@ def test_truncated_and_corrupt_files_are_named(tmp_path):
     for name in ("cut.jpg", "text.png"):
         with pytest.raises(DatasetError, match=name + r".*corrupt or truncated"):
             load_image(tmp_path / name)
+    with pytest.raises(DatasetError, match=r"no image file .*gone.jpg: check the path"):
+        load_image(tmp_path / "gone.jpg")
 
 
 def _tiny_source(monkeypatch, tmp_path, sha: str) -> Path:

@@ -18,8 +18,13 @@ from defectkit.data.samples import Sample
 def load_image(path: Path) -> Image.Image:
     """An RGB image: greyscale, palette and 16-bit files become 3 channels, so any backbone fits.
 
-    A corrupt or truncated file raises a DatasetError that names it.
+    A missing, corrupt or truncated file raises a DatasetError that names it.
     """
+    if not Path(path).is_file():
+        raise DatasetError(
+            f"no image file {path}: check the path (relative paths are from "
+            f"{Path.cwd()}), or remove it from the list of images"
+        )
     try:
         with Image.open(path) as image:
             image.load()

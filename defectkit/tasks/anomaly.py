@@ -306,7 +306,9 @@ def evaluate_anomaly(
     threshold: float,
 ) -> dict[str, Any]:
     """Image AUROC, F1-max and F1 at the calibrated threshold; pixel AUROC and AUPRO with
-    maps resized to each mask's own resolution; detection rate per defect class."""
+    maps resized to each mask's own resolution; per defect class the detection rate and
+    the pixel AUROC of its images with the defect-free ones (the pooled pixel AUROC is
+    dominated by the classes with the largest defect areas)."""
     from sklearn.metrics import roc_auc_score
 
     is_bad = np.array([s.label != good for s in samples])
@@ -323,6 +325,7 @@ def evaluate_anomaly(
         )
     best_f1, best_threshold = f1_max(is_bad, scores)
     at_calibrated = rates_at(is_bad, scores, threshold)
+    has_regions = any(m.any() for m in masks)
     per_class = {}
     for name in sorted({s.label for s in samples}):
         members = np.array([s.label == name for s in samples])
@@ -330,7 +333,12 @@ def evaluate_anomaly(
             "images": int(members.sum()),
             "flagged": float((scores[members] >= threshold).mean()),
         }
-    has_regions = any(m.any() for m in masks)
+        chosen = np.flatnonzero(members | ~is_bad)
+        if name != good and any(masks[i].any() for i in chosen):
+            per_class[name]["defect_pixels"] = int(sum(masks[i].sum() for i in chosen))
+            per_class[name]["pixel_auroc"] = pixel_auroc(
+                [masks[i] for i in chosen], [resized[i] for i in chosen]
+            )
     return {
         "image_auroc": float(roc_auc_score(is_bad, scores)),
         "pixel_auroc": pixel_auroc(masks, resized) if has_regions else None,
