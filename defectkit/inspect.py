@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 from defectkit.bundle import load_model, read_meta
 from defectkit.data.formats import DatasetError, is_image
 from defectkit.data.images import load_image
-from defectkit.data.tiles import split_tiles, stitch
+from defectkit.data.tiles import slide
 from defectkit.data.transforms import RESIZE_MODES, content_box, eval_transform, to_image_size
 
 OK_NAMES = ("ok", "good", "free", "normal", "pass")
@@ -266,12 +266,9 @@ class Inspector:
         """A segmenter trained on windows: overlapping windows over the whole image, their
         probabilities averaged, the gate the most confident window's."""
         with torch.inference_mode():
-            tiles, origins = split_tiles(self._input(image, reference), self.size)
-        outputs = [self._run(chunk) for chunk in tiles.split(batch_size)]
-        probability = torch.from_numpy(np.concatenate([masks for masks, _ in outputs]))
-        full = stitch(probability, origins, image.height, image.width).numpy()
-        gate = float(np.concatenate([gates for _, gates in outputs]).max())
-        return self._segment(name, full, gate, (image.height, image.width))
+            x = self._input(image, reference)
+        probability, gate = slide(x, self.size, self._run, batch_size)
+        return self._segment(name, probability.numpy(), gate, (image.height, image.width))
 
     def _decide(self, name: str, row: np.ndarray) -> Prediction:
         scores = {c: float(p) for c, p in zip(self.classes, row, strict=True)}

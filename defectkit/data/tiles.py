@@ -7,6 +7,7 @@ overlapping windows over the whole image and averages where they overlap."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
@@ -53,6 +54,19 @@ def stitch(
         total[top : top + size, left : left + size] += tile.float()
         count[top : top + size, left : left + size] += 1
     return (total / count)[:height, :width]
+
+
+def slide(
+    image: torch.Tensor, size: int, run: Callable, batch_size: int = 16
+) -> tuple[torch.Tensor, float]:
+    """Overlapping windows of image (C, H, W) through `run` (a window batch -> defect
+    probabilities (N, size, size) and gate NG probabilities (N,), tensors or arrays): the
+    probabilities stitched to (H, W) and the most confident window's gate."""
+    tiles, origins = split_tiles(image, size)
+    outputs = [run(chunk) for chunk in tiles.split(batch_size)]
+    probability = torch.cat([torch.as_tensor(masks) for masks, _ in outputs]).float()
+    gate = float(torch.cat([torch.as_tensor(gates).reshape(-1) for _, gates in outputs]).max())
+    return stitch(probability, origins, *image.shape[-2:]), gate
 
 
 def random_window(

@@ -21,7 +21,7 @@ from defectkit import bundle, report
 from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.formats import DatasetError
 from defectkit.data.segmentation import SegmentationDataset
-from defectkit.data.tiles import split_tiles, stitch
+from defectkit.data.tiles import slide
 from defectkit.data.transforms import to_image_size
 from defectkit.engine.losses import MaskLoss
 from defectkit.engine.train import (
@@ -82,14 +82,15 @@ def predict(
     masks, gates = [], []
     tick = time.perf_counter()
     if dataset.tiled:
+
+        def run(windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits, gate = model(windows.to(device))
+            return logits.float().sigmoid().cpu(), gate.float().sigmoid().cpu()
+
         for i in range(len(dataset)):
-            image = dataset.full(i)
-            tiles, origins = split_tiles(image, dataset.size)
-            outputs = [model(chunk.to(device)) for chunk in tiles.split(batch_size)]
-            probability = torch.cat([logits for logits, _ in outputs]).float().sigmoid().cpu()
-            masks.append(stitch(probability, origins, *image.shape[-2:]))
-            gate = torch.cat([g for _, g in outputs]).float().sigmoid().max()
-            gates.append(gate.cpu().numpy()[None])
+            probability, gate = slide(dataset.full(i), dataset.size, run, batch_size)
+            masks.append(probability)
+            gates.append(np.array([gate], dtype=np.float32))
     else:
         for x, _, _ in _loader(dataset, batch_size):
             logits, gate = model(x.to(device))
