@@ -320,7 +320,13 @@ def write_anomaly_report(
         f"{result['f1_calibrated']:.4f}"
     )
     rates = [
-        [name, v["images"], v["flagged"], fmt(v.get("pixel_auroc"))]
+        [
+            name,
+            v["images"],
+            v["flagged"],
+            fmt(v.get("pixel_auroc")),
+            fmt(v.get("pixel_auroc_within")),
+        ]
         for name, v in result["per_class"].items()
     ]
     timing = [
@@ -341,7 +347,16 @@ def write_anomaly_report(
         "<h2>Image-level ROC and PR</h2>",
         _embed(plot_roc_pr(roc, plots / "roc_pr.png")),
         "<h2>Share flagged per class at the calibrated threshold</h2>",
-        _table(rates, ["class", "images", "flagged", "pixel AUROC (with the good images)"]),
+        _table(
+            rates,
+            [
+                "class",
+                "images",
+                "flagged",
+                "pixel AUROC (with the good images)",
+                "pixel AUROC (inside its own images)",
+            ],
+        ),
         "<h2>Defects caught with the highest scores</h2>",
         _embed(plot_heatmaps(heat_items(caught), plots / "heat_caught.png", vmax)),
         "<h2>Defects with the lowest scores (hardest)</h2>",

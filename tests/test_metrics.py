@@ -68,6 +68,33 @@ def test_aupro_by_hand():
     assert aupro([np.array([[1, 0, 1]])], [np.array([[0.9, 0.1, 0.5]])]) == pytest.approx(1.0)
 
 
+def test_pixel_auroc_by_hand_with_ties():
+    from defectkit.metrics import pixel_auroc
+
+    # defect pixels 0.9, 0.5; good pixels 0.5, 0.1, 0.1 over two images. Pairs (defect,
+    # good): 0.9 beats all 3; 0.5 ties one (counts 1/2) and beats two -> (3 + 2.5) / 6
+    masks = [np.array([[1, 0]]), np.array([[1, 0, 0]])]
+    maps = [np.array([[0.9, 0.5]]), np.array([[0.5, 0.1, 0.1]])]
+    assert pixel_auroc(masks, maps) == pytest.approx(5.5 / 6)
+    assert pixel_auroc([np.array([[1, 1, 0]])], [np.array([[0.3, 0.3, 0.3]])]) == 0.5
+    with pytest.raises(ValueError, match="both defect and defect-free"):
+        pixel_auroc([np.zeros((2, 2))], [np.ones((2, 2))])
+
+
+def test_pixel_auroc_matches_sklearn_on_many_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from defectkit.metrics import pixel_auroc
+
+    rng = np.random.default_rng(0)
+    masks = [rng.random((30, 40)) < 0.2 for _ in range(3)]
+    maps = [np.round(rng.random((30, 40)) + m * 0.3, 1) for m in masks]  # few distinct values
+    expected = roc_auc_score(
+        np.concatenate([m.ravel() for m in masks]), np.concatenate([a.ravel() for a in maps])
+    )
+    assert pixel_auroc(masks, maps) == pytest.approx(expected, abs=1e-12)
+
+
 def test_aupro_weights_regions_not_pixels():
     from defectkit.metrics import aupro
 

@@ -306,9 +306,10 @@ def evaluate_anomaly(
     threshold: float,
 ) -> dict[str, Any]:
     """Image AUROC, F1-max and F1 at the calibrated threshold; pixel AUROC and AUPRO with
-    maps resized to each mask's own resolution; per defect class the detection rate and
-    the pixel AUROC of its images with the defect-free ones (the pooled pixel AUROC is
-    dominated by the classes with the largest defect areas)."""
+    maps resized to each mask's own resolution; per defect class the detection rate, the
+    pixel AUROC of its images with the defect-free ones (the pooled pixel AUROC is
+    dominated by the classes with the largest defect areas) and within its own images alone
+    (does the map find the defect inside an image known to be defective)."""
     from sklearn.metrics import roc_auc_score
 
     is_bad = np.array([s.label != good for s in samples])
@@ -339,6 +340,11 @@ def evaluate_anomaly(
             per_class[name]["pixel_auroc"] = pixel_auroc(
                 [masks[i] for i in chosen], [resized[i] for i in chosen]
             )
+            own = np.flatnonzero(members)
+            if not all(masks[i].all() for i in own):
+                per_class[name]["pixel_auroc_within"] = pixel_auroc(
+                    [masks[i] for i in own], [resized[i] for i in own]
+                )
     return {
         "image_auroc": float(roc_auc_score(is_bad, scores)),
         "pixel_auroc": pixel_auroc(masks, resized) if has_regions else None,

@@ -69,8 +69,12 @@ class PatchCorePaDiM(nn.Module):
             patches.append(local.permute(0, 2, 3, 1).reshape(-1, local.shape[1]).cpu())
             raws.append(raw.cpu())
         grid = local.shape[-2:]
-        info = self.patchcore.fit_patches(torch.cat(patches), grid)
+        features = torch.cat(patches)
+        patches.clear()  # the batches' copies, freed before the coreset search
+        info = self.patchcore.fit_patches(features, grid)
+        del features
         feats = torch.cat(raws)
+        raws.clear()
         info.update({f"padim_{k}": v for k, v in self.padim.fit_features(feats).items()})
         # PatchCore's spread from its leave-one-out maps (in-sample distances are ~0);
         # PaDiM's from the training images themselves (each is 1/N of its Gaussians)

@@ -39,7 +39,7 @@ class PaDiM(nn.Module):
     def fit(self, batches: Iterable[torch.Tensor]) -> dict[str, float]:
         feats = torch.cat(
             [
-                self.features(images)[:, self.channels].cpu().double()
+                self.features(images)[:, self.channels].cpu()
                 for images in tqdm(batches, desc="padim features", leave=False, disable=None)
             ]
         )
@@ -47,18 +47,24 @@ class PaDiM(nn.Module):
 
     def fit_features(self, feats: torch.Tensor) -> dict[str, float]:
         """Gaussians from (N, dims, h, w) features of the training images."""
-        feats = feats.double()
         n, c, h, w = feats.shape
         if n < 2:
             raise ValueError("PaDiM needs at least 2 defect-free training images")
-        flat = feats.permute(2, 3, 0, 1).reshape(h * w, n, c)  # (positions, images, dims)
-        mean = flat.mean(1, keepdim=True)
-        centred = flat - mean
-        covariance = centred.transpose(1, 2) @ centred / (n - 1)
-        covariance += 0.01 * torch.eye(c, dtype=covariance.dtype)  # the paper's regulariser
+        flat = feats.flatten(2)  # (images, dims, positions), a view
+        means, inverses = [], []
+        # a block of positions at a time in float64: the whole set in float64 would be
+        # three copies of all training features
+        for block in torch.arange(h * w).split(64):
+            part = flat[:, :, block].permute(2, 0, 1).double()  # (positions, images, dims)
+            mean = part.mean(1, keepdim=True)
+            part -= mean
+            covariance = part.transpose(1, 2) @ part / (n - 1)
+            covariance += 0.01 * torch.eye(c, dtype=covariance.dtype)  # the paper's regulariser
+            means.append(mean[:, 0].float())
+            inverses.append(torch.linalg.inv(covariance).float())
         device = self.channels.device
-        self.mean = mean[:, 0].float().to(device)
-        self.inverse_covariance = torch.linalg.inv(covariance).float().to(device)
+        self.mean = torch.cat(means).to(device)
+        self.inverse_covariance = torch.cat(inverses).to(device)
         return {
             "images": n,
             "positions": h * w,

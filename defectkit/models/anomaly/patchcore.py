@@ -119,15 +119,19 @@ class PatchCore(nn.Module):
         images = len(features) // per_image
         owner = index // per_image
         bank = features[index].float()
+        bank_squared = (bank * bank).sum(1)
         generator = torch.Generator().manual_seed(self.seed)
         chosen = torch.randperm(images, generator=generator)[:most].sort().values
+        # one distance buffer for all images: a fresh (patches x bank) matrix per image
+        # fragments the heap and kept ~2 GB resident on magnetic tile
+        squared = torch.empty(per_image, len(bank))
         maps = {}
         for i in chosen.tolist():
             queries = features[i * per_image : (i + 1) * per_image].float()
-            d = (queries * queries).sum(1, keepdim=True) - 2 * queries @ bank.T
-            d = d + (bank * bank).sum(1)
-            d[:, owner == i] = float("inf")
-            maps[i] = d.amin(1).clamp(min=0).sqrt().reshape(grid)
+            torch.mm(queries, bank.T, out=squared)
+            squared.mul_(-2).add_(bank_squared).add_((queries * queries).sum(1, keepdim=True))
+            squared[:, owner == i] = float("inf")
+            maps[i] = squared.amin(1).clamp(min=0).sqrt().reshape(grid)
         return maps
 
     @torch.inference_mode()
