@@ -95,6 +95,23 @@ def test_pixel_auroc_matches_sklearn_on_many_ties():
     assert pixel_auroc(masks, maps) == pytest.approx(expected, abs=1e-12)
 
 
+def test_pixel_ranking_subsets_equal_their_own_ranking():
+    from defectkit.metrics import PixelRanking
+
+    rng = np.random.default_rng(1)
+    masks = [rng.random((20, 20)) < f for f in (0.1, 0.0, 0.3, 0.05)]
+    maps = [np.round(rng.random((20, 20)) + m * 0.5, 2) for m in masks]
+    ranking = PixelRanking(masks, maps)
+    for images in ([0, 1], [0, 2, 3], [2]):
+        alone = PixelRanking([masks[i] for i in images], [maps[i] for i in images])
+        assert ranking.auroc(images) == pytest.approx(alone.auroc(), abs=1e-12)
+        assert ranking.aupro(0.3, images) == pytest.approx(alone.aupro(0.3), abs=1e-12)
+    with pytest.raises(ValueError, match="both defect and defect-free"):
+        ranking.auroc([1])  # no defect pixels in that image
+    with pytest.raises(ValueError, match="image 0: mask"):
+        PixelRanking([masks[0]], [maps[0][:10]])
+
+
 def test_aupro_weights_regions_not_pixels():
     from defectkit.metrics import aupro
 

@@ -25,7 +25,7 @@ from defectkit.data.samples import Sample, SampleSet
 from defectkit.data.segmentation import read_mask
 from defectkit.data.transforms import content_box, eval_transform, require_whole_images
 from defectkit.engine.train import pick_device, seed_everything
-from defectkit.metrics import aupro, f1_max, pixel_auroc, rates_at
+from defectkit.metrics import PixelRanking, f1_max, rates_at
 from defectkit.models.anomaly import create_method
 from defectkit.models.backbones import preprocessing_for
 from defectkit.runs import peak_rss_mb, write_json
@@ -306,10 +306,11 @@ def evaluate_anomaly(
     threshold: float,
 ) -> dict[str, Any]:
     """Image AUROC, F1-max and F1 at the calibrated threshold; pixel AUROC and AUPRO with
-    maps resized to each mask's own resolution; per defect class the detection rate, the
-    pixel AUROC of its images with the defect-free ones (the pooled pixel AUROC is
-    dominated by the classes with the largest defect areas) and within its own images alone
-    (does the map find the defect inside an image known to be defective)."""
+    maps resized to each mask's own resolution. Per defect class: the detection rate; the
+    pixel AUROC of its images with the defect-free ones; inside its own images alone (does
+    the map find the defect in an image known to be defective); and the pooled pixel AUROC
+    without the class's images (the pooled number follows the classes with the largest
+    defect areas: this says which class holds it down)."""
     from sklearn.metrics import roc_auc_score
 
     is_bad = np.array([s.label != good for s in samples])
@@ -324,9 +325,11 @@ def evaluate_anomaly(
                 0, 0
             ].numpy()
         )
+    has_pixels = [bool(m.any()) for m in masks]
+    ranking = PixelRanking(masks, resized) if any(has_pixels) else None
+    del resized
     best_f1, best_threshold = f1_max(is_bad, scores)
     at_calibrated = rates_at(is_bad, scores, threshold)
-    has_regions = any(m.any() for m in masks)
     per_class = {}
     for name in sorted({s.label for s in samples}):
         members = np.array([s.label == name for s in samples])
@@ -334,21 +337,21 @@ def evaluate_anomaly(
             "images": int(members.sum()),
             "flagged": float((scores[members] >= threshold).mean()),
         }
+        own = np.flatnonzero(members)
+        if name == good or ranking is None or not any(has_pixels[i] for i in own):
+            continue
         chosen = np.flatnonzero(members | ~is_bad)
-        if name != good and any(masks[i].any() for i in chosen):
-            per_class[name]["defect_pixels"] = int(sum(masks[i].sum() for i in chosen))
-            per_class[name]["pixel_auroc"] = pixel_auroc(
-                [masks[i] for i in chosen], [resized[i] for i in chosen]
-            )
-            own = np.flatnonzero(members)
-            if not all(masks[i].all() for i in own):
-                per_class[name]["pixel_auroc_within"] = pixel_auroc(
-                    [masks[i] for i in own], [resized[i] for i in own]
-                )
+        per_class[name]["defect_pixels"] = int(sum(masks[i].sum() for i in own))
+        per_class[name]["pixel_auroc"] = ranking.auroc(chosen)
+        if not all(masks[i].all() for i in own):
+            per_class[name]["pixel_auroc_within"] = ranking.auroc(own)
+        rest = np.flatnonzero(~members)
+        if any(has_pixels[i] for i in rest):
+            per_class[name]["pixel_auroc_without"] = ranking.auroc(rest)
     return {
         "image_auroc": float(roc_auc_score(is_bad, scores)),
-        "pixel_auroc": pixel_auroc(masks, resized) if has_regions else None,
-        "aupro": aupro(masks, resized) if has_regions else None,
+        "pixel_auroc": ranking.auroc() if ranking else None,
+        "aupro": ranking.aupro() if ranking else None,
         "f1_max": best_f1,
         "f1_max_threshold": best_threshold,
         "f1_calibrated": at_calibrated["ng_f1"],
