@@ -73,14 +73,12 @@ def main() -> None:
 
 def untrained_bundle(config, folder: Path) -> Path:
     """A bundle of the run's architecture with its encoder's ImageNet weights only."""
-    from dataclasses import replace
-
     from defectkit.bundle import save_segment_bundle
     from defectkit.models.segmenter import build_segmenter
 
     channels = 6 if config.segment.reference else 3
     model, _, prep = build_segmenter(config.model, config.segment, channels, pretrained=False)
-    prep = replace(prep, resize=config.data.resize)
+    prep = prep.for_data(config.data)
     save_segment_bundle(folder, model, config, prep, channels, 0.5)
     return folder
 

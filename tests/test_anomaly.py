@@ -74,6 +74,11 @@ def test_anomaly_run_separates_synthetic_defects(anomaly_run):
         assert all(v["pixel_auroc"] >= 0.7 for v in per_class.values() if "pixel_auroc" in v)
         # and inside each class's own images: the map finds the defect in its image
         assert all(v["pixel_auroc_within"] >= 0.7 for v in per_class.values() if "pixel_auroc" in v)
+        assert all(
+            v["image_pixel_auroc_median"] >= 0.7 and 0 <= v["images_map_inverted"] <= v["images"]
+            for v in per_class.values()
+            if "pixel_auroc" in v
+        )
         # and the pooled number without each class's images, which says who holds it down
         assert all(
             0.7 <= v["pixel_auroc_without"] <= 1 for v in per_class.values() if "pixel_auroc" in v

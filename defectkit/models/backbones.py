@@ -14,7 +14,7 @@ import hashlib
 import importlib.util
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import timm
@@ -39,6 +39,12 @@ class Preprocessing:
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
     resize: str = "squash"  # or "pad", "tile": see data/transforms.py
+
+    def for_data(self, data) -> Preprocessing:
+        """As a run's DataConfig asks: its resize mode, and its interpolation where set."""
+        return replace(
+            self, interpolation=data.interpolation or self.interpolation, resize=data.resize
+        )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import logging
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -233,11 +232,7 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     ).to(device)
     features = getattr(model, "features", None)
     prep = preprocessing_for(config.model.backbone, getattr(features, "backbone", None))
-    prep = replace(
-        prep,
-        interpolation=config.data.interpolation or prep.interpolation,
-        resize=config.data.resize,
-    )
+    prep = prep.for_data(config.data)
     transform = eval_transform(
         size=config.data.image_size,
         mean=prep.mean,
@@ -308,7 +303,8 @@ def evaluate_anomaly(
     """Image AUROC, F1-max and F1 at the calibrated threshold; pixel AUROC and AUPRO with
     maps resized to each mask's own resolution. Per defect class: the detection rate; the
     pixel AUROC of its images with the defect-free ones; inside its own images alone (does
-    the map find the defect in an image known to be defective); and the pooled pixel AUROC
+    the map find the defect in an image known to be defective), also image by image (the
+    median, and how many images rank their defect below the rest); and the pooled pixel AUROC
     without the class's images (the pooled number follows the classes with the largest
     defect areas: this says which class holds it down)."""
     from sklearn.metrics import roc_auc_score
@@ -327,6 +323,12 @@ def evaluate_anomaly(
         )
     has_pixels = [bool(m.any()) for m in masks]
     ranking = PixelRanking(masks, resized) if any(has_pixels) else None
+    # each defect image alone: does its map rank its own defect pixels first
+    alone = {
+        i: PixelRanking([masks[i]], [resized[i]]).auroc()
+        for i in range(len(masks))
+        if has_pixels[i] and not masks[i].all()
+    }
     del resized
     best_f1, best_threshold = f1_max(is_bad, scores)
     at_calibrated = rates_at(is_bad, scores, threshold)
@@ -345,6 +347,9 @@ def evaluate_anomaly(
         per_class[name]["pixel_auroc"] = ranking.auroc(chosen)
         if not all(masks[i].all() for i in own):
             per_class[name]["pixel_auroc_within"] = ranking.auroc(own)
+        if singles := [alone[i] for i in own if i in alone]:
+            per_class[name]["image_pixel_auroc_median"] = float(np.median(singles))
+            per_class[name]["images_map_inverted"] = sum(v < 0.5 for v in singles)
         rest = np.flatnonzero(~members)
         if any(has_pixels[i] for i in rest):
             per_class[name]["pixel_auroc_without"] = ranking.auroc(rest)

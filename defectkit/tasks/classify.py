@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -163,11 +162,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
 
     size = config.data.image_size
     require_whole_images(config.data.resize, "classify")
-    prep = replace(
-        prep,
-        interpolation=config.data.interpolation or prep.interpolation,
-        resize=config.data.resize,
-    )
+    prep = prep.for_data(config.data)
     eval_tf = eval_transform(
         size=size,
         mean=prep.mean,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +166,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     model, weights_info, prep = build_segmenter(
         config.model, sc, in_channels, pretrained=config.model.pretrained
     )
-    prep = replace(
-        prep,
-        interpolation=config.data.interpolation or prep.interpolation,
-        resize=config.data.resize,
-    )
+    prep = prep.for_data(config.data)
     model.to(device)
     options = {
         "size": config.data.image_size,
