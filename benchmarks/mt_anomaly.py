@@ -153,8 +153,9 @@ Uneven holds 2.5M of the 3.5M defect pixels (71%), so the pooled pixel AUROC fol
 without the Uneven images it is the last column of its row. An Uneven mask covers a whole
 region of the tile that was ground differently from the rest, and locally that region shows
 the streaked texture of defect-free tiles. Maps learnt from defect-free images alone light
-up the border between the two regions, and as often the unmarked side as the marked one
-(the inside and inverted columns), where every other class's map finds its defect.""",
+up the border between the two regions more than the marked region's inside, and in some
+images the unmarked side more than the marked one: see the Uneven rows' inside, median and
+inverted columns against every other class's.""",
     )
 
 

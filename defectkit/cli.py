@@ -93,6 +93,10 @@ def _print_result(result: dict, run_dir: Path) -> None:
     print(f"report: {run_dir / 'report.html'}\nbundle: {run_dir / 'bundle'}")
 
 
+def _maybe(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a bundle on a labelled dataset folder (all of it, or a saved split part)."""
     from defectkit.engine.evaluate import evaluate_bundle
@@ -109,6 +113,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"image AUROC {result['image_auroc']:.4f}  pixel AUROC "
             f"{'n/a' if pixel is None else f'{pixel:.4f}'}  F1 at the bundle's threshold "
             f"{result['f1_calibrated']:.4f} on {result['images']} images -> {out}"
+        )
+        return 0
+    if "defect_iou" in result:
+        print(
+            f"defect IoU {result['defect_iou']:.4f}  mIoU {result['miou']:.4f}  "
+            f"NG recall {_maybe(result['ng_recall'])}  OK specificity "
+            f"{_maybe(result['ok_specificity'])}  region recall {_maybe(result['region_recall'])}"
+            f" on {result['images']} images -> {out}"
         )
         return 0
     print(

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from defectkit.config import ModelConfig, SegmentConfig, load_config
 from defectkit.data.samples import Box, Sample
@@ -160,6 +161,36 @@ def test_inspector_and_onnx_reproduce_the_run_masks(segment_run, tmp_path):
     assert check_export(bundle, [r["image"] for r in rows])["passed"]
 
 
+def test_eval_command_scores_a_segment_bundle_as_the_run_did(segment_run, tiles, tmp_path, capsys):
+    import json
+
+    from defectkit.cli import main
+
+    run_dir, result = segment_run
+    out = tmp_path / "e.json"
+    args = ["eval", str(run_dir / "bundle"), "--data", str(tiles), "--out", str(out)]
+    assert main([*args, "--split-manifest", str(run_dir / "split.json")]) == 0
+    evaluated = json.loads(out.read_text())
+    # the run's test part through the Inspector: the same gated masks, the same numbers
+    assert evaluated["images"] == result["test_images"]
+    assert evaluated["defect_iou"] == pytest.approx(result["with_gate"]["defect_iou"], abs=1e-9)
+    assert evaluated["ng_recall"] == pytest.approx(result["gate"]["ng_recall"])
+    assert evaluated["ok_ng_from"] == "gate"
+    assert "defect IoU" in capsys.readouterr().out
+
+
+def test_eval_of_a_segment_bundle_needs_masks_or_boxes(segment_run, tmp_path):
+    from defectkit.engine.evaluate import evaluate_bundle
+
+    folder = tmp_path / "classes"
+    for label in ("ok", "ng"):
+        (folder / label).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (64, 64), (i * 50, 90, 90)).save(folder / label / f"{i}.png")
+    with pytest.raises(ValueError, match="no masks or boxes"):
+        evaluate_bundle(segment_run[0] / "bundle", folder)
+
+
 @pytest.fixture(scope="module")
 def paired_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("paired")
@@ -217,6 +248,16 @@ def test_predict_command_pairs_templates_by_name_and_writes_masks(paired_run, tm
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert len(rows) == 1 + 24  # the templates themselves are not inspected
     assert len(list((tmp_path / "masks").glob("*.png"))) == 24
+
+
+def test_eval_pairs_each_image_with_its_reference(paired_run, tmp_path):
+    from defectkit.engine.evaluate import evaluate_bundle
+
+    root, run_dir, result = paired_run
+    evaluated = evaluate_bundle(run_dir, root, split_manifest=run_dir / "split.json")
+    assert evaluated["images"] == result["test_images"] == 6
+    assert evaluated["defect_iou"] == pytest.approx(result["defect_iou"], abs=1e-9)
+    assert evaluated["ok_ng_from"] == "mask not empty"
 
 
 def test_service_takes_references_for_a_paired_model(paired_run):
