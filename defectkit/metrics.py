@@ -248,12 +248,17 @@ def drop_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
     return keep[labels]
 
 
-def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    h = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    w = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+def box_ious(a: Sequence[tuple[int, ...]], b: Sequence[tuple[int, ...]]) -> np.ndarray:
+    """(len(a), len(b)) IoUs of two lists of (y1, x1, y2, x2) boxes, in one array operation
+    (a poor model can predict thousands of regions per image)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(1, -1, 4)
+    h = (np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])).clip(min=0)
+    w = (np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])).clip(min=0)
     inter = h * w
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
+    area = lambda box: (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])  # noqa: E731
+    union = area(a) + area(b) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 class SegmentationScores:
@@ -286,12 +291,9 @@ class SegmentationScores:
         true_boxes, pred_boxes = regions_of(truth), regions_of(predicted)
         self.true_regions += len(true_boxes)
         self.pred_regions += len(pred_boxes)
-        self.found_regions += sum(
-            any(box_iou(t, p) >= self.region_iou for p in pred_boxes) for t in true_boxes
-        )
-        self.right_regions += sum(
-            any(box_iou(t, p) >= self.region_iou for t in true_boxes) for p in pred_boxes
-        )
+        matched = box_ious(true_boxes, pred_boxes) >= self.region_iou
+        self.found_regions += int(matched.any(1).sum())
+        self.right_regions += int(matched.any(0).sum())
         return tp / (tp + fp + fn) if tp + fp + fn else 1.0
 
     def result(self) -> dict[str, Any]:

@@ -68,6 +68,17 @@ def test_region_matching_uses_the_iou_rule():
     assert drop_small_regions(predicted, 5).sum() == 0
 
 
+def test_box_ious_by_hand():
+    from defectkit.metrics import box_ious
+
+    # (y1, x1, y2, x2): a 4x4 box against itself, its quarter, a half-overlapping twin and
+    # a far one; union of the twins 16 + 16 - 8 = 24
+    ious = box_ious([(0, 0, 4, 4)], [(0, 0, 4, 4), (0, 0, 2, 2), (0, 2, 4, 6), (8, 8, 9, 9)])
+    assert ious.shape == (1, 4)
+    assert ious[0] == pytest.approx([1.0, 0.25, 8 / 24, 0.0])
+    assert box_ious([], [(0, 0, 1, 1)]).shape == (0, 1)
+
+
 def test_boxes_become_masks_and_pad_keeps_them_aligned(tmp_path):
     from PIL import Image
 

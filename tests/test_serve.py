@@ -107,13 +107,13 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def live_service(anomaly_bundle):
+def _serve(bundle: Path):
+    """The service on a free loopback port, for as long as the generator lives."""
     import uvicorn
 
     port = _free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(anomaly_bundle, workers=1), port=port, log_level="warning")
+        uvicorn.Config(create_app(bundle, workers=1), port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -125,13 +125,32 @@ def live_service(anomaly_bundle):
     thread.join(10)
 
 
+@pytest.fixture(scope="module")
+def live_service(anomaly_bundle):
+    yield from _serve(anomaly_bundle)
+
+
+def _browser(p):
+    return p.chromium.launch(
+        executable_path=_chromium(),
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )
+
+
 def test_operator_page_in_headless_chromium(live_service, tiles, tmp_path):
     """Pick a defect-free and a defect image on the page: the verdict banner, label, overlay
     and the session list show what /inspect says for them."""
     import httpx
     from playwright.sync_api import sync_playwright
 
-    executable = _chromium()
+    _chromium()
     good = sorted(tiles.glob("MT_Ok/Imgs/*.jpg"))[-1]
     bad = sorted(tiles.glob("MT_Spot/Imgs/*.jpg"))[0]
     expected = {}
@@ -142,17 +161,7 @@ def test_operator_page_in_headless_chromium(live_service, tiles, tmp_path):
         expected[path.name] = "OK" if answer["ok"] else "NG"
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=executable,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        browser = _browser(p)
         page = browser.new_page()
         page.goto(live_service)
         page.wait_for_function("document.getElementById('model').textContent.includes('anomaly')")
@@ -177,3 +186,71 @@ def test_operator_page_in_headless_chromium(live_service, tiles, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def paired_service(tmp_path_factory):
+    """A segmenter that takes each image with its aligned template (DeepPCB-style pairs)."""
+    from defectkit.config import load_config
+    from defectkit.data.synthetic import make_paired_set
+    from defectkit.tasks import get_task
+
+    tmp_path = tmp_path_factory.mktemp("paired-page")
+    root = make_paired_set(tmp_path / "pcb", count=16, size=64)
+    config = load_config(
+        None,
+        [
+            "task=segment",
+            f"data.root={root}",
+            "data.image_size=64",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "segment.encoder_depth=3",
+            "segment.reference=true",
+            "segment.gate=false",
+            "split.method=official",
+        ],
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    get_task("segment")(config, run_dir, False)
+    for url in _serve(run_dir / "bundle"):
+        yield url, root
+
+
+def test_operator_page_sends_the_reference_a_paired_model_needs(paired_service):
+    """The page shows a reference picker for a model with references, refuses to inspect
+    before one is picked, then sends it with every image."""
+    from playwright.sync_api import sync_playwright
+
+    url, root = paired_service
+    tested = sorted(root.rglob("*_test.jpg"))[:2]
+    template = tested[0].with_name(tested[0].name.replace("_test", "_temp"))
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_function("document.getElementById('model').textContent.includes('segment')")
+        assert page.locator("#reference").is_visible()
+        page.set_input_files("#pick", [str(tested[0])])
+        page.wait_for_function("document.getElementById('error').textContent.length > 0")
+        assert "pick the reference image first" in page.locator("#error").inner_text()
+        page.set_input_files("#reference-pick", [str(template)])
+        assert page.locator("#reference-name").inner_text() == template.name
+        page.set_input_files("#pick", [str(path) for path in tested])
+        page.wait_for_function("document.querySelectorAll('#history tr').length === 2")
+        assert page.locator("#error").inner_text() == ""
+        assert page.locator("#verdict").inner_text() in ("OK", "NG")
+        browser.close()
+
+
+def test_operator_page_hides_the_reference_picker_otherwise(live_service):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page()
+        page.goto(live_service)
+        page.wait_for_function("document.getElementById('model').textContent.includes('anomaly')")
+        assert not page.locator("#reference").is_visible()
+        browser.close()
