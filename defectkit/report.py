@@ -326,6 +326,9 @@ def write_anomaly_report(
             v["flagged"],
             fmt(v.get("pixel_auroc")),
             fmt(v.get("pixel_auroc_within")),
+            fmt(v.get("image_pixel_auroc_median")),
+            v.get("images_map_inverted", "n/a"),
+            fmt(v.get("pixel_auroc_without")),
         ]
         for name, v in result["per_class"].items()
     ]
@@ -346,7 +349,7 @@ def write_anomaly_report(
         _embed(plot_score_histogram(scores, is_bad, threshold, plots / "score_histogram.png")),
         "<h2>Image-level ROC and PR</h2>",
         _embed(plot_roc_pr(roc, plots / "roc_pr.png")),
-        "<h2>Share flagged per class at the calibrated threshold</h2>",
+        "<h2>Per class: share flagged at the calibrated threshold, pixel AUROC</h2>",
         _table(
             rates,
             [
@@ -355,6 +358,9 @@ def write_anomaly_report(
                 "flagged",
                 "pixel AUROC (with the good images)",
                 "pixel AUROC (inside its own images)",
+                "median per image",
+                "images with the map inverted",
+                "pooled pixel AUROC without the class",
             ],
         ),
         "<h2>Defects caught with the highest scores</h2>",
