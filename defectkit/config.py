@@ -109,7 +109,7 @@ class SegmentConfig:
     encoder_depth: int = 5  # 3..5 downsamplings of the encoder: fewer keep small defects
     decoder_channels: tuple[int, ...] = ()  # unet/unet++: () = (256, 128, 64, 32, 16)[-depth:]
     reference: bool = False  # stack the aligned defect-free reference (DeepPCB template) as input
-    loss: str = "bce_dice"  # bce | dice | bce_dice | focal | tversky
+    loss: str = "bce_dice"  # bce | dice | bce_dice | focal | tversky | lovasz
     bce_weight: float = 0.8  # bce_dice: the steel study's 0.8 BCE + 0.2 Dice
     dice_weight: float = 0.2
     focal_gamma: float = 2.0

@@ -14,7 +14,7 @@ from defectkit.config import ModelConfig, SegmentConfig, load_config
 from defectkit.data.samples import Box, Sample
 from defectkit.data.segmentation import read_mask, resize_pair
 from defectkit.data.synthetic import make_paired_set
-from defectkit.engine.losses import MaskLoss, soft_dice_loss
+from defectkit.engine.losses import MaskLoss, lovasz_hinge, soft_dice_loss
 from defectkit.inspect import Inspector
 from defectkit.metrics import SegmentationScores, drop_small_regions
 from defectkit.tasks import get_task
@@ -32,8 +32,33 @@ def test_mask_losses():
     assert soft_dice_loss(torch.full_like(target, -20.0), target) == pytest.approx(0.8, abs=1e-4)
     # an image left out by its weight does not count
     assert MaskLoss("bce")(perfect, target, torch.zeros(1)) == 0
+    # Lovasz hinge: zero when every pixel is right by the margin; all-zero logits are one
+    # unit of hinge error everywhere, weighted to the full Jaccard loss of 1
+    assert MaskLoss("lovasz")(perfect, target) == 0
+    assert MaskLoss("lovasz")(torch.zeros_like(target), target) == pytest.approx(1.0)
+    # by hand: mask [1, 0], logits [1, 0]: hinge errors 0 and 1; sorted worst first the
+    # Jaccard losses are 1/2 then 1, so weights 1/2, 1/2 and the loss 1 x 1/2
+    assert lovasz_hinge(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])) == 0.5
     with pytest.raises(ValueError, match="unknown segment.loss 'iou'"):
         MaskLoss("iou")
+
+
+def test_lovasz_loss_drives_logits_to_the_mask():
+    torch.manual_seed(0)
+    target = (torch.rand(2, 1, 8, 8) > 0.7).float()
+    target[1] = 0  # an image without defects
+    logits = torch.zeros_like(target, requires_grad=True)
+    # the Lovasz weights sum to at most 1 over the pixels in error: small steps per pixel
+    optimizer = torch.optim.SGD([logits], lr=10)
+    loss_fn = MaskLoss("lovasz")
+    first = float(loss_fn(logits, target).detach())
+    for _ in range(100):
+        loss = loss_fn(logits, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss_fn(logits, target).detach()) < 0.1 * first
+    assert torch.equal(logits.detach() > 0, target > 0)
 
 
 def test_segmentation_scores_by_hand():

@@ -45,10 +45,11 @@ class MaskLoss(nn.Module):
     """Binary segmentation losses on logits (B, 1, H, W) against masks in {0, 1}.
 
     bce, dice (soft, over the batch), bce_dice (weighted sum), focal (binary, Lin et al.)
-    and tversky (Salehi et al.: alpha weighs false positives, beta false negatives; beta >
-    alpha favours recall of small defects). `weights` (B,) drops images from the loss (0)."""
+    tversky (Salehi et al.: alpha weighs false positives, beta false negatives; beta >
+    alpha favours recall of small defects) and lovasz (Berman et al. 2018: the Lovasz hinge,
+    a convex surrogate of 1 - IoU, image by image). `weights` (B,) drops images (0)."""
 
-    NAMES = ("bce", "dice", "bce_dice", "focal", "tversky")
+    NAMES = ("bce", "dice", "bce_dice", "focal", "tversky", "lovasz")
 
     def __init__(
         self,
@@ -86,11 +87,35 @@ class MaskLoss(nn.Module):
             bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
             p_true = torch.exp(-bce)
             return ((1 - p_true) ** self.gamma * bce).mean()
+        if self.name == "lovasz":
+            return torch.stack(
+                [
+                    lovasz_hinge(x.flatten(), t.flatten())
+                    for x, t in zip(logits, target, strict=True)
+                ]
+            ).mean()
         p = logits.sigmoid()
         tp = (p * target).sum()
         fp = (p * (1 - target)).sum()
         fn = ((1 - p) * target).sum()
         return 1 - (tp + 1) / (tp + self.alpha * fp + self.beta * fn + 1)
+
+
+def lovasz_hinge(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The Lovasz hinge of one image's pixel logits against its {0, 1} mask: hinge errors
+    sorted from the worst, each weighted by how much it raises the Jaccard loss (1 - IoU)
+    of the mask predicted so far. An image without defects pays for its worst false
+    positive."""
+    signs = 2 * target - 1
+    errors = 1 - logits * signs
+    errors, order = errors.sort(descending=True)
+    truth = target[order]
+    defects = truth.sum()
+    intersection = defects - truth.cumsum(0)
+    union = defects + (1 - truth).cumsum(0)
+    jaccard = 1 - intersection / union
+    weights = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+    return torch.dot(F.relu(errors), weights)
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
