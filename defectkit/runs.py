@@ -73,6 +73,19 @@ def training_log(run_dir: Path) -> Iterator[Any]:
         writer.close()
 
 
+def log_epoch(writer: Any, history: list[dict], row: dict[str, Any]) -> None:
+    """One epoch's row into the history and, every value but the epoch, into TensorBoard."""
+    history.append(row)
+    for key, value in row.items():
+        if key != "epoch":
+            writer.add_scalar(key, value, row["epoch"])
+
+
+def state_mb(model: torch.nn.Module) -> float:
+    """Size of a model's weights and buffers (what its bundle stores), in MB."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+
+
 def write_history(path: Path, history: list[dict]) -> None:
     """history.csv: one row per epoch, every key any epoch logged."""
     keys = list(dict.fromkeys(k for row in history for k in row))

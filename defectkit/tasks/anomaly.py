@@ -27,7 +27,7 @@ from defectkit.engine.train import pick_device, seed_everything
 from defectkit.metrics import PixelRanking, f1_max, rates_at
 from defectkit.models.anomaly import create_method
 from defectkit.models.backbones import preprocessing_for
-from defectkit.runs import peak_rss_mb, write_json
+from defectkit.runs import peak_rss_mb, state_mb, write_json
 from defectkit.tasks import register_task
 
 log = logging.getLogger(__name__)
@@ -268,8 +268,7 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
             "training_check": suspects,
             "false_alarm_rate_target": ac.false_alarm_rate,
             "method": ac.method,
-            "model_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values())
-            / 2**20,
+            "model_mb": state_mb(model),
         }
     )
     write_json(run_dir / "metrics.json", result)

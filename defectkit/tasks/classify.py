@@ -39,7 +39,7 @@ from defectkit.models.classifier import (
     parameter_groups,
     set_backbone_trainable,
 )
-from defectkit.runs import peak_rss_mb, training_log, write_history, write_json
+from defectkit.runs import log_epoch, peak_rss_mb, training_log, write_history, write_json
 from defectkit.tasks import open_run, register_task
 
 log = logging.getLogger(__name__)
@@ -262,10 +262,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
                 row["val_accuracy"] = float((logits.argmax(1) == val_targets).float().mean())
             row["seconds"] = time.perf_counter() - tick
             train_seconds += row["seconds"]
-            history.append(row)
-            for key, value in row.items():
-                if key != "epoch":
-                    writer.add_scalar(key, value, epoch + 1)
+            log_epoch(writer, history, row)
             monitored = row.get("val_loss", -epoch)  # no validation: the latest epoch is best
             improved = monitored < best_loss
             best_loss, stale = (monitored, 0) if improved else (best_loss, stale + 1)

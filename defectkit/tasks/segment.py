@@ -38,7 +38,14 @@ from defectkit.metrics import (
 )
 from defectkit.models.classifier import keep_frozen_bn_in_eval
 from defectkit.models.segmenter import Segmenter, build_segmenter
-from defectkit.runs import peak_rss_mb, training_log, write_history, write_json
+from defectkit.runs import (
+    log_epoch,
+    peak_rss_mb,
+    state_mb,
+    training_log,
+    write_history,
+    write_json,
+)
 from defectkit.tasks import open_run, register_task
 
 log = logging.getLogger(__name__)
@@ -263,10 +270,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
                 row.update(_validate(model, val_set, device, sc.mask_threshold))
             row["seconds"] = time.perf_counter() - tick
             train_seconds += row["seconds"]
-            history.append(row)
-            for key, value in row.items():
-                if key != "epoch":
-                    writer.add_scalar(key, value, epoch + 1)
+            log_epoch(writer, history, row)
             monitored = row.get("val_defect_iou", epoch)  # no validation: the latest is best
             improved = monitored > best
             best = max(best, monitored)
@@ -315,8 +319,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
             "epochs_run": len(history),
             "weights": weights_info,
             "device": str(device),
-            "model_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values())
-            / 2**20,
+            "model_mb": state_mb(model),
             "test_images": len(test_set),
         }
     )
