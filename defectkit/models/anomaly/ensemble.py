@@ -79,26 +79,37 @@ class PatchCorePaDiM(nn.Module):
         # PatchCore's spread from its leave-one-out maps (in-sample distances are ~0);
         # PaDiM's from the training images themselves (each is 1/N of its Gaussians)
         loo = self.patchcore.training_maps
-        core = torch.stack(list(loo.values()))
-        padim_maps = torch.cat([self.padim.score_features(f) for f in feats.float().split(64)])
+        core = torch.stack(list(loo.values()))  # on the CPU, as the features above
+        # the Gaussians live where the model does (a GPU, say): score there, gather here
+        home = self.padim.mean.device
+        padim_maps = torch.cat(
+            [self.padim.score_features(f.to(home)).cpu() for f in feats.float().split(64)]
+        )
         # a floor on each spread: with fewer training images than PaDiM dims the in-sample
         # distances are all alike and their std would blow the z units up
         spread = [core.mean(), core.std(), padim_maps.mean(), padim_maps.std()]
         spread[1] = max(spread[1], 0.05 * spread[0], 1e-6)
         spread[3] = max(spread[3], 0.05 * spread[2], 1e-6)
-        self.spread = torch.tensor([float(v) for v in spread]).to(self.spread.device)
+        spread = torch.tensor([float(v) for v in spread])
+        self.spread = spread.to(self.spread.device)
         self.training_maps = {
-            i: (self._z(core_map[None], padim_maps[i : i + 1]))[0]
+            i: z_units(core_map[None], padim_maps[i : i + 1], spread)[0]
             for i, core_map in zip(loo, core, strict=True)
         }
         return info
 
     def _z(self, core: torch.Tensor, padim: torch.Tensor) -> torch.Tensor:
-        m1, s1, m2, s2 = self.spread
-        return ((core - m1) / s1 + (padim - m2) / s2) / 2
+        return z_units(core, padim, self.spread)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         local, raw = self._both(images)
         maps = self._z(self.patchcore.score_features(local), self.padim.score_features(raw))
         return maps.flatten(1).max(1).values, maps
+
+
+def z_units(core: torch.Tensor, padim: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """The mean of both maps, each in units of its spread on the training images (all three
+    tensors on one device)."""
+    m1, s1, m2, s2 = spread
+    return ((core - m1) / s1 + (padim - m2) / s2) / 2

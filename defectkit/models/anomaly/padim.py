@@ -87,6 +87,7 @@ class PaDiM(nn.Module):
                 f"images give a {h}x{w} feature grid, the model was fitted on "
                 f"{self.mean.shape[0]} positions: use the training input size"
             )
+        feats = feats.to(self.mean.device)  # features may come from elsewhere (a CPU cache)
         delta = feats.permute(2, 3, 0, 1).reshape(h * w, b, c) - self.mean[:, None]
         distance = ((delta @ self.inverse_covariance) * delta).sum(-1).clamp(min=0).sqrt()
         return distance.T.reshape(b, h, w)
