@@ -36,21 +36,31 @@ def train(
     folder and its metrics. `resume` continues an interrupted run folder."""
     import logging
 
-    import yaml
-
-    from defectkit.config import RunConfig, config_from_dict, load_config
-    from defectkit.runs import new_run_dir
+    from defectkit.config import RunConfig, load_config
+    from defectkit.runs import close_failed_start, new_run_dir, resume_config
     from defectkit.tasks import get_task
 
     if resume is not None:
-        run_dir = Path(resume)
-        config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        run_dir, made = Path(resume), False
+        source = None if config is None or isinstance(config, RunConfig) else config
+        config = resume_config(run_dir, source, overrides)
     else:
         if not isinstance(config, RunConfig):
             config = load_config(config, overrides)
-        run_dir = new_run_dir(config)
+    task = get_task(config.task)  # an unknown task fails before a folder is made
+    if resume is None:
+        run_dir, made = new_run_dir(config)
     logging.getLogger("defectkit").info("run folder: %s", run_dir)
-    return run_dir, get_task(config.task)(config, run_dir, resume is not None)
+    try:
+        return run_dir, task(config, run_dir, resume is not None)
+    except KeyboardInterrupt as interrupt:
+        raise KeyboardInterrupt(
+            f"interrupted; {close_failed_start(run_dir, made, interrupt)}"
+        ) from None
+    except Exception as error:
+        note = close_failed_start(run_dir, made, error)
+        logging.getLogger("defectkit").info("%s", note)
+        raise
 
 
 def evaluate(bundle: str | Path, data: str | Path, **options: Any) -> dict[str, Any]:

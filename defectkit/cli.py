@@ -16,12 +16,17 @@ log = logging.getLogger("defectkit")
 
 
 def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from defectkit.data.checks import CheckCache, cache_path, check_samples
     from defectkit.data.formats import read_dataset
     from defectkit.data.summary import format_summary, sample_grid_items, summarize
     from defectkit.report import plot_image_grid
     from defectkit.runs import write_json
 
     dataset = read_dataset(args.path, args.format, args.label_mode)
+    bad = check_samples(dataset.samples, cache=CheckCache(cache_path()))
+    dataset = replace(dataset, left_out=tuple(bad))
     summary = summarize(dataset)
     print(format_summary(summary))
     out = Path(args.out)
@@ -44,8 +49,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import defectkit
 
     resume = Path(args.resume) if args.resume else None
-    if resume is not None and not (resume / "config.yaml").is_file():
-        raise ConfigError(f"{resume} holds no config.yaml: not a run folder to resume")
     run_dir, result = defectkit.train(args.config, args.set, resume=resume)
     _print_result(result, run_dir)
     return 0

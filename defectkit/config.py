@@ -28,6 +28,9 @@ class DataConfig:
     resize: str = "squash"
     interpolation: str = ""  # "bilinear" or "bicubic"; empty: what the backbone's weights used
     num_workers: int = 0  # DataLoader workers; 0 is fastest on 2 cores with cached images
+    # every image, mask and reference is decoded once before training: "error" stops with all
+    # bad files named; "skip" leaves their samples out and lists them in the run and report
+    on_bad_image: str = "error"
 
 
 @dataclass(frozen=True)

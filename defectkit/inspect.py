@@ -298,10 +298,11 @@ class Inspector:
         names: list[str] = []
         reference_paths = iter(references) if references is not None else None
         for path in paths:
+            reference = next(reference_paths) if reference_paths is not None else None
             try:
                 image = load_image(Path(path))
-                if reference_paths is not None:
-                    refs.append(load_image(Path(next(reference_paths))))
+                if reference is not None:
+                    refs.append(load_image(Path(reference)))
                 batch.append(image)
                 names.append(str(path))
             except DatasetError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,16 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}.big{font-size:1
 def _write_page(run_dir: Path, config: RunConfig, parts: list[str]) -> Path:
     """report.html: the given sections, then the run's configuration."""
     config_text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    left_out = run_dir / "left_out.json"
+    if left_out.is_file():
+        rows = [[b["file"], b["reason"]] for b in json.loads(left_out.read_text())]
+        parts = [
+            *parts,
+            f"<h2>Left out: {len(rows)} sample(s) with a bad file</h2>",
+            "<p>data.on_bad_image=skip: these samples were in the dataset folder but not in "
+            "this run's training or test images.</p>",
+            _table(rows, ["file", "why"]),
+        ]
     parts = [*parts, "<h2>Configuration</h2>", f"<pre>{html.escape(config_text)}</pre>"]
     page = (
         f"<!doctype html><meta charset=utf-8><title>{html.escape(run_dir.name)}</title>"

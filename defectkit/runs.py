@@ -19,17 +19,136 @@ import torch
 
 from defectkit.config import RunConfig
 
+# settings a resumed run may change: where and how fast it runs, not what it computes
+RESUME_MAY_CHANGE = (
+    "train.threads",
+    "train.device",
+    "data.num_workers",
+    "data.cache_images",
+    "eval.worst_k",
+    "out_dir",
+    "name",
+)
 
-def new_run_dir(config: RunConfig) -> Path:
+
+def new_run_dir(config: RunConfig) -> tuple[Path, bool]:
+    """The run's folder and whether this call made it (a failed start removes only that)."""
     name = config.name or f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(config.out_dir) / name
-    if (path / "checkpoints" / "last.pt").exists():
+    if (path / "checkpoints" / "last.pt").exists() or (path / "metrics.json").exists():
         raise FileExistsError(
             f"run folder {path} already holds a run: resume it with "
-            f"`defectkit train --resume {path}` or choose another name"
+            f"`defectkit train --resume {path}`, or choose another name with --set name=..."
         )
+    made = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
-    return path
+    (path / FAILED).unlink(missing_ok=True)
+    return path, made
+
+
+FAILED = "FAILED.txt"
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_config(
+    run_dir: Path, source: str | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """The run's own config, checked before anything runs: the folder must hold an
+    unfinished run of a task that resumes, and a --config / --set given with --resume may
+    only change RESUME_MAY_CHANGE (every other difference is listed in the refusal)."""
+    from defectkit.config import (
+        ConfigError,
+        _merge,
+        config_from_dict,
+        config_to_dict,
+        load_config,
+        parse_overrides,
+    )
+
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"{run_dir} holds no config.yaml: not a run folder to resume")
+    import yaml
+
+    saved = config_from_dict(yaml.safe_load(saved_path.read_text()))
+    if (run_dir / "metrics.json").is_file():
+        raise ConfigError(
+            f"{run_dir} is a finished run (metrics.json, bundle/): nothing to resume; train "
+            "a new run, e.g. with train.init_from to start from its weights"
+        )
+    if saved.task == "anomaly":
+        raise ConfigError(
+            f"{run_dir} is an anomaly run: its fit is one pass over the good images with no "
+            "epochs to resume; train it again"
+        )
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        failed = run_dir / FAILED
+        why = f" ({failed.read_text().strip()})" if failed.is_file() else ""
+        raise ConfigError(
+            f"{run_dir} holds no checkpoints/last.pt: it stopped before its first epoch "
+            f"ended{why}; nothing to resume, train it again"
+        )
+    if source is None and not overrides:
+        return saved
+    if source is not None:
+        requested = load_config(source, overrides)
+    else:
+        requested = config_from_dict(_merge(config_to_dict(saved), parse_overrides(overrides)))
+    if requested.task != saved.task:
+        raise ConfigError(
+            f"{run_dir} is a {saved.task} run; --config asks for task {requested.task}: a "
+            "resumed run keeps its task (train a new run for the other one)"
+        )
+    before, after = _flat(config_to_dict(saved)), _flat(config_to_dict(requested))
+    changed = [k for k in before if before[k] != after[k] and k not in RESUME_MAY_CHANGE]
+    if changed:
+        lines = "\n".join(f"  {k}: {before[k]!r} -> {after[k]!r}" for k in changed)
+        raise ConfigError(
+            f"resuming {run_dir} with other settings would change what the run computes:\n"
+            f"{lines}\nResume without them (only {', '.join(RESUME_MAY_CHANGE)} may change), "
+            "or train a new run."
+        )
+    return config_from_dict(
+        _merge(
+            config_to_dict(saved),
+            _unflat({k: after[k] for k in RESUME_MAY_CHANGE if k in after}),
+        )
+    )
+
+
+def _unflat(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def close_failed_start(run_dir: Path, made: bool, error: BaseException) -> str:
+    """After a run failed: a folder with a checkpoint stays (it resumes); one without is
+    removed when this run made it, else marked FAILED.txt (resume refuses it). Returns what
+    was done, for the message."""
+    import shutil
+
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        return f"resume with: defectkit train --resume {run_dir}"
+    if made:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return f"nothing was trained; the run folder {run_dir} was removed"
+    (run_dir / FAILED).write_text(f"{type(error).__name__}: {error}\n")
+    return f"nothing was trained; {run_dir / FAILED} says why"
 
 
 def write_json(path: Path, payload: Any) -> None:

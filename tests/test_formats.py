@@ -54,7 +54,7 @@ def test_voc_boxes_and_missing_image(tmp_path):
     assert sample.label == "scratches"
     assert (sample.boxes[0].x1, sample.boxes[0].y2) == (2.0, 50.0)
     (tmp_path / "ANNOTATIONS" / "gone_1.xml").write_text(xml.replace("scratches_1", "gone_1"))
-    with pytest.raises(DatasetError, match="gone_1.xml names image"):
+    with pytest.raises(DatasetError, match="gone_1.xml: names image"):
         read_dataset(tmp_path)
 
 

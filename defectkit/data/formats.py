@@ -70,6 +70,24 @@ def _child(folder: Path, *names: str) -> Path | None:
     return None
 
 
+class LabelProblems:
+    """Every fault in a dataset's label files, gathered so that one error names them all."""
+
+    def __init__(self, layout: str):
+        self.layout, self.lines = layout, []
+
+    def add(self, where: Path, line_no: int | None, message: str) -> None:
+        self.lines.append(f"  {where}{f':{line_no}' if line_no else ''}: {message}")
+
+    def raise_any(self) -> None:
+        if self.lines:
+            raise DatasetError(
+                f"{len(self.lines)} problem(s) in the {self.layout} label files:\n"
+                + "\n".join(self.lines)
+                + "\nFix these lines (or remove the files) and read the dataset again."
+            )
+
+
 def _require(path: Path, what: str, named_in: Path) -> Path:
     if not path.is_file():
         raise DatasetError(
@@ -202,29 +220,65 @@ def read_voc(root: Path, label_mode: str) -> list[Sample]:
     annotations, image_dir = _voc_dirs(root)
     assert annotations is not None and image_dir is not None
     samples = []
+    problems = LabelProblems("Pascal VOC")
     for xml_path in sorted(annotations.glob("*.xml")):
         try:
             tree = ET.parse(xml_path).getroot()
         except ET.ParseError as error:
-            raise DatasetError(
-                f"{xml_path}: not valid VOC xml ({error}); fix or remove it"
-            ) from None
+            problems.add(xml_path, None, f"not valid VOC xml ({error})")
+            continue
         filename = tree.findtext("filename") or f"{xml_path.stem}.jpg"
-        boxes = []
-        for obj in tree.iter("object"):
-            bb = obj.find("bndbox")
-            if bb is None:
-                continue
-            coords = [float(bb.findtext(k, "0")) for k in ("xmin", "ymin", "xmax", "ymax")]
-            boxes.append(Box(*coords, label=obj.findtext("name", "defect").strip()))
         image = image_dir / filename
         if not image.is_file():
             matches = [p for p in image_dir.glob(f"{xml_path.stem}.*") if is_image(p)]
-            image = _require(matches[0] if matches else image, "image", xml_path)
+            if not matches:
+                problems.add(xml_path, None, f"names image {image}, which does not exist")
+                continue
+            image = matches[0]
+        boxes = _voc_boxes(tree, xml_path, image, problems)
         counts = Counter(b.label for b in boxes)
         label = counts.most_common(1)[0][0] if counts else "ok"
         samples.append(Sample(image, label, boxes=tuple(boxes)))
+    problems.raise_any()
     return samples
+
+
+def _voc_boxes(tree: ET.Element, xml_path: Path, image: Path, problems: LabelProblems) -> list:
+    """The boxes of one VOC file; a box of zero area or outside its image is a problem (VOC
+    counts pixels from 1, so xmax may equal the width)."""
+    size = tree.find("size")
+    try:
+        width, height = int(float(size.findtext("width"))), int(float(size.findtext("height")))
+    except (AttributeError, TypeError, ValueError):
+        width, height = 0, 0
+    if width <= 0 or height <= 0:
+        width, height = _image_size(image)
+    boxes = []
+    for number, obj in enumerate(tree.iter("object"), 1):
+        bb = obj.find("bndbox")
+        if bb is None:
+            continue
+        name = (obj.findtext("name") or "defect").strip()
+        where = f"object {number} ({name})"
+        try:
+            x1, y1, x2, y2 = (float(bb.findtext(k, "")) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except ValueError:
+            problems.add(xml_path, None, f"{where}: a bndbox coordinate is not a number")
+            continue
+        if x2 <= x1 or y2 <= y1:
+            problems.add(
+                xml_path, None, f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) has zero area"
+            )
+        elif x1 < 0 or y1 < 0 or x2 > width + 1 or y2 > height + 1:
+            problems.add(
+                xml_path,
+                None,
+                f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the "
+                f"{width}x{height} image",
+            )
+        else:
+            boxes.append(Box(x1, y1, min(x2, width), min(y2, height), label=name))
+    return boxes
 
 
 # ---------------------------------------------------------------- YOLO txt
@@ -250,17 +304,27 @@ def _yolo_names(root: Path) -> list[str]:
 def read_yolo(root: Path, label_mode: str) -> list[Sample]:
     names = _yolo_names(root)
     samples = []
+    problems = LabelProblems("YOLO")
     for image in sorted(p for p in (root / "images").rglob("*") if is_image(p)):
         label_file = root / "labels" / image.relative_to(root / "images").with_suffix(".txt")
         boxes = []
         if label_file.is_file():
-            width, height = _image_size(image)
-            for line in label_file.read_text().splitlines():
-                boxes.append(_yolo_box(line, names, width, height, label_file))
-        boxes = [b for b in boxes if b is not None]
+            try:
+                width, height = _image_size(image)
+            except OSError:
+                width, height = 1, 1  # the image check names the unreadable image
+            for line_no, line in enumerate(label_file.read_text().splitlines(), 1):
+                try:
+                    box = _yolo_box(line, names, width, height)
+                except ValueError as error:
+                    problems.add(label_file, line_no, str(error))
+                    continue
+                if box is not None:
+                    boxes.append(box)
         counts = Counter(b.label for b in boxes)
         label = counts.most_common(1)[0][0] if counts else "ok"
         samples.append(Sample(image, label, boxes=tuple(boxes)))
+    problems.raise_any()
     return samples
 
 
@@ -272,25 +336,49 @@ def _image_size(path: Path) -> tuple[int, int]:
         return image.size
 
 
-def _yolo_box(line: str, names: list[str], width: int, height: int, where: Path) -> Box | None:
+def _yolo_box(line: str, names: list[str], width: int, height: int) -> Box | None:
+    """One label line (a box or a polygon, coordinates normalised to 0..1) as a pixel box;
+    a ValueError says what is wrong with the line."""
     parts = line.split()
     if not parts:
         return None
     if len(parts) < 5 or len(parts) % 2 == 0:
-        raise DatasetError(f"{where}: line {line!r} is neither 'class cx cy w h' nor a polygon")
-    index, values = int(parts[0]), [float(v) for v in parts[1:]]
-    name = names[index] if index < len(names) else str(index)
+        points = (len(parts) - 1) // 2
+        raise ValueError(
+            f"{line.strip()!r} is neither 'class cx cy w h' nor a polygon 'class x1 y1 x2 y2 "
+            f"x3 y3 ...' (a polygon needs at least 3 points, this has {points})"
+        )
+    try:
+        index, values = int(parts[0]), [float(v) for v in parts[1:]]
+    except ValueError:
+        raise ValueError(
+            f"{line.strip()!r}: the class id and coordinates must be numbers"
+        ) from None
+    if names and not 0 <= index < len(names):
+        raise ValueError(
+            f"class id {index} is outside the {len(names)} names of classes.txt / data.yaml "
+            f"(0..{len(names) - 1}): fix the id or add the class name"
+        )
+    if index < 0:
+        raise ValueError(f"class id {index} is negative")
+    if any(v < -0.01 or v > 1.01 for v in values):
+        raise ValueError(
+            f"coordinates {', '.join(f'{v:g}' for v in values)} are not normalised to 0..1 "
+            "(YOLO divides pixels by the image width and height)"
+        )
+    name = names[index] if names else str(index)
     if len(values) == 4:
         cx, cy, w, h = values
-        return Box(
-            (cx - w / 2) * width,
-            (cy - h / 2) * height,
-            (cx + w / 2) * width,
-            (cy + h / 2) * height,
-            name,
-        )
-    xs, ys = values[0::2], values[1::2]
-    return Box(min(xs) * width, min(ys) * height, max(xs) * width, max(ys) * height, name)
+        if w <= 0 or h <= 0:
+            raise ValueError(f"box of width {w:g} and height {h:g} has zero area")
+        x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    else:
+        xs, ys = values[0::2], values[1::2]
+        x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+        if x2 <= x1 or y2 <= y1:
+            raise ValueError("polygon encloses no area (its points lie on one line)")
+    clip = lambda v: min(max(v, 0.0), 1.0)  # noqa: E731
+    return Box(clip(x1) * width, clip(y1) * height, clip(x2) * width, clip(y2) * height, name)
 
 
 # ---------------------------------------------------------------- image + mask pairs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,30 +15,61 @@ from torchvision.transforms.v2 import functional as F
 from defectkit.data.formats import DatasetError
 from defectkit.data.samples import Sample
 
+MAX_PIXELS = 40_000_000  # a 6000 x 6000 line-scan frame passes, a decompression bomb does not
 
-def load_image(path: Path) -> Image.Image:
-    """An RGB image: greyscale, palette and 16-bit files become 3 channels, so any backbone fits.
 
-    A missing, corrupt or truncated file raises a DatasetError that names it.
-    """
-    if not Path(path).is_file():
+def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The fully decoded image as stored, after its header is checked against `max_pixels`.
+
+    A missing, corrupt, truncated or oversized file raises a DatasetError that names it,
+    says why and what to do: the one message every reader of images gives (train, eval,
+    `data inspect`, `predict`, the service)."""
+    path = Path(path)
+    if not path.is_file():
         raise DatasetError(
             f"no image file {path}: check the path (relative paths are from "
             f"{Path.cwd()}), or remove it from the list of images"
         )
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I", "F"):
-                array = np.asarray(image, dtype=np.float32)
-                span = float(array.max() - array.min()) or 1.0
-                image = Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8))
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        with warnings.catch_warnings():  # the size is judged below, against our own limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        width, height = image.size
+        if width * height > max_pixels:
+            image.close()
+            raise DatasetError(oversized(path, width, height, max_pixels))
+        image.load()
+        return image
+    except Image.DecompressionBombError as error:
+        raise DatasetError(f"{path}: {error}; shrink or tile the image") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DatasetError(
             f"cannot read image {path} ({error}): the file is corrupt or "
             "truncated; replace it or remove it from the dataset"
         ) from None
+
+
+def oversized(name: Path | str, width: int, height: int, max_pixels: int) -> str:
+    return (
+        f"{name}: its header declares {width} x {height} pixels ({width * height / 1e6:.0f} Mpx), "
+        f"over the limit of {max_pixels / 1e6:.0f} Mpx (a decompression bomb or a wrong "
+        "header); shrink or tile the image, or remove it"
+    )
+
+
+def load_image(path: Path) -> Image.Image:
+    """An RGB image: greyscale, palette and 16-bit files become 3 channels, so any backbone fits.
+
+    A missing, corrupt, truncated or oversized file raises a DatasetError that names it.
+    """
+    with open_image(path) as image:
+        if image.mode in ("I;16", "I;16B", "I", "F"):
+            array = np.asarray(image, dtype=np.float32)
+            span = float(array.max() - array.min()) or 1.0
+            return Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8)).convert(
+                "RGB"
+            )
+        return image.convert("RGB")
 
 
 def image_tensor(path: Path) -> torch.Tensor:

@@ -50,6 +50,9 @@ class SampleSet:
     layout: str
     samples: tuple[Sample, ...]
     classes: tuple[str, ...]
+    # samples left out because a file of theirs is unreadable (data.on_bad_image=skip):
+    # data.checks.BadFile records, each naming the file and why
+    left_out: tuple[Any, ...] = ()
 
     def counts(self) -> dict[str, int]:
         counter = Counter(s.label for s in self.samples)

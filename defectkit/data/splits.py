@@ -146,8 +146,11 @@ def save_manifest(split: Split, dataset: SampleSet, path: Path, config: SplitCon
         "layout": dataset.layout,
         "method": config.method,
         "seed": config.seed,
+        "left_out": [vars(b) for b in dataset.left_out],
         **{
-            part: sorted(_relative(s, dataset.root) for s in members)
+            # in the split's own order: a resumed run then draws its batches as the
+            # uninterrupted run did (sorted lists reordered the training set)
+            part: [_relative(s, dataset.root) for s in members]
             for part, members in split.parts().items()
         },
     }
@@ -164,13 +167,16 @@ def load_manifest(dataset: SampleSet, path: Path) -> Split:
         )
     payload = json.loads(path.read_text())
     by_path = {_relative(s, dataset.root): s for s in dataset.samples}
+    # samples left out for an unreadable file (data.on_bad_image=skip) stay out
+    skipped = {_relative(Sample(Path(b.image)), dataset.root) for b in dataset.left_out}
     parts = {}
     for part in ("train", "val", "test"):
-        missing = [p for p in payload.get(part, []) if p not in by_path]
+        listed = [p for p in payload.get(part, []) if p not in skipped]
+        missing = [p for p in listed if p not in by_path]
         if missing:
             raise DatasetError(
                 f"{path} names {len(missing)} image(s) not in {dataset.root}, "
                 f"e.g. {missing[0]}: is this the dataset the split was made on?"
             )
-        parts[part] = tuple(by_path[p] for p in payload.get(part, []))
+        parts[part] = tuple(by_path[p] for p in listed)
     return Split(**parts)

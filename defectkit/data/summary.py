@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from defectkit.data.formats import DatasetError
-from defectkit.data.images import load_image
+from defectkit.data.images import load_image, open_image
 from defectkit.data.samples import Sample, SampleSet
 
 
@@ -27,21 +27,26 @@ def difference_hash(image: Image.Image, side: int = 8) -> int:
 
 
 def summarize(dataset: SampleSet, near_bits: int = 4) -> dict[str, Any]:
-    """Counts, sizes, modes, imbalance, unreadable files, exact and near duplicates."""
+    """Counts, sizes, modes, imbalance, unreadable files, exact and near duplicates.
+    `dataset.left_out` lists the samples with a bad file (data.checks): counted, not read."""
     sizes, modes = Counter(), Counter()
-    broken: list[dict[str, str]] = []
+    broken = [{"image": b.image, "file": b.file, "error": b.reason} for b in dataset.left_out]
+    skip = {b.image for b in dataset.left_out}
     by_md5: dict[str, list[str]] = defaultdict(list)
     hashes: list[tuple[int, str]] = []
     for sample in tqdm(dataset.samples, desc="reading images", leave=False, disable=None):
         path = sample.image
-        try:
-            with Image.open(path) as raw:
-                sizes[f"{raw.width}x{raw.height}"] += 1
-                modes[raw.mode] += 1
-            image = load_image(path)
-        except (DatasetError, OSError) as error:
-            broken.append({"image": str(path), "error": str(error)})
+        if str(path) in skip:
             continue
+        try:
+            image = open_image(path)
+        except DatasetError as error:  # not checked first: report it here
+            broken.append({"image": str(path), "file": str(path), "error": str(error)})
+            continue
+        with image:
+            sizes[f"{image.width}x{image.height}"] += 1
+            modes[image.mode] += 1
+            image = image.convert("RGB")
         by_md5[hashlib.md5(path.read_bytes()).hexdigest()].append(str(path))
         hashes.append((difference_hash(image), str(path)))
     exact = [paths for paths in by_md5.values() if len(paths) > 1]
@@ -118,7 +123,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"reference images: {summary['with_reference']}",
         f"unreadable files: {len(summary['broken'])}",
     ]
-    lines += [f"  {b['image']}: {b['error']}" for b in summary["broken"][:10]]
+    lines += [f"  {b.get('file', b['image'])}: {b['error']}" for b in summary["broken"]]
     lines.append(
         f"exact duplicates: {len(summary['exact_duplicates'])} group(s); near "
         f"duplicates: {len(summary['near_duplicates'])} pair(s)"

@@ -182,24 +182,27 @@ def evaluate_bundle(
     label_mode: str = "default",
     split_manifest: str | Path | None = None,
     part: str = "test",
+    on_bad_image: str = "error",
 ) -> dict[str, Any]:
     """Score a bundle on a labelled dataset, the way the Inspector will see it on the line:
-    all of the dataset, or one part of a run's saved split."""
-    from defectkit.data.formats import read_dataset
+    all of the dataset, or one part of a run's saved split. Every file is checked first;
+    with on_bad_image="skip" the bad ones are left out and listed under "left_out"."""
+    from defectkit.data.checks import read_checked
     from defectkit.data.splits import load_manifest
     from defectkit.inspect import Inspector
 
     inspector = Inspector(bundle, raw_maps=True)
-    dataset = read_dataset(data, format, label_mode)
+    dataset = read_checked(data, format, label_mode, on_bad_image)
     samples = (
         load_manifest(dataset, Path(split_manifest)).parts()[part]
         if split_manifest
         else dataset.samples
     )
+    left_out = {"left_out": [vars(b) for b in dataset.left_out]} if dataset.left_out else {}
     if inspector.task == "anomaly":
-        return _evaluate_anomaly_bundle(inspector, samples, data)
+        return {**_evaluate_anomaly_bundle(inspector, samples, data), **left_out}
     if inspector.task == "segment":
-        return _evaluate_segment_bundle(inspector, samples, data)
+        return {**_evaluate_segment_bundle(inspector, samples, data), **left_out}
     unknown = sorted({s.label for s in samples} - set(inspector.classes))
     if unknown:
         raise ValueError(
@@ -213,6 +216,7 @@ def evaluate_bundle(
     result: dict[str, Any] = {
         "images": len(samples),
         **classification_metrics(targets, predicted, inspector.classes),
+        **left_out,
     }
     if inspector.positive is not None:
         k = index[inspector.positive]

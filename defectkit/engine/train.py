@@ -203,12 +203,70 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
-def restore(path: Path, model: nn.Module, optimizer, schedule) -> dict[str, Any]:
-    """Load last.pt into the model, optimiser and schedule, and the RNG state; returns the
-    checkpoint for the task's own counters (epoch, history, best)."""
+RandomSource = torch.Generator | random.Random
+
+
+def rng_state(*sources: RandomSource | None) -> dict[str, Any]:
+    """Every random number generator a run draws from, as tensors and plain values (so the
+    checkpoint loads with weights_only): torch (and CUDA), NumPy's and Python's global ones,
+    and the run's own (a sampler's generator, a dataset's random.Random)."""
+    numpy = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [torch.from_numpy(numpy[1].astype(np.int64)), *map(float, numpy[2:])],
+        "python": _python_state(random),
+        "own": [None if s is None else _source_state(s) for s in sources],
+    }
+
+
+def set_rng_state(state: dict[str, Any], *sources: RandomSource | None) -> None:
+    """Put back what rng_state captured, so that a resumed run draws the same numbers."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state(
+        ("MT19937", keys.numpy().astype(np.uint32), int(position), int(has_gauss), gauss)
+    )
+    random.setstate(_python_tuple(state["python"]))
+    for source, saved in zip(sources, state["own"], strict=True):
+        if source is None:
+            continue
+        if isinstance(source, torch.Generator):
+            source.set_state(saved)
+        else:
+            source.setstate(_python_tuple(saved))
+
+
+def _python_state(source: Any) -> list:
+    version, keys, gauss = source.getstate()
+    return [version, torch.tensor(keys, dtype=torch.int64), gauss]
+
+
+def _python_tuple(saved: list) -> tuple:
+    version, keys, gauss = saved
+    return version, tuple(int(k) for k in keys.tolist()), gauss
+
+
+def _source_state(source: RandomSource) -> Any:
+    return source.get_state() if isinstance(source, torch.Generator) else _python_state(source)
+
+
+def generator_of(sampler: Any) -> torch.Generator | None:
+    """The sampler's own generator, if it draws from one (its state goes in the checkpoint)."""
+    return getattr(sampler, "generator", None)
+
+
+def restore(
+    path: Path, model: nn.Module, optimizer, schedule, *sources: RandomSource | None
+) -> dict[str, Any]:
+    """Load last.pt into the model, optimiser and schedule, and every RNG state (the global
+    ones and `sources`, given in the order they were saved); returns the checkpoint for the
+    task's own counters (epoch, history, best)."""
     state = load_checkpoint(path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
-    torch.set_rng_state(state["rng"])
+    set_rng_state(state["rng"], *sources)
     return state

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from defectkit import bundle, report
 from defectkit.config import RunConfig, save_config
-from defectkit.data.formats import DatasetError, read_dataset
+from defectkit.data.formats import DatasetError
 from defectkit.data.images import image_tensor
 from defectkit.data.samples import Sample, SampleSet
 from defectkit.data.segmentation import read_mask
@@ -28,7 +28,7 @@ from defectkit.metrics import PixelRanking, f1_max, rates_at
 from defectkit.models.anomaly import create_method
 from defectkit.models.backbones import preprocessing_for
 from defectkit.runs import peak_rss_mb, state_mb, write_json
-from defectkit.tasks import register_task
+from defectkit.tasks import read_data, register_task
 
 log = logging.getLogger(__name__)
 GOOD_NAMES = ("good", "free", "ok", "normal")
@@ -200,7 +200,7 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     require_whole_images(config.data.resize, "anomaly")
     seed_everything(config.train.seed)
     device = pick_device(config.train.device)
-    dataset = read_dataset(config.data.root, config.data.format, config.data.label_mode)
+    dataset = read_data(config, run_dir)
     good = good_label(dataset, ac.good_label)
     parts = anomaly_split(
         dataset, good, config.split.test_fraction, config.split.val_fraction, config.split.seed

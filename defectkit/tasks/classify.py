@@ -21,6 +21,7 @@ from defectkit.data.transforms import eval_transform, require_whole_images, trai
 from defectkit.engine import evaluate
 from defectkit.engine.losses import balanced_class_weights, make_loss
 from defectkit.engine.train import (
+    generator_of,
     load_checkpoint,
     make_optimizer,
     make_sampler,
@@ -28,6 +29,7 @@ from defectkit.engine.train import (
     mixed_precision,
     predict_logits,
     restore,
+    rng_state,
     save_checkpoint,
     train_one_epoch,
 )
@@ -227,7 +229,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
     start_epoch, best_loss, stale = 0, float("inf"), 0
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     if resume and last_path.exists():
-        state = restore(last_path, model, optimizer, schedule)
+        state = restore(last_path, model, optimizer, schedule, generator_of(sampler))
         history, best_loss, stale = state["history"], state["best_loss"], state["stale"]
         start_epoch = state["epoch"] + 1
         log.info("resumed %s at epoch %d of %d", run_dir, start_epoch + 1, tc.epochs)
@@ -271,7 +273,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
-                "rng": torch.get_rng_state(),
+                "rng": rng_state(generator_of(sampler)),
                 "epoch": epoch,
                 "history": history,
                 "best_loss": best_loss,

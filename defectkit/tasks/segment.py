@@ -24,10 +24,12 @@ from defectkit.data.tiles import slide
 from defectkit.data.transforms import to_image_size
 from defectkit.engine.losses import MaskLoss
 from defectkit.engine.train import (
+    generator_of,
     load_checkpoint,
     make_optimizer,
     make_schedule,
     restore,
+    rng_state,
     save_checkpoint,
 )
 from defectkit.metrics import (
@@ -227,7 +229,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     start_epoch, best = 0, -1.0
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     if resume and last_path.exists():
-        state = restore(last_path, model, optimizer, schedule)
+        state = restore(last_path, model, optimizer, schedule, generator_of(sampler), train_set.rng)
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         log.info("resumed %s at epoch %d of %d", run_dir, start_epoch + 1, tc.epochs)
 
@@ -279,7 +281,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
-                "rng": torch.get_rng_state(),
+                "rng": rng_state(generator_of(sampler), train_set.rng),
                 "epoch": epoch,
                 "history": history,
                 "best": best,
