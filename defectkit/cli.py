@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import logging
 import sys
 from collections.abc import Iterable
@@ -146,46 +144,36 @@ def with_references(paths: Iterable[Path], reference_from: str | None) -> tuple[
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
+    """Every input inspected, streamed to CSV / JSONL; a file that cannot be inspected (not
+    an image, corrupt, over the pixel limit) gets a row saying why, and the run goes on."""
     from tqdm.auto import tqdm
 
+    from defectkit.data.images import without_path
     from defectkit.inspect import Inspector, expand_inputs
+    from defectkit.predictions import PredictionWriter
 
     inspector = Inspector(args.bundle, backend=args.backend)
     out = Path(args.out)
     errors: list[dict[str, str]] = []
     count = 0
     paths, references = with_references(expand_inputs(args.inputs), args.reference_from)
-    with open(out, "w", newline="") as handle:
-        writer = None
+
+    def flush(writer: PredictionWriter) -> None:
+        while errors:
+            error = errors.pop(0)
+            reason = without_path(error["error"], Path(error["image"]))
+            writer.write_error(error["image"], reason)
+            print(f"skipped {error['image']}: {reason}", file=sys.stderr)
+
+    with PredictionWriter(out, inspector.score_names()) as writer:
         for prediction in tqdm(
             inspector.predict(paths, args.batch_size, errors, references),
             desc="predict",
             unit="img",
             disable=None,
         ):
-            row = {
-                "image": prediction.image,
-                "label": prediction.label,
-                "ok": prediction.ok,
-                "ng_score": prediction.ng_score,
-                "threshold": prediction.threshold,
-                "scores": prediction.scores,
-                "regions": [asdict(r) for r in prediction.regions],
-            }
-            if out.suffix == ".jsonl":
-                handle.write(json.dumps(row) + "\n")
-            else:
-                flat = {
-                    **{k: v for k, v in row.items() if k not in ("scores", "regions")},
-                    "regions": len(prediction.regions),
-                    **{f"score_{c}": f"{s:.6f}" for c, s in prediction.scores.items()},
-                }
-                if writer is None:
-                    writer = csv.DictWriter(handle, fieldnames=list(flat))
-                    writer.writeheader()
-                writer.writerow(flat)
+            flush(writer)
+            writer.write(prediction)
             count += 1
             if args.overlays and prediction.heat_map is not None:
                 from defectkit.report import save_overlay
@@ -200,9 +188,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 Path(args.masks).mkdir(parents=True, exist_ok=True)
                 name = f"{count:06d}_{Path(prediction.image).stem}.png"
                 Image.fromarray(prediction.mask.astype("uint8") * 255).save(Path(args.masks) / name)
-    for error in errors:
-        print(f"skipped {error['image']}: {error['error']}", file=sys.stderr)
-    print(f"{count} image(s) -> {out}; {len(errors)} skipped")
+        flush(writer)
+        skipped = writer.rows - count
+    print(f"{count} image(s) -> {out}; {skipped} skipped (their rows give the reason)")
     return 0
 
 

@@ -315,6 +315,14 @@ class Inspector:
         if batch:
             yield from self.predict_images(batch, names, refs if refs else None)
 
+    def score_names(self) -> list[str]:
+        """The keys of every Prediction.scores this model gives (columns of predict's CSV)."""
+        if self.task == "anomaly":
+            return ["anomaly_score", self.classes[1]]
+        if self.task == "segment":
+            return ["defect", "gate"]
+        return list(self.classes)
+
     def describe(self) -> dict[str, Any]:
         """What an operator or a client needs to know of the model (no local paths)."""
         keep = (

@@ -3,11 +3,16 @@ checkout (tests that need it skip, saying why, where it is absent)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from defectkit.data.synthetic import make_classify_set
+
+# the image-check cache of the tests, not the user's (~/.cache/defectkit)
+os.environ["DEFECTKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="defectkit-cache-")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -59,7 +59,8 @@ def test_train_predict_eval_through_the_command(synthetic_root, tmp_path, capsys
         == 0
     )
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 16 and {"label", "ok", "score_spot"} <= set(rows[0])
+    assert len(rows) == 17 and {"label", "ok", "score_spot", "error"} <= set(rows[0])
+    assert [r["image"] for r in rows if r["error"]] == [str(bad)]  # the bad file has its row
     assert "skipped" in capsys.readouterr().err
     assert (
         main(

@@ -319,15 +319,6 @@ def test_service_takes_references_for_a_paired_model(paired_run):
     assert result["label"] in ("ok", "defect") and result["ok"] == (result["label"] == "ok")
 
 
-def test_an_interrupted_segment_run_resumes_where_it_stopped(tiles, tmp_path):
-    run_dir, first = _segment(tiles, tmp_path, "r", "train.epochs=1")
-    assert first["epochs_run"] == 1
-    config = load_config(str(run_dir / "config.yaml"), ["train.epochs=2"])
-    resumed = get_task("segment")(config, run_dir, True)
-    assert resumed["epochs_run"] == 2
-    assert (run_dir / "split.json").is_file()
-
-
 def test_ctrl_c_in_training_says_how_to_resume(tmp_path):
     from defectkit.runs import training_log
 

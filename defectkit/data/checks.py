@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from defectkit.data.formats import DatasetError, read_dataset
-from defectkit.data.images import MAX_PIXELS, open_image
+from defectkit.data.images import MAX_PIXELS, open_image, without_path
 from defectkit.data.samples import Sample, SampleSet
 
 ON_BAD = ("error", "skip")
@@ -102,16 +102,7 @@ def check_file(
         with open_image(path, max_pixels) as image:
             return image.size, None
     except DatasetError as error:
-        return None, _reason(str(error), path)
-
-
-def _reason(message: str, path: Path) -> str:
-    """The error without the leading file name (the report names the file once)."""
-    if message.startswith(f"{path}: "):
-        return message[len(f"{path}: ") :]
-    if message.startswith(f"cannot read image {path} "):
-        return "cannot be decoded " + message[len(f"cannot read image {path} ") :]
-    return message
+        return None, without_path(str(error), path)
 
 
 def check_samples(

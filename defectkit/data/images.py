@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,8 +41,10 @@ def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
             raise DatasetError(oversized(path, width, height, max_pixels))
         image.load()
         return image
-    except Image.DecompressionBombError as error:
-        raise DatasetError(f"{path}: {error}; shrink or tile the image") from None
+    except Image.DecompressionBombError as error:  # PIL's own limit, far above ours
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = int(found.group(1)) if found else 0
+        raise DatasetError(oversized(path, pixels, None, max_pixels)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DatasetError(
             f"cannot read image {path} ({error}): the file is corrupt or "
@@ -49,12 +52,24 @@ def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         ) from None
 
 
-def oversized(name: Path | str, width: int, height: int, max_pixels: int) -> str:
+def oversized(name: Path | str, width: int, height: int | None, max_pixels: int) -> str:
+    """The one message for an image over the pixel limit (`height` None: `width` is the
+    pixel count, all PIL's own bomb check tells)."""
+    pixels = width if height is None else width * height
+    size = f"{pixels / 1e6:.0f} Mpx" if height is None else f"{width} x {height} pixels"
     return (
-        f"{name}: its header declares {width} x {height} pixels ({width * height / 1e6:.0f} Mpx), "
-        f"over the limit of {max_pixels / 1e6:.0f} Mpx (a decompression bomb or a wrong "
-        "header); shrink or tile the image, or remove it"
+        f"{name}: its header declares {size}, over the limit of {max_pixels / 1e6:.0f} Mpx "
+        "(a decompression bomb or a wrong header); shrink or tile the image, or remove it"
     )
+
+
+def without_path(message: str, path: Path) -> str:
+    """An image error without the leading file name, for places that name the file once."""
+    if message.startswith(f"{path}: "):
+        return message[len(f"{path}: ") :]
+    if message.startswith(f"cannot read image {path} "):
+        return "cannot be decoded " + message[len(f"cannot read image {path} ") :]
+    return message
 
 
 def load_image(path: Path) -> Image.Image:

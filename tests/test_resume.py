@@ -1,0 +1,141 @@
+"""Resume is exact and refuses what it cannot resume: an interrupted run continued from its
+last checkpoint gives the uninterrupted run's history value for value; another task, changed
+settings, a finished run, an anomaly fit or a run that never checkpointed are refused."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import defectkit
+from defectkit.cli import main
+from defectkit.config import ConfigError
+from defectkit.engine.train import load_checkpoint
+from defectkit.tasks import classify, segment
+
+CLASSIFY = [
+    "data.image_size=64",
+    "train.epochs=3",
+    "train.batch_size=8",
+    "train.sampler=oversample",  # a sampler with its own generator, saved and restored too
+    "split.val_fraction=0.2",
+]
+SEGMENT = [
+    "task=segment",
+    "data.image_size=64",
+    "train.epochs=3",
+    "train.batch_size=8",
+    "segment.encoder_depth=3",
+]
+
+
+def _history(run_dir: Path) -> list[dict]:
+    rows = load_checkpoint(run_dir / "checkpoints" / "last.pt")["history"]
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def _interrupt_after_first_epoch(monkeypatch, module, name: str) -> None:
+    """The module's `name` raises KeyboardInterrupt on its second call (classify: the start
+    of epoch 2; segment: the end of epoch 2, after its checkpoint)."""
+    original, calls = getattr(module, name), {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupting)
+
+
+@pytest.mark.parametrize(
+    ("module", "hook", "settings", "data"),
+    [
+        (classify, "train_one_epoch", CLASSIFY, "synthetic_root"),
+        (segment, "write_history", SEGMENT, "tiles"),
+    ],
+    ids=["classify", "segment"],
+)
+def test_a_resumed_run_reproduces_the_uninterrupted_one(
+    module, hook, settings, data, request, tmp_path, monkeypatch
+):
+    root = request.getfixturevalue(data)
+    overrides = [f"data.root={root}", f"out_dir={tmp_path}", *settings]
+    whole, _ = defectkit.train(None, [*overrides, "name=whole"])
+    with monkeypatch.context() as patch:
+        _interrupt_after_first_epoch(patch, module, hook)
+        with pytest.raises(KeyboardInterrupt, match="defectkit train --resume"):
+            defectkit.train(None, [*overrides, "name=cut"])
+    cut = tmp_path / "cut"
+    stopped_after = load_checkpoint(cut / "checkpoints" / "last.pt")["epoch"]
+    assert stopped_after < len(_history(whole)) - 1  # epochs were left to run
+    defectkit.train(resume=cut)
+    assert len(_history(whole)) == len(_history(cut)) >= 2
+    assert _history(cut) == _history(whole)  # exact: every RNG and the data order restored
+
+
+@pytest.fixture(scope="module")
+def interrupted(synthetic_root, tmp_path_factory):
+    """A classify run folder stopped after its first epoch."""
+    out = tmp_path_factory.mktemp("resume")
+    with pytest.MonkeyPatch.context() as patch:
+        _interrupt_after_first_epoch(patch, classify, "train_one_epoch")
+        with pytest.raises(KeyboardInterrupt):
+            defectkit.train(
+                None, [f"data.root={synthetic_root}", f"out_dir={out}", "name=cut", *CLASSIFY]
+            )
+    return out / "cut"
+
+
+def test_resume_refuses_another_task(interrupted, capsys):
+    code = main(["train", "--resume", str(interrupted), "--config", "mt_anomaly"])
+    assert code == 2
+    assert "is a classify run; --config asks for task anomaly" in capsys.readouterr().err
+
+
+def test_resume_refuses_settings_that_change_the_run_and_lists_them(interrupted):
+    with pytest.raises(ConfigError) as caught:
+        defectkit.train(None, ["train.lr=0.05", "train.epochs=9"], resume=interrupted)
+    message = str(caught.value)
+    assert "train.lr: 0.001 -> 0.05" in message and "train.epochs: 3 -> 9" in message
+    assert "train.threads" in message  # says what may change
+
+
+def test_resume_accepts_settings_that_only_change_how_it_runs(interrupted):
+    from defectkit.runs import resume_config
+
+    config = resume_config(interrupted, None, ["train.threads=1", "data.num_workers=0"])
+    assert config.train.threads == 1 and config.train.epochs == 3
+
+
+def test_resume_refuses_finished_anomaly_and_never_checkpointed_runs(tmp_path, interrupted):
+    saved = yaml.safe_load((interrupted / "config.yaml").read_text())
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "config.yaml").write_text(yaml.safe_dump(saved))
+    (finished / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match="finished run"):
+        defectkit.train(resume=finished)
+    anomaly = tmp_path / "anomaly"
+    anomaly.mkdir()
+    (anomaly / "config.yaml").write_text(yaml.safe_dump({**saved, "task": "anomaly"}))
+    with pytest.raises(ConfigError, match="anomaly run: its fit is one pass"):
+        defectkit.train(resume=anomaly)
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "config.yaml").write_text(yaml.safe_dump(saved))
+    (early / "FAILED.txt").write_text("DatasetError: 3 bad images\n")
+    with pytest.raises(ConfigError, match=r"no checkpoints/last.pt.*3 bad images"):
+        defectkit.train(resume=early)
+
+
+def test_an_interrupt_before_the_first_checkpoint_leaves_no_folder(
+    synthetic_root, tmp_path, monkeypatch
+):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(classify, "train_one_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt, match="nothing was trained"):
+        defectkit.train(None, [f"data.root={synthetic_root}", f"out_dir={tmp_path}", "name=r"])
+    assert not (tmp_path / "r").exists()
