@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,78 +19,18 @@ from defectkit.data.formats import DatasetError, is_image
 from defectkit.data.images import load_image
 from defectkit.data.tiles import slide
 from defectkit.data.transforms import RESIZE_MODES, content_box, eval_transform, to_image_size
+from defectkit.predictions import (
+    Prediction,
+    Region,
+    decide_anomaly,
+    decide_class,
+    decide_segment,
+    normalisation_of,
+)
 
-OK_NAMES = ("ok", "good", "free", "normal", "pass")
 BACKENDS = ("torch", "onnx")
-MAX_REGIONS = 20
 
 
-@dataclass
-class Region:
-    """A connected area of the anomaly map at or above the threshold, in image pixels."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-    area: int
-    peak: float  # highest normalised score inside (0.5 = the threshold)
-
-
-@dataclass
-class Prediction:
-    image: str
-    label: str
-    scores: dict[str, float]
-    ok: bool | None  # None when the model's classes say nothing about OK / NG
-    ng_score: float | None = None  # anomaly: normalised, 0.5 at the threshold
-    threshold: float | None = None  # on the same scale as ng_score
-    heat_map: Any = None  # anomaly: (H, W) normalised map; segment: defect probability
-    mask: Any = None  # segment: (H, W) bool defect mask after the gate, at the image's size
-    regions: list[Region] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything but the heat map and mask, JSON-ready."""
-        out = asdict(self)
-        out.pop("heat_map")
-        out.pop("mask")
-        return out
-
-
-def normalise(raw: np.ndarray | float, norm: dict[str, float]) -> np.ndarray:
-    """Raw anomaly scores -> [0, 1] with the calibrated threshold at 0.5 and the spread of the
-    defect-free calibration scores setting the scale, so that maps and scores of any method
-    read the same way."""
-    value = 0.5 + (np.asarray(raw, dtype=np.float64) - norm["threshold"]) / (2 * norm["scale"])
-    return np.clip(value, 0.0, 1.0)
-
-
-def normalisation_of(meta: dict[str, Any]) -> dict[str, float]:
-    """Bundles written before normalisation was stored map 0 -> 0 and 2 x threshold -> 1."""
-    return meta.get("normalisation") or {
-        "threshold": meta["threshold"],
-        "scale": max(abs(meta["threshold"]), 1e-12),
-    }
-
-
-def find_regions(heat_map: np.ndarray, level: float = 0.5) -> list[Region]:
-    from scipy import ndimage
-
-    labels, count = ndimage.label(heat_map >= level)
-    regions = []
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        inside = labels[box] == index
-        regions.append(
-            Region(
-                x=box[1].start,
-                y=box[0].start,
-                width=box[1].stop - box[1].start,
-                height=box[0].stop - box[0].start,
-                area=int(inside.sum()),
-                peak=float(heat_map[box][inside].max()),
-            )
-        )
-    return sorted(regions, key=lambda r: -r.peak)[:MAX_REGIONS] if count else []
 
 
 class _OnnxRunner:
@@ -212,52 +151,27 @@ class Inspector:
 
     def _anomaly(self, name: str, amap: np.ndarray, size: tuple[int, int]) -> Prediction:
         """The smoothed map cropped to the image's content; its maximum, the raw image score,
-        against the threshold calibrated at fit decides OK/NG. Score and map are reported
-        normalised (0.5 = threshold), the map resized to the image's own size."""
-        good, bad = self.classes
+        decides OK/NG (predictions.decide_anomaly), the map resized to the image's size."""
         top, left, h, w = content_box(*size, self.size, self.resize)
         raw = float(amap[top : top + h, left : left + w].max())
-        ok = raw < self.threshold
         full = to_image_size(amap, size, self.size, self.resize)
-        heat = normalise(full, self.norm).astype(np.float32)
-        score = float(normalise(raw, self.norm))
-        return Prediction(
-            name,
-            good if ok else bad,
-            {"anomaly_score": raw, bad: score},
-            ok,
-            score,
-            0.5,
-            heat_map=full.astype(np.float32) if self.raw_maps else heat,
-            regions=[] if ok else find_regions(heat),
+        return decide_anomaly(
+            name, raw, full, self.classes, self.threshold, self.norm, self.raw_maps
         )
 
     def _segment(
         self, name: str, probability: np.ndarray, gate: float, size: tuple[int, int]
     ) -> Prediction:
-        """Probabilities cropped to the image's content and resized to its size; the mask
-        is what passes mask_threshold, without regions under min_region pixels, and empty
-        when the gate calls the image OK. With a gate, the gate decides OK/NG (an NG image
-        may show no region); without one, NG = a non-empty mask."""
-        from defectkit.metrics import drop_small_regions
-
+        """Probabilities cropped to the image's content and resized to its size, then the
+        mask and OK/NG call of predictions.decide_segment."""
         full = to_image_size(probability, size, self.size, self.resize)
-        mask = drop_small_regions(full >= self.meta["mask_threshold"], self.meta["min_region"])
-        if self.meta["gate"]:
-            ok = gate < self.threshold
-            mask = np.zeros_like(mask) if ok else mask
-        else:
-            ok = not mask.any()
-        return Prediction(
+        return decide_segment(
             name,
-            "ok" if ok else "defect",
-            {"defect": float(full.max()), "gate": gate},
-            ok,
-            gate if self.meta["gate"] else float(full.max()),
-            self.threshold if self.meta["gate"] else self.meta["mask_threshold"],
-            heat_map=full.astype(np.float32),
-            mask=mask,
-            regions=find_regions(np.where(mask, full, 0.0), self.meta["mask_threshold"]),
+            full,
+            gate,
+            self.threshold if self.meta["gate"] else None,
+            self.meta["mask_threshold"],
+            self.meta["min_region"],
         )
 
     def _tiled(
@@ -271,18 +185,7 @@ class Inspector:
         return self._segment(name, probability.numpy(), gate, (image.height, image.width))
 
     def _decide(self, name: str, row: np.ndarray) -> Prediction:
-        scores = {c: float(p) for c, p in zip(self.classes, row, strict=True)}
-        label = self.classes[int(np.argmax(row))]
-        if self.positive is not None and self.threshold is not None:
-            ng_score = scores[self.positive]
-            is_ng = ng_score >= self.threshold
-            negatives = [c for c in self.classes if c != self.positive]
-            label = self.positive if is_ng else max(negatives, key=scores.__getitem__)
-            return Prediction(name, label, scores, not is_ng, ng_score, self.threshold)
-        ok_class = next((c for c in self.classes if c.lower() in OK_NAMES), None)
-        ok = None if ok_class is None else label == ok_class
-        ng_score = None if ok_class is None else 1.0 - scores[ok_class]
-        return Prediction(name, label, scores, ok, ng_score)
+        return decide_class(name, row, self.classes, self.positive, self.threshold)
 
     def predict(
         self,

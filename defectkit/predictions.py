@@ -1,18 +1,178 @@
-"""Prediction rows on disk: one format for `defectkit predict` and a run's predictions.csv,
-so what a report lists and what the shipped bundle says on the line read the same way.
+"""What a model says about one image, how that is decided from its raw outputs, and how it
+is written to disk: one code path for the Inspector on the line, `defectkit predict` and a
+training run's own predictions.csv, so that a report shows exactly what the bundle decides.
 
 CSV columns: image, label, ok, ng_score, threshold, regions (a count), score_<name> for every
 score the model gives, error (why a file was skipped; empty otherwise), then any extra
-columns the caller adds (a run adds `truth`). JSONL holds the same fields, with the regions
-as boxes and the scores as a mapping."""
+columns the caller adds (a run adds `truth` and its per-image numbers). JSONL holds the same
+fields, with the regions as boxes and the scores as a mapping."""
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+import numpy as np
+
+OK_NAMES = ("ok", "good", "free", "normal", "pass")
+MAX_REGIONS = 20
+
+
+@dataclass
+class Region:
+    """A connected area of the anomaly map at or above the threshold, in image pixels."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    area: int
+    peak: float  # highest normalised score inside (0.5 = the threshold)
+
+
+@dataclass
+class Prediction:
+    image: str
+    label: str
+    scores: dict[str, float]
+    ok: bool | None  # None when the model's classes say nothing about OK / NG
+    ng_score: float | None = None  # anomaly: normalised, 0.5 at the threshold
+    threshold: float | None = None  # on the same scale as ng_score
+    heat_map: Any = None  # anomaly: (H, W) normalised map; segment: defect probability
+    mask: Any = None  # segment: (H, W) bool defect mask after the gate, at the image's size
+    regions: list[Region] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the heat map and mask, JSON-ready."""
+        out = asdict(self)
+        out.pop("heat_map")
+        out.pop("mask")
+        return out
+
+
+def normalise(raw: np.ndarray | float, norm: dict[str, float]) -> np.ndarray:
+    """Raw anomaly scores -> [0, 1] with the calibrated threshold at 0.5 and the spread of the
+    defect-free calibration scores setting the scale, so that maps and scores of any method
+    read the same way."""
+    value = 0.5 + (np.asarray(raw, dtype=np.float64) - norm["threshold"]) / (2 * norm["scale"])
+    return np.clip(value, 0.0, 1.0)
+
+
+def normalisation_of(meta: dict[str, Any]) -> dict[str, float]:
+    """Bundles written before normalisation was stored map 0 -> 0 and 2 x threshold -> 1."""
+    return meta.get("normalisation") or {
+        "threshold": meta["threshold"],
+        "scale": max(abs(meta["threshold"]), 1e-12),
+    }
+
+
+def find_regions(heat_map: np.ndarray, level: float = 0.5) -> list[Region]:
+    from scipy import ndimage
+
+    labels, count = ndimage.label(heat_map >= level)
+    regions = []
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[box] == index
+        regions.append(
+            Region(
+                x=box[1].start,
+                y=box[0].start,
+                width=box[1].stop - box[1].start,
+                height=box[0].stop - box[0].start,
+                area=int(inside.sum()),
+                peak=float(heat_map[box][inside].max()),
+            )
+        )
+    return sorted(regions, key=lambda r: -r.peak)[:MAX_REGIONS] if count else []
+
+
+def decide_class(
+    name: str,
+    probabilities: np.ndarray,
+    classes: list[str],
+    positive: str | None = None,
+    threshold: float | None = None,
+) -> Prediction:
+    """A classifier's call. An OK/NG model with a threshold calls NG when the NG class's
+    probability reaches it (else the likeliest other class); others take the likeliest class,
+    OK when that is an OK-named class."""
+    scores = {c: float(p) for c, p in zip(classes, probabilities, strict=True)}
+    label = classes[int(np.argmax(probabilities))]
+    if positive is not None and threshold is not None:
+        ng_score = scores[positive]
+        is_ng = ng_score >= threshold
+        negatives = [c for c in classes if c != positive]
+        label = positive if is_ng else max(negatives, key=scores.__getitem__)
+        return Prediction(name, label, scores, not is_ng, ng_score, threshold)
+    ok_class = next((c for c in classes if c.lower() in OK_NAMES), None)
+    ok = None if ok_class is None else label == ok_class
+    ng_score = None if ok_class is None else 1.0 - scores[ok_class]
+    return Prediction(name, label, scores, ok, ng_score)
+
+
+def decide_anomaly(
+    name: str,
+    raw: float,
+    full_map: np.ndarray,
+    classes: list[str],
+    threshold: float,
+    norm: dict[str, float],
+    raw_maps: bool = False,
+) -> Prediction:
+    """An anomaly model's call: the raw image score against the threshold calibrated at fit;
+    score and map reported normalised (0.5 = threshold), regions where the map passes it.
+    `full_map` is the raw map at the image's own size."""
+    good, bad = classes
+    ok = raw < threshold
+    heat = normalise(full_map, norm).astype(np.float32)
+    score = float(normalise(raw, norm))
+    return Prediction(
+        name,
+        good if ok else bad,
+        {"anomaly_score": float(raw), bad: score},
+        ok,
+        score,
+        0.5,
+        heat_map=full_map.astype(np.float32) if raw_maps else heat,
+        regions=[] if ok else find_regions(heat),
+    )
+
+
+def decide_segment(
+    name: str,
+    probability: np.ndarray,
+    gate: float,
+    gate_threshold: float | None,
+    mask_threshold: float,
+    min_region: int,
+) -> Prediction:
+    """A segmenter's call from its pixel probabilities at the image's own size: the mask is
+    what passes mask_threshold, without regions under min_region pixels, and empty when the
+    gate calls the image OK. With a gate (gate_threshold given) the gate decides OK/NG (an NG
+    image may show no region); without one, NG = a non-empty mask."""
+    from defectkit.metrics import drop_small_regions
+
+    mask = drop_small_regions(probability >= mask_threshold, min_region)
+    if gate_threshold is not None:
+        ok = gate < gate_threshold
+        mask = np.zeros_like(mask) if ok else mask
+    else:
+        ok = not mask.any()
+    return Prediction(
+        name,
+        "ok" if ok else "defect",
+        {"defect": float(probability.max()), "gate": float(gate)},
+        ok,
+        float(gate) if gate_threshold is not None else float(probability.max()),
+        gate_threshold if gate_threshold is not None else mask_threshold,
+        heat_map=probability.astype(np.float32),
+        mask=mask,
+        regions=find_regions(np.where(mask, probability, 0.0), mask_threshold),
+    )
+
 
 BASE_COLUMNS = ["image", "label", "ok", "ng_score", "threshold", "regions"]
 
