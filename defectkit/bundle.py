@@ -23,6 +23,8 @@ BUNDLE_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "bundle.json"
 
+ANOMALOUS = "anomalous"  # the NG class name of every anomaly bundle
+
 
 class BundleError(ValueError):
     """A bundle folder that is incomplete, damaged or from an unknown format version."""
@@ -109,7 +111,7 @@ def save_anomaly_bundle(
             "task": "anomaly",
             "method": ac.method,
             "method_options": {"layers": list(ac.layers), "blur_sigma": ac.blur_sigma},
-            "classes": [good_label, "anomalous"],
+            "classes": [good_label, ANOMALOUS],
             # image score (max of the smoothed map) at or above this is NG; calibrated on
             # defect-free images for the false-alarm rate below
             "threshold": threshold,

@@ -142,6 +142,14 @@ class RunConfig:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
 
 
+# the config sections each task reads (a report shows only these)
+TASK_SECTIONS = {
+    "classify": ("data", "split", "model", "train", "eval"),
+    "segment": ("data", "split", "model", "train", "eval", "segment"),
+    "anomaly": ("data", "split", "model", "train", "anomaly"),
+}
+
+
 class ConfigError(ValueError):
     """A config file or override that does not fit the dataclasses."""
 

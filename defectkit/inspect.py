@@ -31,8 +31,6 @@ from defectkit.predictions import (
 BACKENDS = ("torch", "onnx")
 
 
-
-
 class _OnnxRunner:
     def __init__(self, meta: dict[str, Any], threads: int | None):
         import onnxruntime as ort

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from defectkit.config import RunConfig, config_to_dict
+from defectkit.config import TASK_SECTIONS, RunConfig, config_to_dict
 from defectkit.data.images import load_image
 from defectkit.metrics import binary_metrics
 
@@ -124,6 +124,41 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
 
 
+def seconds_text(value: float) -> str:
+    """110.89 -> "1 min 51 s"; 4.2 -> "4.2 s"."""
+    if value >= 60:
+        minutes, rest = divmod(round(value), 60)
+        return f"{minutes} min {rest} s"
+    return f"{value:.1f} s"
+
+
+def megabytes_text(value: float) -> str:
+    return f"{value:,.0f} MB" if value >= 10 else f"{value:.1f} MB"
+
+
+def weights_text(info: dict[str, Any]) -> str:
+    """Where the weights came from, as a sentence."""
+    if not info.get("pretrained"):
+        text = "No pretrained weights: the network was trained from its random initialisation."
+    else:
+        digest = info.get("weights_sha256") or ""
+        text = f"ImageNet weights from {info.get('weights_file', 'timm')}" + (
+            f" (sha256 {digest[:16]}…)." if digest else "."
+        )
+    if info.get("warm_start"):
+        text += f" Warm-started from {info['warm_start']}."
+    return text
+
+
+def fit_text(fit: dict[str, Any]) -> str:
+    """An anomaly fit's facts ({"patches": 9216, "memory_bank": 92}) as a phrase."""
+
+    def show(value: Any) -> str:
+        return f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
+
+    return ", ".join(f"{key.replace('_', ' ')} {show(value)}" for key, value in fit.items())
+
+
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right}th{background:#f3f3f3}h2{border-bottom:2px solid #eee;margin-top:1.6em}
@@ -132,7 +167,11 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}.big{font-size:1
 
 def _write_page(run_dir: Path, config: RunConfig, parts: list[str]) -> Path:
     """report.html: the given sections, then the run's configuration."""
-    config_text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    used = TASK_SECTIONS.get(config.task)
+    values = config_to_dict(config)
+    if used is not None:  # only the sections this task reads
+        values = {k: v for k, v in values.items() if not isinstance(v, dict) or k in used}
+    config_text = yaml.safe_dump(values, sort_keys=False)
     left_out = run_dir / "left_out.json"
     if left_out.is_file():
         rows = [[b["file"], b["reason"]] for b in json.loads(left_out.read_text())]
@@ -156,6 +195,8 @@ def _write_page(run_dir: Path, config: RunConfig, parts: list[str]) -> Path:
 def write_classify_report(
     run_dir: Path, config: RunConfig, summary: dict, history: list[dict], result: dict[str, Any]
 ) -> Path:
+    """Every headline number, the per-class table and the confusion matrix are the bundle's
+    own decisions (at its threshold, for OK/NG models); the plain 0.5 view follows, labelled."""
     plots = run_dir / "plots"
     classes = list(result["per_class"])
     parts = [
@@ -163,6 +204,9 @@ def write_classify_report(
         f"<p class=big>test accuracy <b>{result['accuracy']:.4f}</b> · balanced accuracy "
         f"{result['balanced_accuracy']:.4f} · macro F1 {result['macro_f1']:.4f} · "
         f"{result['split_size']} test images</p>",
+        f"<p>Decided as the shipped bundle decides: {html.escape(result['decided_by'])}. "
+        "predictions.csv holds each test image's decision in the columns of "
+        "<code>defectkit predict</code>, with its true label.</p>",
     ]
     counts = summary["counts"]
     parts += [
@@ -176,16 +220,19 @@ def write_classify_report(
             _embed(plot_learning_curves(history, plots / "learning_curves.png")),
         ]
     parts += [
-        "<h2>Test metrics</h2>",
-        _table(
-            [
-                [c, m["precision"], m["recall"], m["f1"], m["support"]]
-                for c, m in result["per_class"].items()
-            ],
-            ["class", "precision", "recall", "F1", "support"],
-        ),
+        "<h2>Test metrics (the bundle's decisions)</h2>",
+        _per_class_table(result),
         _embed(plot_confusion(result["confusion_matrix"], classes, plots / "confusion_matrix.png")),
     ]
+    if "at_0.5" in result:
+        plain = result["at_0.5"]
+        parts += [
+            "<h3>For comparison: the likeliest class (a 0.5 cut-off), not what the bundle "
+            "does</h3>",
+            f"<p>accuracy {plain['accuracy']:.4f} · balanced accuracy "
+            f"{plain['balanced_accuracy']:.4f} · macro F1 {plain['macro_f1']:.4f}</p>",
+            _per_class_table(plain),
+        ]
     binary = result.get("binary")
     if binary and "auc" in binary:
         rows = [
@@ -198,7 +245,7 @@ def write_classify_report(
                 p["ng_f1"],
             ]
             for name, p in (
-                ("chosen: " + binary["threshold_rule"], binary["at_threshold"]),
+                (f"the bundle's ({binary['threshold_rule']})", binary["at_threshold"]),
                 ("0.5", binary["at_0.5"]),
                 ("95% OK specificity", binary["at_95_specificity"]),
             )
@@ -206,7 +253,9 @@ def write_classify_report(
         parts += [
             f"<h2>OK / NG ({html.escape(result['positive'])} is NG)</h2>",
             f"<p>ROC AUC {binary['auc']:.4f} · average precision "
-            f"{binary['average_precision']:.4f}</p>",
+            f"{binary['average_precision']:.4f} · the bundle's threshold "
+            f"{binary['threshold']:.4f}, chosen on the {binary['threshold_chosen_on']} images "
+            f"by the {binary['threshold_rule']} rule</p>",
             _table(
                 rows,
                 [
@@ -221,29 +270,42 @@ def write_classify_report(
             _embed(plot_roc_pr(binary, plots / "roc_pr.png")),
         ]
     mistakes = result.get("worst_mistakes", [])
-    parts.append("<h2>Worst mistakes</h2>")
+    parts.append("<h2>Worst mistakes (the bundle's decisions, most confident first)</h2>")
     if mistakes:
         items = [
-            (Path(m["image"]), f"{m['label']} → {m['predicted']} {m['confidence']:.2f}")
+            (
+                Path(m["image"]),
+                f"{Path(m['image']).name}\n{m['label']} → {m['predicted']} {m['confidence']:.2f}",
+            )
             for m in mistakes
         ]
         parts.append(_embed(plot_image_grid(items, plots / "worst_mistakes.png")))
     else:
         parts.append("<p>none: every test image was classified correctly.</p>")
     timing = [
-        ["training wall time (s)", result.get("train_seconds", 0.0)],
-        ["whole run (s)", result.get("total_seconds", 0.0)],
-        ["inference images/s", result.get("images_per_second", 0.0)],
-        ["peak memory (MB RSS)", result.get("peak_rss_mb", 0.0)],
+        ["training wall time", seconds_text(result.get("train_seconds", 0.0))],
+        ["whole run", seconds_text(result.get("total_seconds", 0.0))],
+        ["inference", f"{result.get('images_per_second', 0.0):,.0f} images/s"],
+        ["peak memory (RSS)", megabytes_text(result.get("peak_rss_mb", 0.0))],
         ["device", result.get("device", "")],
         ["epochs", result.get("epochs_run", 0)],
     ]
     parts += [
         "<h2>Timing and memory</h2>",
         _table(timing, ["what", "value"]),
-        f"<p>weights: {html.escape(str(result.get('weights', {})))}</p>",
+        f"<p>{html.escape(weights_text(result.get('weights', {})))}</p>",
     ]
     return _write_page(run_dir, config, parts)
+
+
+def _per_class_table(metrics: dict[str, Any]) -> str:
+    return _table(
+        [
+            [c, m["precision"], m["recall"], m["f1"], m["support"]]
+            for c, m in metrics["per_class"].items()
+        ],
+        ["class", "precision", "recall", "F1", "support"],
+    )
 
 
 # ---------------------------------------------------------------- anomaly runs
@@ -344,16 +406,16 @@ def write_anomaly_report(
         for name, v in result["per_class"].items()
     ]
     timing = [
-        ["fit (s)", result["fit_seconds"]],
-        ["ms per image", result["ms_per_image"]],
-        ["peak memory (MB RSS)", result["peak_rss_mb"]],
-        ["memory bank (MB)", result["model_mb"]],
+        ["fit", seconds_text(result["fit_seconds"])],
+        ["inference", f"{result['ms_per_image']:.1f} ms per image"],
+        ["peak memory (RSS)", megabytes_text(result["peak_rss_mb"])],
+        ["model state (memory bank, Gaussians)", megabytes_text(result["model_mb"])],
         ["device", result["device"]],
     ]
     parts = [
         f"<h1>defectkit anomaly: {html.escape(run_dir.name)}</h1>",
         f"<p class=big>{headline}</p>",
-        f"<p>fit on {result['fit']} ; threshold {threshold:.4f} calibrated on "
+        f"<p>fit: {html.escape(fit_text(result['fit']))}; threshold {threshold:.4f} calibrated on "
         f"{result['calibration_images']} held-out defect-free images for a "
         f"{100 * result['false_alarm_rate_target']:.1f}% false-alarm rate</p>",
         "<h2>Scores</h2>",
@@ -506,11 +568,16 @@ def write_segment_report(
             _embed(plot_mask_pairs(pairs(false_alarms[:6]), plots / "masks_false_alarms.png")),
         ]
     timing = [
-        ["training (s)", result["train_seconds"]],
-        ["ms per image (batch 16)", result["ms_per_image"]],
-        ["peak memory (MB RSS)", result["peak_rss_mb"]],
-        ["model (MB)", result["model_mb"]],
+        ["training", seconds_text(result["train_seconds"])],
+        ["inference (batch 16)", f"{result['ms_per_image']:.1f} ms per image"],
+        ["peak memory (RSS)", megabytes_text(result["peak_rss_mb"])],
+        ["model", megabytes_text(result["model_mb"])],
         ["device", result["device"]],
+        ["epochs", result.get("epochs_run", 0)],
     ]
-    parts += ["<h2>Timing and memory</h2>", _table(timing, ["what", "value"])]
+    parts += [
+        "<h2>Timing and memory</h2>",
+        _table(timing, ["what", "value"]),
+        f"<p>{html.escape(weights_text(result.get('weights', {})))}</p>",
+    ]
     return _write_page(run_dir, config, parts)

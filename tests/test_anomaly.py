@@ -117,8 +117,10 @@ def test_bundle_reproduces_the_run_scores_and_decisions(anomaly_run):
     predictions = list(inspector.predict([row["image"] for row in rows]))
     for row, prediction in zip(rows, predictions, strict=True):
         raw = prediction.scores["anomaly_score"]
-        assert raw == pytest.approx(float(row["score"]), rel=1e-6, abs=1e-6)
-        assert prediction.ok == (row["flagged"] == "False")
+        assert raw == pytest.approx(float(row["score_anomaly_score"]), rel=1e-6, abs=1e-6)
+        # the run's predictions.csv is the bundle's call, in the columns of `defectkit predict`
+        assert prediction.ok == (row["ok"] == "True") and prediction.label == row["label"]
+        assert len(prediction.regions) == int(row["regions"])
         # reported normalised: 0.5 is the calibrated threshold
         assert prediction.threshold == 0.5
         assert (prediction.ng_score >= 0.5) == (raw >= result["threshold"])
@@ -242,7 +244,7 @@ def test_pad_mode_maps_are_cropped_to_each_image(tiles, tmp_path):
     predictions = list(Inspector(run_dir).predict([row["image"] for row in rows]))
     for row, prediction in zip(rows, predictions, strict=True):
         assert prediction.scores["anomaly_score"] == pytest.approx(
-            float(row["score"]), rel=1e-6, abs=1e-6
+            float(row["score_anomaly_score"]), rel=1e-6, abs=1e-6
         )
         assert prediction.heat_map.shape == (64, 40)
 

@@ -1,6 +1,7 @@
 """The classify task end to end on tiny synthetic images: run folder, strategies, resume,
 warm start, bundle, Inspector."""
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -73,11 +74,11 @@ def test_finetuning_lowers_the_training_loss(finetuned):
 def test_inspector_reproduces_the_run_predictions(finetuned):
     run_dir, _result = finetuned
     inspector = Inspector(run_dir)
-    lines = (run_dir / "predictions.csv").read_text().splitlines()[1:]
-    paths = [line.split(",")[0] for line in lines]
-    expected = [line.split(",")[2] for line in lines]
+    rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
+    paths = [row["image"] for row in rows]
     got = [p.label for p in inspector.predict(paths, batch_size=5)]
-    assert got == expected
+    assert got == [row["label"] for row in rows]
+    assert {row["truth"] for row in rows} == {"ok", "scratch", "spot"}
     ok = next(iter(inspector.predict(paths[:1])))
     assert ok.ok == (ok.label == "ok") and ok.ng_score == pytest.approx(1 - ok.scores["ok"])
 
@@ -238,3 +239,42 @@ def test_altered_bundle_is_refused(finetuned, tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="does not match the checksum"):
         Inspector(bundle)
+
+
+def test_ok_ng_report_and_csv_show_what_the_bundle_decides(synthetic_root, tmp_path):
+    """The headline numbers, confusion matrix and predictions.csv of an OK/NG run are the
+    bundle's decisions at its threshold, not a 0.5 cut-off."""
+    import json
+    import shutil
+
+    root = tmp_path / "okng"
+    shutil.copytree(synthetic_root / "ok", root / "ok")
+    shutil.copytree(synthetic_root / "spot", root / "ng")
+    # recall 1.0 on validation: the threshold goes below the NG scores of all NG images
+    config = _config(
+        root, tmp_path, "okng", "eval.threshold_rule=recall", "eval.target=1.0", "train.epochs=1"
+    )
+    run_dir, result = _run(config)
+    threshold = result["binary"]["threshold"]
+    assert threshold != pytest.approx(0.5)
+    assert "the bundle's threshold" in result["decided_by"]
+    rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
+    for row in rows:
+        assert row["label"] == ("ng" if float(row["score_ng"]) >= threshold else "ok")
+        assert float(row["threshold"]) == pytest.approx(threshold, rel=1e-6)
+    correct = sum(row["label"] == row["truth"] for row in rows)
+    assert result["accuracy"] == pytest.approx(correct / len(rows))
+    matrix = result["confusion_matrix"]  # rows: truth, columns: decision (classes sorted)
+    assert matrix[0][0] == sum(r["truth"] == "ng" and r["label"] == "ng" for r in rows)
+    assert matrix[1][0] == sum(r["truth"] == "ok" and r["label"] == "ng" for r in rows)
+    inspector = Inspector(run_dir)
+    assert [p.label for p in inspector.predict([r["image"] for r in rows])] == [
+        r["label"] for r in rows
+    ]
+    assert "at_0.5" in result  # the plain view stays, labelled as such
+    report = (run_dir / "report.html").read_text()
+    assert "Decided as the shipped bundle decides" in report and "For comparison" in report
+    assert "110.8914" not in report and "{'pretrained'" not in report
+    assert "anomaly:" not in report and "segment:" not in report  # only classify's sections
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["accuracy"] == result["accuracy"]

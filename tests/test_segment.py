@@ -187,9 +187,14 @@ def test_inspector_and_onnx_reproduce_the_run_masks(segment_run, tmp_path):
     inspector = Inspector(run_dir)
     for row, p in zip(rows, inspector.predict([r["image"] for r in rows]), strict=True):
         gate_open = p.scores["gate"] >= inspector.threshold
-        assert p.scores["gate"] == pytest.approx(float(row["gate_ng_probability"]), abs=1e-4)
+        assert p.scores["gate"] == pytest.approx(float(row["score_gate"]), abs=1e-4)
         assert p.mask.sum() == (int(row["predicted_pixels"]) if gate_open else 0)
         assert p.ok == (not gate_open)  # the gate decides OK/NG
+        assert (p.label, str(p.ok), len(p.regions)) == (
+            row["label"],
+            row["ok"],
+            int(row["regions"]),
+        )
         assert p.heat_map.shape == p.mask.shape == (64, 64)
     bundle = tmp_path / "bundle"
     shutil.copytree(run_dir / "bundle", bundle)
@@ -378,7 +383,7 @@ def test_a_tiled_run_predicts_at_the_images_own_size_in_every_backend(tiled_run,
     inspector = Inspector(run_dir)
     for row, p in zip(rows, inspector.predict([r["image"] for r in rows]), strict=True):
         assert p.heat_map.shape == p.mask.shape == (96, 96)  # not the 64 px window
-        assert p.scores["gate"] == pytest.approx(float(row["gate_ng_probability"]), abs=1e-4)
+        assert p.scores["gate"] == pytest.approx(float(row["score_gate"]), abs=1e-4)
         gate_open = p.scores["gate"] >= inspector.threshold
         assert p.mask.sum() == (int(row["predicted_pixels"]) if gate_open else 0)
     bundle = tmp_path / "bundle"

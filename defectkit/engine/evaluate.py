@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from defectkit.config import RunConfig
 from defectkit.data.images import ImageDataset
 from defectkit.engine.train import predict_logits
 from defectkit.metrics import binary_metrics, choose_threshold, classification_metrics
+from defectkit.predictions import PredictionWriter, decide_class
 
 
 def positive_class(classes: Sequence[str], requested: str = "") -> str | None:
@@ -55,17 +55,17 @@ def evaluate_classifier(
     seconds = time.perf_counter() - tick
     probs = logits.softmax(1).numpy()
     targets_np = targets.numpy()
-    predictions = probs.argmax(1)
+    argmax = probs.argmax(1)
     result: dict[str, Any] = {
         "split_size": len(test_set),
         "images_per_second": len(test_set) / seconds if seconds else 0.0,
-        **classification_metrics(targets_np, predictions, classes),
     }
     positive = positive_class(classes, config.eval.positive)
+    threshold = None
     if positive is not None and len(classes) == 2:
         k = classes.index(positive)
         rule, target = config.eval.threshold_rule, config.eval.target
-        threshold, chosen_on = None, "test"
+        chosen_on = "test"
         if val_set is not None and len({s.label for s in val_set.samples}) == 2:
             val_logits, val_targets = predict_logits(model, DataLoader(val_set, 32), device)
             val_scores = val_logits.softmax(1)[:, k].numpy()
@@ -74,35 +74,35 @@ def evaluate_classifier(
         result["positive"] = positive
         result["binary"] = binary_metrics(targets_np == k, probs[:, k], rule, target, threshold)
         result["binary"]["threshold_chosen_on"] = chosen_on
-    write_predictions(run_dir / "predictions.csv", test_set, probs, classes)
-    result["worst_mistakes"] = worst_mistakes(test_set, probs, targets_np, config.eval.worst_k)
+        threshold = result["binary"]["threshold"]
+    # every headline number is what the bundle decides: at its threshold for OK/NG models
+    decisions = [
+        decide_class(
+            str(s.image), row, classes, positive if threshold is not None else None, threshold
+        )
+        for s, row in zip(test_set.samples, probs, strict=True)
+    ]
+    predicted = np.array([classes.index(d.label) for d in decisions])
+    result.update(classification_metrics(targets_np, predicted, classes))
+    if threshold is not None:
+        result["decided_by"] = f"{positive} probability >= {threshold:.4g} (the bundle's threshold)"
+        result["at_0.5"] = classification_metrics(targets_np, argmax, classes)
+    else:
+        result["decided_by"] = "the likeliest class"
+    with PredictionWriter(run_dir / "predictions.csv", classes, extra=["truth"]) as writer:
+        for sample, decision in zip(test_set.samples, decisions, strict=True):
+            writer.write(decision, truth=sample.label)
+    result["worst_mistakes"] = worst_mistakes(
+        test_set, probs, targets_np, predicted, config.eval.worst_k
+    )
     return result
 
 
-def write_predictions(
-    path: Path, dataset: ImageDataset, probs: np.ndarray, classes: list[str]
-) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "label", "predicted", "confidence", *classes])
-        for sample, row in zip(dataset.samples, probs, strict=True):
-            writer.writerow(
-                [
-                    str(sample.image),
-                    sample.label,
-                    classes[int(row.argmax())],
-                    f"{row.max():.6f}",
-                    *(f"{p:.6f}" for p in row),
-                ]
-            )
-
-
 def worst_mistakes(
-    dataset: ImageDataset, probs: np.ndarray, targets: np.ndarray, k: int
+    dataset: ImageDataset, probs: np.ndarray, targets: np.ndarray, predicted: np.ndarray, k: int
 ) -> list[dict[str, Any]]:
-    """Wrong predictions, the most confident first: what an engineer should look at."""
+    """Wrong decisions, the most confident first: what an engineer should look at."""
     classes = list(dataset.index)
-    predicted = probs.argmax(1)
     wrong = np.nonzero(predicted != targets)[0]
     order = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:k]
     return [

@@ -4,7 +4,6 @@ AUROC, AUPRO, F1, heat maps at each image's own resolution."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import random
 import time
@@ -17,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from defectkit import bundle, report
+from defectkit.bundle import ANOMALOUS
 from defectkit.config import RunConfig, save_config
 from defectkit.data.formats import DatasetError
 from defectkit.data.images import image_tensor
@@ -187,6 +187,34 @@ def suspect_training_images(
     return result
 
 
+def write_decisions(
+    path: Path,
+    samples: Sequence[Sample],
+    scores: np.ndarray,
+    crops: Sequence[torch.Tensor],
+    good: str,
+    threshold: float,
+    norm: dict[str, float],
+) -> None:
+    """predictions.csv as `defectkit predict` writes it for the bundle (same decisions,
+    normalised scores and regions on the map at each image's own size), with the truth."""
+    from PIL import Image
+    from torch.nn import functional as F
+
+    from defectkit.predictions import PredictionWriter, decide_anomaly
+
+    classes = [good, ANOMALOUS]
+    with PredictionWriter(path, ["anomaly_score", ANOMALOUS], extra=["truth"]) as writer:
+        for sample, raw, crop in zip(samples, scores, crops, strict=True):
+            with Image.open(sample.image) as image:
+                size = (image.height, image.width)
+            full = F.interpolate(crop[None, None].float(), size=size, mode="bilinear")[0, 0]
+            decision = decide_anomaly(
+                str(sample.image), float(raw), full.numpy(), classes, threshold, norm
+            )
+            writer.write(decision, truth=sample.label)
+
+
 def normalisation(calibration_scores: np.ndarray, threshold: float) -> dict[str, float]:
     """Threshold -> 0.5, the lowest defect-free calibration score -> 0 (see
     inspect.normalise); a floor on the scale keeps one calibration image usable."""
@@ -272,20 +300,11 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         }
     )
     write_json(run_dir / "metrics.json", result)
-    with open(run_dir / "predictions.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "label", "score", "flagged"])
-        for sample, value in zip(parts["test"], test_scores, strict=True):
-            writer.writerow([str(sample.image), sample.label, f"{value:.6f}", value >= threshold])
-    bundle.save_anomaly_bundle(
-        run_dir / "bundle",
-        model,
-        config,
-        prep,
-        threshold,
-        good,
-        normalisation(calibration_scores, threshold),
+    norm = normalisation(calibration_scores, threshold)
+    write_decisions(
+        run_dir / "predictions.csv", parts["test"], test_scores, test_maps, good, threshold, norm
     )
+    bundle.save_anomaly_bundle(run_dir / "bundle", model, config, prep, threshold, good, norm)
     report.write_anomaly_report(
         run_dir, config, parts["test"], good, test_scores, test_maps, result
     )

@@ -4,7 +4,6 @@ the mask of images it calls OK, and metrics with and without the gate."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from defectkit.metrics import (
 )
 from defectkit.models.classifier import keep_frozen_bn_in_eval
 from defectkit.models.segmenter import Segmenter, build_segmenter
+from defectkit.predictions import PredictionWriter, decide_segment
 from defectkit.runs import (
     log_epoch,
     peak_rss_mb,
@@ -128,10 +128,17 @@ def evaluate_masks(
     rows = []
     for i, (probability, gate) in enumerate(zip(probabilities, gate_probs, strict=True)):
         sample, truth = dataset.samples[i], dataset.mask(i)
-        predicted = to_image_mask(
-            probability, truth.shape, config.data.image_size, config.data.resize, sc.mask_threshold
+        full = to_image_size(probability, truth.shape, config.data.image_size, config.data.resize)
+        predicted = drop_small_regions(full >= sc.mask_threshold, sc.min_region)
+        # the bundle's own call on this image (gate, gated mask, regions), for predictions.csv
+        decision = decide_segment(
+            str(sample.image),
+            full,
+            float(gate),
+            gate_threshold if sc.gate else None,
+            sc.mask_threshold,
+            sc.min_region,
         )
-        predicted = drop_small_regions(predicted, sc.min_region)
         iou = plain.add(truth, predicted, sample.label)
         passed = not sc.gate or gate >= gate_threshold
         gated_iou = gated.add(
@@ -147,6 +154,7 @@ def evaluate_masks(
                 "predicted_regions": len(regions_of(predicted)),
                 "iou": iou,
                 "iou_gated": gated_iou,
+                "decision": decision,
             }
         )
     result: dict[str, Any] = {"without_gate": plain.result()}
@@ -326,13 +334,22 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         }
     )
     write_json(run_dir / "metrics.json", result)
-    with open(run_dir / "predictions.csv", "w", newline="") as handle:
-        writer_csv = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["image"])
-        writer_csv.writeheader()
-        writer_csv.writerows(rows)
+    write_decisions(run_dir / "predictions.csv", rows)
     bundle.save_segment_bundle(run_dir / "bundle", model, config, prep, in_channels, gate_threshold)
     report.write_segment_report(run_dir, config, test_set, probabilities, rows, result, history)
     return result
+
+
+PER_IMAGE = ["truth", "true_ng", "predicted_pixels", "predicted_regions", "iou", "iou_gated"]
+
+
+def write_decisions(path: Path, rows: list[dict[str, Any]]) -> None:
+    """predictions.csv: each test image's decision in the columns of `defectkit predict`,
+    then its truth and per-image numbers (predicted_pixels and iou before the gate)."""
+    with PredictionWriter(path, ["defect", "gate"], extra=PER_IMAGE) as writer:
+        for row in rows:
+            extra = {k: row[k] for k in PER_IMAGE if k != "truth"}
+            writer.write(row["decision"], truth=row["label"], **extra)
 
 
 @torch.inference_mode()
