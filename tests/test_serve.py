@@ -87,6 +87,33 @@ def test_malformed_uploads_get_a_clear_4xx_and_the_service_keeps_serving(
     assert ok.status_code == 200
 
 
+def test_one_bad_file_among_several_gets_its_own_error_and_the_rest_are_inspected(
+    client, synthetic_root
+):
+    good = sorted(synthetic_root.glob("spot/*.png"))[:2]
+    files = [
+        ("files", (good[0].name, good[0].read_bytes(), "image/png")),
+        ("files", ("note.txt", b"a note, not an image", "text/plain")),
+        ("files", (good[1].name, good[1].read_bytes(), "image/png")),
+    ]
+    response = client.post("/inspect", files=files)
+    assert response.status_code == 207, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["ok", "error", "ok"]
+    assert [results[0]["image"], results[2]["image"]] == [good[0].name, good[1].name]
+    assert results[1]["image"] == "note.txt" and results[1]["code"] == 415
+    assert results[1]["detail"].startswith("not an image")  # the name is not repeated
+    both_bad = client.post("/inspect", files=[files[1], ("files", ("b.png", b"", "image/png"))])
+    assert both_bad.status_code == 415
+    assert [r["code"] for r in both_bad.json()["results"]] == [415, 400]
+
+
+def test_favicon_is_served(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/x-icon"
+    assert Image.open(io.BytesIO(response.content)).size == (32, 32)
+
+
 def test_decode_upload_names_the_file():
     with pytest.raises(Exception, match=r"part-17\.jpg: not an image"):
         decode_upload("part-17.jpg", b"GIF??", 10**6, 10**6)
@@ -188,6 +215,57 @@ def test_operator_page_in_headless_chromium(live_service, tiles, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
+def test_operator_page_never_shows_a_stale_verdict(live_service, tiles, tmp_path):
+    """An error replaces the verdict and picture; several files at once are inspected
+    together, a bad one shown on its own row; the empty page says what to do."""
+    from playwright.sync_api import sync_playwright
+
+    good = sorted(tiles.glob("MT_Ok/Imgs/*.jpg"))[-1]
+    bad = sorted(tiles.glob("MT_Spot/Imgs/*.jpg"))[0]
+    note = {"name": "note.txt", "mimeType": "text/plain", "buffer": b"not an image"}
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page()
+        page.goto(live_service)
+        page.wait_for_function("document.getElementById('model').textContent.includes('anomaly')")
+        assert (
+            page.locator("#empty").is_visible()
+            and "Drop images" in page.locator("#empty").inner_text()
+        )
+        page.set_input_files("#pick", [str(bad)])
+        page.wait_for_function("document.querySelectorAll('#history tr').length === 1")
+        assert page.locator("#verdict").inner_text() in ("OK", "NG")
+        assert page.locator("#view").is_visible()
+        page.set_input_files("#pick", files=[note])
+        page.wait_for_function("document.querySelectorAll('#history tr').length === 2")
+        verdict = page.locator("#verdict")
+        assert verdict.inner_text() == "NOT INSPECTED"
+        assert verdict.get_attribute("data-state") == "error"
+        assert not page.locator("#view").is_visible()  # the old picture is gone
+        error = page.locator("#error").inner_text()
+        assert error.startswith("note.txt: not an image") and "note.txt: note.txt" not in error
+        # three files in one go: the good ones inspected, the bad one on its own row
+        page.set_input_files(
+            "#pick",
+            files=[
+                {"name": good.name, "mimeType": "image/jpeg", "buffer": good.read_bytes()},
+                note,
+                {"name": bad.name, "mimeType": "image/jpeg", "buffer": bad.read_bytes()},
+            ],
+        )
+        page.wait_for_function("document.querySelectorAll('#history tr').length === 5")
+        rows = page.locator("#history tr")
+        assert [rows.nth(i).locator("td").nth(2).inner_text() for i in range(3)][1] == "error"
+        assert rows.nth(0).locator("td").nth(1).inner_text() == bad.name
+        assert rows.nth(2).locator("td").nth(1).inner_text() == good.name
+        assert page.locator("#verdict").inner_text() in ("OK", "NG")  # the last file's
+        assert "1 not inspected" not in page.locator("#counts").inner_text()
+        assert "2 not inspected" in page.locator("#counts").inner_text()
+        rows.nth(1).click()  # the bad file's row shows its error, not a verdict
+        assert page.locator("#verdict").inner_text() == "NOT INSPECTED"
+        browser.close()
+
+
 @pytest.fixture(scope="module")
 def paired_service(tmp_path_factory):
     """A segmenter that takes each image with its aligned template (DeepPCB-style pairs)."""
@@ -238,7 +316,8 @@ def test_operator_page_sends_the_reference_a_paired_model_needs(paired_service):
         page.set_input_files("#reference-pick", [str(template)])
         assert page.locator("#reference-name").inner_text() == template.name
         page.set_input_files("#pick", [str(path) for path in tested])
-        page.wait_for_function("document.querySelectorAll('#history tr').length === 2")
+        # the refused first try stays in the session list as "not inspected"
+        page.wait_for_function("document.querySelectorAll('#history tr').length === 3")
         assert page.locator("#error").inner_text() == ""
         assert page.locator("#verdict").inner_text() in ("OK", "NG")
         browser.close()

@@ -2,15 +2,19 @@
 (multipart field `files`), GET /health and /model describe it, GET / is the operator page.
 
 Uploads are checked before any inference: size, that the bytes are an image, its
-dimensions, and that it decodes completely; each failure is a 4xx that names the file and
-says what to do. Inference runs on a bounded pool of worker threads; requests beyond what
-the pool and its queue hold get 503 rather than piling up."""
+dimensions, and that it decodes completely. A request of one file that fails gets a 4xx
+that names the file and says what to do; in a request of several, every good file is
+inspected and each bad one gets its own result with status "error", the HTTP code it would
+have had and the reason (HTTP 207 when some failed, the first failure's 4xx when all did).
+Inference runs on a bounded pool of worker threads; requests beyond what the pool and its
+queue hold get 503 rather than piling up."""
 
 import asyncio
 import base64
 import io
 import logging
 import os
+import re
 import threading
 import time
 import warnings
@@ -21,14 +25,14 @@ from typing import Any
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 
+from defectkit.data.images import MAX_PIXELS, oversized
 from defectkit.inspect import Inspector
 
 log = logging.getLogger(__name__)
 
-MAX_PIXELS = 40_000_000  # a 6000 x 6000 line-scan frame passes, a decompression bomb does not
 MAX_FILES = 32
 OVERLAY_SIDE = 768
 
@@ -55,15 +59,14 @@ def decode_upload(name: str, data: bytes, max_bytes: int, max_pixels: int) -> Im
         raise UploadError(
             415, f"{name}: not an image this service reads (PNG, JPEG, BMP, TIFF, WebP)"
         ) from None
-    except Image.DecompressionBombError as error:
-        raise UploadError(413, f"{name}: {error}; send a smaller image or tile it") from None
+    except Image.DecompressionBombError as error:  # PIL's own limit, far above ours
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        raise UploadError(
+            413, oversized(name, int(found.group(1)) if found else 0, None, max_pixels)
+        ) from None
     width, height = image.size
     if width * height > max_pixels:
-        raise UploadError(
-            413,
-            f"{name}: {width} x {height} pixels is over the limit of {max_pixels:,}; "
-            "send a smaller image or tile it",
-        )
+        raise UploadError(413, oversized(name, width, height, max_pixels))
     try:
         image.load()
         return image.convert("RGB")
@@ -81,6 +84,19 @@ def overlay_data_url(image: Image.Image, prediction) -> str | None:
     buffer = io.BytesIO()
     overlay(image, prediction.heat_map, OVERLAY_SIDE).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _favicon() -> bytes:
+    """A 32 px icon for browser tabs: a green and a red square (OK / NG)."""
+    icon = Image.new("RGB", (32, 32), (29, 35, 41))
+    icon.paste((27, 135, 63), (4, 8, 15, 24))
+    icon.paste((198, 40, 40), (17, 8, 28, 24))
+    buffer = io.BytesIO()
+    icon.save(buffer, format="ICO", sizes=[(32, 32)])
+    return buffer.getvalue()
+
+
+FAVICON = _favicon()
 
 
 def page_html() -> str:
@@ -130,6 +146,10 @@ def create_app(
     async def page() -> str:
         return page_html()
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(FAVICON, media_type="image/x-icon")
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {
@@ -159,45 +179,73 @@ def create_app(
             raise UploadError(413, f"request of {length / 2**20:.1f} MB is over the limit")
         if len(files) > max_files:
             raise UploadError(413, f"{len(files)} files in one request; send at most {max_files}")
-        images, names = [], []
+        paired = bool(inspector.meta.get("reference"))
+        if paired and (not references or len(references) != len(files)):
+            raise UploadError(
+                422,
+                "this model compares each image with its aligned defect-free reference: "
+                "send one `references` file per `files` file, in the same order",
+            )
+        # every file decoded; a bad one (or its bad reference) becomes its own error result
+        names, decoded, failures = [], [], {}
         for index, upload in enumerate(files):
             name = upload.filename or f"file {index + 1}"
-            data = await upload.read(max_bytes + 1)
-            images.append(decode_upload(name, data, max_bytes, max_pixels))
             names.append(name)
-        refs = None
-        if inspector.meta.get("reference"):
-            if not references or len(references) != len(files):
-                raise UploadError(
-                    422,
-                    "this model compares each image with its aligned defect-free reference: "
-                    "send one `references` file per `files` file, in the same order",
+            try:
+                image = decode_upload(name, await upload.read(max_bytes + 1), max_bytes, max_pixels)
+                reference = None
+                if paired:
+                    ref = references[index]
+                    ref_name = ref.filename or f"reference {index + 1}"
+                    data = await ref.read(max_bytes + 1)
+                    reference = decode_upload(ref_name, data, max_bytes, max_pixels)
+                decoded.append((index, image, reference))
+            except UploadError as error:
+                failures[index] = error
+        if len(files) == 1 and failures:
+            raise failures[0]
+        predictions, elapsed = [], 0.0
+        if decoded:
+            if not slots.acquire(blocking=False):
+                raise UploadError(503, "the inspector is busy: retry in a moment")
+            try:
+                tick = time.perf_counter()
+                predictions = await asyncio.get_running_loop().run_in_executor(
+                    pool,
+                    inspector.predict_images,
+                    [image for _, image, _ in decoded],
+                    [names[i] for i, _, _ in decoded],
+                    [ref for _, _, ref in decoded] if paired else None,
                 )
-            refs = []
-            for index, upload in enumerate(references):
-                name = upload.filename or f"reference {index + 1}"
-                data = await upload.read(max_bytes + 1)
-                refs.append(decode_upload(name, data, max_bytes, max_pixels))
-        if not slots.acquire(blocking=False):
-            raise UploadError(503, "the inspector is busy: retry in a moment")
-        try:
-            tick = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            predictions = await loop.run_in_executor(
-                pool, inspector.predict_images, images, names, refs
-            )
-            elapsed = (time.perf_counter() - tick) * 1000
-        finally:
-            slots.release()
+                elapsed = (time.perf_counter() - tick) * 1000
+            finally:
+                slots.release()
         counters["inspected"] += len(predictions)
-        results = []
-        for image, prediction in zip(images, predictions, strict=True):
-            row = prediction.to_dict()
+        counters["rejected"] += len(failures)
+        results: list[dict[str, Any]] = [{} for _ in files]
+        for (index, image, _), prediction in zip(decoded, predictions, strict=True):
+            row = {"status": "ok", **prediction.to_dict()}
             row["width"], row["height"] = image.size
             if overlay:
                 row["overlay"] = overlay_data_url(image, prediction)
-            results.append(row)
-        return {"results": results, "ms": round(elapsed, 1), "task": inspector.task}
+            results[index] = row
+        for index, error in failures.items():
+            detail = error.message.removeprefix(f"{names[index]}: ")
+            results[index] = {
+                "status": "error",
+                "image": names[index],
+                "code": error.status,
+                "detail": detail,
+            }
+        payload = {"results": results, "ms": round(elapsed, 1), "task": inspector.task}
+        if failures:
+            first = failures[min(failures)]
+            status = 207 if predictions else first.status
+            return JSONResponse(
+                {**payload, "detail": f"{len(failures)} of {len(files)} file(s) not inspected"},
+                status_code=status,
+            )
+        return payload
 
     app.state.inspector = inspector
     return app
