@@ -27,7 +27,7 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
     dataset = replace(dataset, left_out=tuple(bad))
     summary = summarize(dataset)
     print(format_summary(summary))
-    out = Path(args.out)
+    out = Path(args.out or Path("runs") / f"data-inspect-{dataset.root.name}")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", summary)
     grid = plot_image_grid(sample_grid_items(dataset, summary), out / "samples.png")
@@ -255,63 +255,144 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_backbones(args: argparse.Namespace) -> int:
-    from defectkit.models.backbones import find_weights_file, list_backbones
+    """Each backbone with offline weights: where its file was found, or where to put it."""
+    from defectkit.models.backbones import list_backbones, locate_weights
 
-    for name in list_backbones():
-        try:
-            path, _ = find_weights_file(name) if args.find else (None, "")
-            where = str(path) if path else ("not found offline" if args.find else "")
-        except Exception as error:  # report every backbone, not just the first failure
-            where = f"not available: {error}"
-        print(f"{name:24s} {where}")
+    names = list_backbones()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:{width}s}  {locate_weights(name)}")
+    print(
+        "\nAny other timm name trains too (from scratch, or with --set model.weights=FILE). "
+        "Files may also go in $DEFECTKIT_WEIGHTS_DIR."
+    )
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="defectkit", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    """The shipped recipes, each with the first line of its own description."""
+    from defectkit.config import list_recipes
 
-    data = commands.add_parser("data", help="look at a dataset folder").add_subparsers(
-        dest="data_command", required=True
+    recipes = list_recipes()
+    width = max(map(len, recipes))
+    for name, line in recipes.items():
+        print(f"{name:{width}s}  {line}")
+    print(
+        "\ndefectkit config show NAME prints every setting of one; "
+        "defectkit train --config NAME runs it."
     )
-    inspect = data.add_parser("inspect", help="counts, sizes, broken files, duplicates, a grid")
-    inspect.add_argument("path")
-    inspect.add_argument("--format", default="auto")
-    inspect.add_argument("--label-mode", default="default")
-    inspect.add_argument("--out", default="data-inspect", help="folder for summary.json + grid")
-    inspect.set_defaults(func=_cmd_data_inspect)
-    data.add_parser("formats", help="the layouts defectkit reads").set_defaults(
-        func=_cmd_data_formats
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    """Every key of a recipe (or the defaults) with its value and what it means."""
+    from defectkit.config import describe_config, load_config
+
+    config = load_config(args.recipe, args.set)
+    print(describe_config(config))
+    return 0
+
+
+def _parser(commands, name: str, help: str, description: str | None = None):
+    """A subcommand whose --help shows every argument's default."""
+    return commands.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
 
-    train = commands.add_parser("train", help="train and evaluate a model; writes a run folder")
-    train.add_argument("--config", help="a YAML file or a shipped recipe name (neu_classify, ...)")
-    train.add_argument(
+
+def _set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.epochs=5",
+        help="override a config value, e.g. --set train.epochs=5 (repeatable; "
+        "`defectkit config show` lists the keys)",
     )
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="defectkit",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = _parser(commands, "data", "look at a dataset folder").add_subparsers(
+        dest="data_command", required=True, metavar="SUBCOMMAND"
+    )
+    inspect = _parser(
+        data, "inspect", "counts, sizes, unreadable files, duplicates, look-alikes, a grid"
+    )
+    inspect.add_argument("path", help="the dataset folder")
+    inspect.add_argument(
+        "--format", default="auto", help="a layout from `defectkit data formats`, or auto-detect"
+    )
+    inspect.add_argument(
+        "--label-mode", default="default", help="reader-specific, e.g. ELPV binary or 4class"
+    )
+    inspect.add_argument(
+        "--out",
+        help="folder for summary.json and samples.png (default: runs/data-inspect-<folder>)",
+    )
+    inspect.set_defaults(func=_cmd_data_inspect)
+    _parser(data, "formats", "the layouts defectkit reads").set_defaults(func=_cmd_data_formats)
+
+    train = _parser(commands, "train", "train and evaluate a model; writes a run folder")
+    train.add_argument(
+        "--config", help="a YAML file or a shipped recipe name (`defectkit recipes` lists them)"
+    )
+    _set_option(train)
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its last checkpoint (its own config; only "
+        "speed settings such as train.threads may change)",
+    )
     train.set_defaults(func=_cmd_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a bundle on a labelled dataset")
-    evaluate.add_argument("bundle")
-    evaluate.add_argument("--data", required=True)
-    evaluate.add_argument("--format", default="auto")
-    evaluate.add_argument("--label-mode", default="default")
+    recipes = _parser(commands, "recipes", "the shipped recipes, one line each")
+    recipes.set_defaults(func=_cmd_recipes)
+    config = _parser(commands, "config", "look at run settings").add_subparsers(
+        dest="config_command", required=True, metavar="SUBCOMMAND"
+    )
+    show = _parser(config, "show", "every key of a recipe with its value and meaning")
+    show.add_argument(
+        "recipe", nargs="?", help="a recipe name or YAML file (default: the built-in defaults)"
+    )
+    _set_option(show)
+    show.set_defaults(func=_cmd_config_show)
+
+    evaluate = _parser(commands, "eval", "evaluate a bundle on a labelled dataset")
+    evaluate.add_argument("bundle", help="a bundle folder, or a run folder holding bundle/")
+    evaluate.add_argument("--data", required=True, help="the labelled dataset folder")
+    evaluate.add_argument("--format", default="auto", help="its layout, or auto-detect")
+    evaluate.add_argument("--label-mode", default="default", help="reader-specific label mode")
     evaluate.add_argument("--split-manifest", help="a run's split.json, to score one part of it")
-    evaluate.add_argument("--part", default="test", choices=("train", "val", "test"))
-    evaluate.add_argument("--out", default="eval.json")
+    evaluate.add_argument(
+        "--part", default="test", choices=("train", "val", "test"), help="with --split-manifest"
+    )
+    evaluate.add_argument(
+        "--on-bad-image",
+        default="error",
+        choices=("error", "skip"),
+        help="a file that cannot be read: stop naming every one, or leave it out and list it",
+    )
+    evaluate.add_argument("--out", default="eval.json", help="where the metrics go (JSON)")
     evaluate.set_defaults(func=_cmd_eval)
 
-    predict = commands.add_parser("predict", help="label images or folders with a bundle")
-    predict.add_argument("bundle")
-    predict.add_argument("inputs", nargs="+")
-    predict.add_argument("--out", default="predictions.csv", help=".csv or .jsonl")
-    predict.add_argument("--batch-size", type=int, default=16)
+    predict = _parser(commands, "predict", "label images or folders with a bundle")
+    predict.add_argument("bundle", help="a bundle folder, or a run folder holding bundle/")
+    predict.add_argument("inputs", nargs="+", help="image files and folders (walked recursively)")
+    predict.add_argument(
+        "--out", default="predictions.csv", help=".csv or .jsonl; one row per input"
+    )
+    predict.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     predict.add_argument(
         "--backend", default="torch", choices=("torch", "onnx"), help="onnx: run `export` first"
     )
@@ -327,33 +408,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(func=_cmd_predict)
 
-    export = commands.add_parser("export", help="write model.onnx into a bundle and check it")
-    export.add_argument("bundle")
-    export.add_argument("--check", nargs="+", metavar="IMAGES", help="images or folders")
+    export = _parser(commands, "export", "write model.onnx into a bundle and check it")
+    export.add_argument("bundle", help="a bundle folder, or a run folder holding bundle/")
+    export.add_argument(
+        "--check", nargs="+", metavar="IMAGES", help="images or folders to compare PyTorch on"
+    )
     export.add_argument("--check-limit", type=int, default=64, help="images checked at most")
     export.add_argument(
         "--reference-from", metavar="OLD:NEW", help="models with a reference: as for predict"
     )
-    export.add_argument("--opset", type=int, default=18)
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     export.set_defaults(func=_cmd_export)
 
-    serve = commands.add_parser("serve", help="HTTP service + operator page for a bundle")
-    serve.add_argument("bundle")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    serve = _parser(commands, "serve", "HTTP service + operator page for a bundle")
+    serve.add_argument("bundle", help="a bundle folder, or a run folder holding bundle/")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument(
+        "--backend", default="torch", choices=("torch", "onnx"), help="onnx: run `export` first"
+    )
     serve.add_argument("--workers", type=int, default=2, help="images inspected at once")
-    serve.add_argument("--max-upload-mb", type=float, default=20.0)
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest file accepted")
     serve.set_defaults(func=_cmd_serve)
 
-    demo = commands.add_parser("demo", help="train on ELPV solar cells (pip) or synthetic data")
+    demo = _parser(commands, "demo", "train on ELPV solar cells (pip) or synthetic data")
     demo.add_argument("--synthetic", action="store_true", help="procedural images, no download")
-    demo.add_argument("--out", default="runs")
-    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument("--out", default="runs", help="folder for the run folder")
+    _set_option(demo)
     demo.set_defaults(func=_cmd_demo)
 
-    backbones = commands.add_parser("backbones", help="backbones with known pretrained weights")
-    backbones.add_argument("--find", action="store_true", help="say where each weights file is")
+    backbones = _parser(
+        commands, "backbones", "backbones with offline weights: where each file is or goes"
+    )
+    backbones.add_argument(
+        "--find", action="store_true", help="(kept for old scripts: the files are always looked up)"
+    )
     backbones.set_defaults(func=_cmd_backbones)
     return parser
 

@@ -35,12 +35,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    # stratified | grouped (by Sample.group, else by near-duplicate image hashes) | kfold
+    # stratified | grouped (by Sample.group, else look-alike images: data inspect shows them)
+    # | kfold
     # | manifest | official (the layout's own lists: MVTec AD, DeepPCB)
     method: str = "stratified"
     test_fraction: float = 0.2  # PROTOCOLS.md: first int(0.8 n) of each class train
     val_fraction: float = 0.1  # carved out of train only; 0 keeps the last epoch
-    seed: int = 0
+    seed: int = 0  # shuffles the split (the run's own seed is train.seed)
     folds: int = 5  # kfold only
     fold: int = 0  # kfold only: which fold is the test part
     stratify_by: tuple[str, ...] = ("label",)  # "label" and/or keys of Sample.meta (ELPV "type")
@@ -130,9 +131,9 @@ class SegmentConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: str = "classify"
+    task: str = "classify"  # classify | segment | anomaly (`defectkit recipes` shows each)
     name: str = ""  # run folder name; "" = <task>-<timestamp>
-    out_dir: str = "runs"
+    out_dir: str = "runs"  # the run folder goes in here
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -271,3 +272,58 @@ def config_from_dict(values: dict[str, Any]) -> RunConfig:
 
 def save_config(config: RunConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def list_recipes() -> dict[str, str]:
+    """Shipped recipe name -> the first line of its leading comment."""
+    recipes = {}
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        comment = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            comment.append(line.lstrip("# ").strip())
+        text = " ".join(comment)
+        sentence = text.split(". ")[0].rstrip(".")
+        recipes[path.stem] = sentence if len(sentence) <= 120 else sentence[:117] + "..."
+    return recipes
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the dataclass source (on its line, or the lines above)."""
+    import inspect
+    import re
+
+    comments, pending = {}, []
+    for line in inspect.getsource(cls).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("# ").strip())
+            continue
+        match = re.match(r"(\w+): [^=]+=.*?(?:#\s*(.*))?$", stripped)
+        if match:
+            comments[match.group(1)] = " ".join([*pending, match.group(2) or ""]).strip()
+        pending = []
+    return comments
+
+
+def describe_config(config: RunConfig) -> str:
+    """Every key as `section.key: value  # what it means`, in the order of the dataclasses,
+    for `defectkit config show`."""
+    lines = []
+    top = field_comments(RunConfig)
+    for field_ in dataclasses.fields(config):
+        value = getattr(config, field_.name)
+        if not dataclasses.is_dataclass(value):
+            note = top.get(field_.name, "")
+            lines.append(f"{field_.name}: {value!r}" + (f"  # {note}" if note else ""))
+            continue
+        used = [task for task, sections in TASK_SECTIONS.items() if field_.name in sections]
+        lines.append(f"\n{field_.name}:  (read by {', '.join(used)})")
+        notes = field_comments(type(value))
+        for inner in dataclasses.fields(value):
+            shown = getattr(value, inner.name)
+            shown = list(shown) if isinstance(shown, tuple) else shown
+            note = notes.get(inner.name, "")
+            lines.append(f"  {inner.name}: {shown!r}" + (f"  # {note}" if note else ""))
+    return "\n".join(lines)

@@ -114,3 +114,98 @@ def test_synthetic_demo_needs_no_data(tmp_path, capsys):
     assert "test accuracy" in capsys.readouterr().out
     assert (tmp_path / "demo" / "report.html").is_file()
     assert (tmp_path / "synthetic-data" / "scratch").is_dir()
+
+
+def _all_parsers(parser):
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
+def test_every_argument_has_help_and_shows_its_default():
+    import argparse
+
+    from defectkit.cli import build_parser
+
+    parsers = list(_all_parsers(build_parser()))
+    assert len(parsers) >= 14
+    for parser in parsers:
+        assert parser.formatter_class is argparse.ArgumentDefaultsHelpFormatter, parser.prog
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            assert action.help, f"{parser.prog} {action.dest} has no help"
+    text = " ".join(next(p for p in parsers if p.prog.endswith("predict")).format_help().split())
+    assert "(default: 16)" in text and "(default: predictions.csv)" in text
+
+
+def test_recipes_and_config_show_explain_themselves(capsys):
+    import dataclasses
+
+    from defectkit.config import RECIPES_DIR, RunConfig
+
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for path in RECIPES_DIR.glob("*.yaml"):
+        line = next(line for line in lines if line.startswith(path.stem + " "))
+        assert len(line.split(None, 1)[1]) > 20  # a real description
+    assert main(["config", "show", "mt_anomaly", "--set", "anomaly.blur_sigma=2"]) == 0
+    shown = capsys.readouterr().out
+    for section in dataclasses.fields(RunConfig):
+        value = getattr(RunConfig(), section.name)
+        if dataclasses.is_dataclass(value):
+            for key in dataclasses.fields(value):
+                assert f"\n  {key.name}: " in shown, f"{section.name}.{key.name}"
+    assert "  blur_sigma: 2.0  # Gaussian smoothing of the map" in shown
+    assert "  on_bad_image: 'error'  # every image, mask and reference" in shown
+
+
+def test_data_inspect_writes_under_runs_by_default(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "inspect", str(synthetic_root)]) == 0
+    out = tmp_path / "runs" / f"data-inspect-{synthetic_root.name}"
+    assert (out / "summary.json").is_file() and (out / "samples.png").is_file()
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_data_inspect_groups_look_alike_images(synthetic_root, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from defectkit.data.synthetic import draw_defect, surface
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root, data)
+    pixels = surface(np.random.default_rng(5), 256)  # a photo-sized part: 256 px
+    draw_defect(pixels, "spot", np.random.default_rng(5))
+    original = Image.fromarray(pixels.astype(np.uint8))
+    original.save(data / "spot" / "spot_2.png")
+    darker = np.asarray(original, dtype=np.float32) * 0.7  # the same part, another exposure
+    Image.fromarray(darker.astype(np.uint8)).save(data / "spot" / "spot_2_dark.png")
+    original.resize((230, 230)).save(data / "spot" / "spot_2_small.jpg", quality=75)  # a copy
+    assert main(["data", "inspect", str(data), "--out", str(tmp_path / "i")]) == 0
+    summary = json.loads((tmp_path / "i" / "summary.json").read_text())
+    names = [sorted(p.rsplit("/", 1)[1] for p in group) for group in summary["look_alike_groups"]]
+    assert names == [["spot_2.png", "spot_2_dark.png", "spot_2_small.jpg"]]  # nothing else
+    assert "look-alike images: 1 group(s) holding 3 images" in capsys.readouterr().out
+
+
+def test_backbones_says_where_each_file_is_or_goes(capsys):
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out
+    lite0 = next(line for line in out.splitlines() if line.startswith("tf_efficientnet_lite0"))
+    assert "found" in lite0 and "sha256 checked" in lite0
+    resnet = next(line for line in out.splitlines() if line.startswith("resnet18 "))
+    assert "put resnet18-f37072fd.pth" in resnet or "found" in resnet
+
+
+def test_a_run_name_clash_says_how_to_choose_another(synthetic_root, tmp_path, capsys):
+    args = ["train", "--set", f"data.root={synthetic_root}", "--set", f"out_dir={tmp_path}"]
+    args += ["--set", "name=twice", "--set", "data.image_size=32", "--set", "train.epochs=1"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "--set name=..." in capsys.readouterr().err

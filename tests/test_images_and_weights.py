@@ -65,6 +65,19 @@ def test_cached_file_with_right_hash_loads(monkeypatch, tmp_path):
     assert model.state_dict()["fc.weight"].shape == (3, 512)  # a fresh head of the new size
 
 
+def test_a_file_given_without_a_hash_has_its_hash_logged(tmp_path, caplog):
+    import logging
+
+    model, _ = create_backbone("resnet18", 1000, pretrained=False)
+    path = tmp_path / "mine.pth"
+    torch.save(model.state_dict(), path)
+    with caplog.at_level(logging.INFO, logger="defectkit"):
+        create_backbone("resnet18", 3, pretrained=True, weights=str(path))
+    digest = backbones.sha256_of(path)
+    assert f"{path} has sha256 {digest}" in caplog.text
+    assert f"model.weights_sha256={digest}" in caplog.text
+
+
 def test_explicit_file_hash_and_foreign_keys(tmp_path):
     torch.save({"something.else": torch.zeros(3)}, tmp_path / "w.pth")
     with pytest.raises(WeightsError, match="expected abcd"):

