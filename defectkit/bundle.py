@@ -243,6 +243,11 @@ def load_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Whatever task the bundle holds; `meta` from read_meta saves checking the weights'
     checksum a second time."""
+    from defectkit.tasks import get_task
+
     meta = meta or read_meta(folder)
-    loaders = {"anomaly": load_anomaly, "segment": load_segmenter}
-    return loaders.get(meta["task"], load_classifier)(folder, meta)
+    try:
+        task = get_task(meta["task"])
+    except ValueError as error:
+        raise BundleError(f"{folder}: {error} (a bundle made by a newer defectkit?)") from None
+    return task.load_model(folder, meta), meta

@@ -48,86 +48,45 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     resume = Path(args.resume) if args.resume else None
     run_dir, result = defectkit.train(args.config, args.set, resume=resume)
-    _print_result(result, run_dir)
+    _print_result(result, run_dir, _task_of(run_dir))
     return 0
 
 
-def _print_result(result: dict, run_dir: Path) -> None:
-    if "defect_iou" in result:  # segment
-        print(
-            f"\ndefect IoU {result['defect_iou']:.4f}  Dice {result['dice']:.4f}  mIoU "
-            f"{result['miou']:.4f}  ({result['test_images']} test images"
-            + (", with the OK/NG gate)" if "gate" in result else ")")
-        )
-        print(
-            f"training {result['train_seconds']:.1f} s, {result['ms_per_image']:.1f} ms per "
-            f"image, peak memory {result['peak_rss_mb']:.0f} MB"
-        )
-    elif "image_auroc" in result:  # anomaly
-        pixel = result["pixel_auroc"]
-        print(
-            f"\nimage AUROC {result['image_auroc']:.4f}  pixel AUROC "
-            f"{'n/a' if pixel is None else f'{pixel:.4f}'}  F1-max {result['f1_max']:.4f}  "
-            f"F1 at calibrated threshold {result['f1_calibrated']:.4f}"
-        )
-        print(
-            f"fit {result['fit_seconds']:.1f} s, {result['ms_per_image']:.1f} ms per image, "
-            f"peak memory {result['peak_rss_mb']:.0f} MB"
-        )
-    else:
-        print(
-            f"\ntest accuracy {result['accuracy']:.4f}  balanced "
-            f"{result['balanced_accuracy']:.4f}  macro F1 {result['macro_f1']:.4f}  "
-            f"({result['split_size']} images)"
-        )
-        binary = result.get("binary", {})
-        if "auc" in binary:
-            point = binary["at_threshold"]
-            print(
-                f"ROC AUC {binary['auc']:.4f}; at threshold {binary['threshold']:.3f} "
-                f"({binary['threshold_rule']}): NG recall {point['ng_recall']:.3f}, "
-                f"OK specificity {point['ok_specificity']:.3f}"
-            )
-        print(
-            f"training {result['train_seconds']:.1f} s, peak memory {result['peak_rss_mb']:.0f} MB"
-        )
+def _task_of(run_dir: Path) -> str:
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text())["task"]
+
+
+def _print_result(result: dict, run_dir: Path, task: str) -> None:
+    from defectkit.tasks import get_task
+
+    print(f"\n{get_task(task).summary(result)}")
     print(f"report: {run_dir / 'report.html'}\nbundle: {run_dir / 'bundle'}")
-
-
-def _maybe(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a bundle on a labelled dataset folder (all of it, or a saved split part)."""
+    from defectkit.bundle import read_meta
     from defectkit.engine.evaluate import evaluate_bundle
     from defectkit.runs import write_json
+    from defectkit.tasks import get_task
 
     result = evaluate_bundle(
-        args.bundle, args.data, args.format, args.label_mode, args.split_manifest, args.part
+        args.bundle,
+        args.data,
+        args.format,
+        args.label_mode,
+        args.split_manifest,
+        args.part,
+        args.on_bad_image,
     )
     out = Path(args.out)
     write_json(out, result)
-    if "image_auroc" in result:
-        pixel = result["pixel_auroc"]
-        print(
-            f"image AUROC {result['image_auroc']:.4f}  pixel AUROC "
-            f"{'n/a' if pixel is None else f'{pixel:.4f}'}  F1 at the bundle's threshold "
-            f"{result['f1_calibrated']:.4f} on {result['images']} images -> {out}"
-        )
-        return 0
-    if "defect_iou" in result:
-        print(
-            f"defect IoU {result['defect_iou']:.4f}  mIoU {result['miou']:.4f}  "
-            f"NG recall {_maybe(result['ng_recall'])}  OK specificity "
-            f"{_maybe(result['ok_specificity'])}  region recall {_maybe(result['region_recall'])}"
-            f" on {result['images']} images -> {out}"
-        )
-        return 0
-    print(
-        f"accuracy {result['accuracy']:.4f}  balanced {result['balanced_accuracy']:.4f}  "
-        f"macro F1 {result['macro_f1']:.4f} on {result['images']} images -> {out}"
-    )
+    task = get_task(read_meta(Path(args.bundle))["task"])
+    print(f"{task.eval_summary(result)} -> {out}")
+    for bad in result.get("left_out", []):
+        print(f"left out {bad['file']}: {bad['reason']}", file=sys.stderr)
     return 0
 
 
@@ -250,7 +209,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         config = load_config("elpv_demo", overrides)
     print(f"demo: {config.task} on {config.data.root}")
     run_dir, result = defectkit.train(config)
-    _print_result(result, run_dir)
+    _print_result(result, run_dir, config.task)
     return 0
 
 

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from defectkit.bundle import META_FILE, BundleError, load_model
-from defectkit.models.anomaly import smooth_maps
 from defectkit.models.backbones import sha256_of
 from defectkit.runs import read_json, write_json
 
@@ -28,31 +27,30 @@ TOLERANCE = 1e-4
 
 
 def output_names(task: str) -> list[str]:
-    names = {"anomaly": ["scores", "maps"], "segment": ["masks", "gate"]}
-    return names.get(task, ["probabilities"])
+    from defectkit.tasks import get_task
+
+    return list(get_task(task).outputs)
 
 
 class InspectionGraph(nn.Module):
-    """Normalised images (B, 3, S, S) -> what a decision needs, for every task."""
+    """Normalised images (B, C, S, S) -> what a decision needs: the task's own head over the
+    model (class probabilities; the smoothed anomaly map and its maximum; pixel and gate
+    probabilities). Both backends run it and ONNX export writes it."""
 
     def __init__(self, model: nn.Module, task: str, size: int, blur_sigma: float = 0.0):
+        from defectkit.tasks import get_task
+
         super().__init__()
-        self.model, self.task, self.size, self.sigma = model, task, size, blur_sigma
+        self.model, self.size, self.sigma = model, size, blur_sigma
+        self.head = get_task(task).graph
 
     @classmethod
     def from_meta(cls, model: nn.Module, meta: dict[str, Any]) -> InspectionGraph:
         sigma = meta.get("method_options", {}).get("blur_sigma", 0.0)
         return cls(model, meta["task"], meta["input_size"][0], sigma)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if self.task == "segment":  # pixel and OK/NG-gate probabilities
-            masks, gate = self.model(images)
-            return masks.float().sigmoid(), gate.float().sigmoid()
-        if self.task != "anomaly":
-            return self.model(images).float().softmax(1)
-        _, patch_maps = self.model(images)
-        maps = smooth_maps(patch_maps.float(), self.size, self.sigma)
-        return maps.flatten(1).amax(1), maps
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return self.head(self.model, images, size=self.size, blur_sigma=self.sigma)
 
 
 def export_onnx(bundle: str | Path, opset: int = OPSET) -> dict[str, Any]:

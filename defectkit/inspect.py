@@ -18,15 +18,9 @@ from defectkit.bundle import load_model, read_meta
 from defectkit.data.formats import DatasetError, is_image
 from defectkit.data.images import load_image
 from defectkit.data.tiles import slide
-from defectkit.data.transforms import RESIZE_MODES, content_box, eval_transform, to_image_size
-from defectkit.predictions import (
-    Prediction,
-    Region,
-    decide_anomaly,
-    decide_class,
-    decide_segment,
-    normalisation_of,
-)
+from defectkit.data.transforms import RESIZE_MODES, eval_transform
+from defectkit.predictions import Prediction, Region
+from defectkit.tasks import get_task
 
 BACKENDS = ("torch", "onnx")
 
@@ -79,6 +73,7 @@ class Inspector:
             raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
         self.meta = read_meta(Path(bundle))
         self.task, self.backend = self.meta["task"], backend
+        self.handler = get_task(self.task)  # an unknown task fails here, naming the known
         self.classes: list[str] = self.meta["classes"]
         self.size = self.meta["input_size"][0]
         prep = self.meta["preprocessing"]
@@ -93,7 +88,6 @@ class Inspector:
         self.raw_maps = raw_maps
         self.positive = self.meta.get("positive_class")
         self.threshold = self.meta.get("threshold")
-        self.norm = normalisation_of(self.meta) if self.task == "anomaly" else None
         if threads:
             torch.set_num_threads(threads)
         self._run = (
@@ -133,44 +127,7 @@ class Inspector:
             ]
         with torch.inference_mode():
             batch = torch.stack([self._input(image, ref) for image, ref in pairs])
-        outputs = self._run(batch)
-        if self.task == "segment":
-            return [
-                self._segment(name, masks, float(gate), (im.height, im.width))
-                for name, masks, gate, im in zip(names, *outputs, images, strict=True)
-            ]
-        if self.task == "anomaly":
-            sizes = [(im.height, im.width) for im in images]
-            return [
-                self._anomaly(name, amap, size)
-                for name, amap, size in zip(names, outputs[1], sizes, strict=True)
-            ]
-        return [self._decide(name, row) for name, row in zip(names, outputs[0], strict=True)]
-
-    def _anomaly(self, name: str, amap: np.ndarray, size: tuple[int, int]) -> Prediction:
-        """The smoothed map cropped to the image's content; its maximum, the raw image score,
-        decides OK/NG (predictions.decide_anomaly), the map resized to the image's size."""
-        top, left, h, w = content_box(*size, self.size, self.resize)
-        raw = float(amap[top : top + h, left : left + w].max())
-        full = to_image_size(amap, size, self.size, self.resize)
-        return decide_anomaly(
-            name, raw, full, self.classes, self.threshold, self.norm, self.raw_maps
-        )
-
-    def _segment(
-        self, name: str, probability: np.ndarray, gate: float, size: tuple[int, int]
-    ) -> Prediction:
-        """Probabilities cropped to the image's content and resized to its size, then the
-        mask and OK/NG call of predictions.decide_segment."""
-        full = to_image_size(probability, size, self.size, self.resize)
-        return decide_segment(
-            name,
-            full,
-            gate,
-            self.threshold if self.meta["gate"] else None,
-            self.meta["mask_threshold"],
-            self.meta["min_region"],
-        )
+        return self.handler.decide(self, names, self._run(batch), images)
 
     def _tiled(
         self, name: str, image: Image.Image, reference: Image.Image | None, batch_size: int = 16
@@ -180,10 +137,9 @@ class Inspector:
         with torch.inference_mode():
             x = self._input(image, reference)
         probability, gate = slide(x, self.size, self._run, batch_size)
-        return self._segment(name, probability.numpy(), gate, (image.height, image.width))
-
-    def _decide(self, name: str, row: np.ndarray) -> Prediction:
-        return decide_class(name, row, self.classes, self.positive, self.threshold)
+        # the probabilities cover the whole image (content_box is the image when tiled)
+        outputs = [probability.numpy()[None], np.array([gate], dtype=np.float32)]
+        return self.handler.decide(self, [name], outputs, [image])[0]
 
     def predict(
         self,
@@ -218,11 +174,7 @@ class Inspector:
 
     def score_names(self) -> list[str]:
         """The keys of every Prediction.scores this model gives (columns of predict's CSV)."""
-        if self.task == "anomaly":
-            return ["anomaly_score", self.classes[1]]
-        if self.task == "segment":
-            return ["defect", "gate"]
-        return list(self.classes)
+        return self.handler.score_names(self.meta)
 
     def describe(self) -> dict[str, Any]:
         """What an operator or a client needs to know of the model (no local paths)."""
@@ -238,7 +190,7 @@ class Inspector:
         )
         return {
             **{k: self.meta[k] for k in keep if k in self.meta},
-            "threshold": 0.5 if self.task == "anomaly" else self.threshold,
+            "threshold": self.handler.shown_threshold(self.meta),
             "backend": self.backend,
             "versions": self.meta.get("versions", {}),
             "weights_sha256": self.meta.get("weights_sha256"),

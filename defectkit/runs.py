@@ -85,10 +85,12 @@ def resume_config(
             f"{run_dir} is a finished run (metrics.json, bundle/): nothing to resume; train "
             "a new run, e.g. with train.init_from to start from its weights"
         )
-    if saved.task == "anomaly":
+    from defectkit.tasks import get_task
+
+    if not get_task(saved.task).resumable:
         raise ConfigError(
-            f"{run_dir} is an anomaly run: its fit is one pass over the good images with no "
-            "epochs to resume; train it again"
+            f"{run_dir} is an {saved.task} run: its fit is one pass with no epochs to "
+            "resume; train it again"
         )
     if not (run_dir / "checkpoints" / "last.pt").is_file():
         failed = run_dir / FAILED

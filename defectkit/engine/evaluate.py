@@ -116,65 +116,6 @@ def worst_mistakes(
     ]
 
 
-def _evaluate_anomaly_bundle(inspector, samples, data) -> dict[str, Any]:
-    """Every image of the dataset is a test image: the model's good class is OK, any other
-    label a defect; masks, where the layout has them, give the pixel metrics."""
-    import torch
-
-    from defectkit.tasks.anomaly import evaluate_anomaly
-
-    good = inspector.classes[0]
-    if not any(s.label == good for s in samples):
-        raise ValueError(
-            f"{data} has no images labelled {good!r}, the model's defect-free class: "
-            "anomaly evaluation needs good and defect images"
-        )
-    predictions = list(inspector.predict([s.image for s in samples]))
-    scores = np.array([p.scores["anomaly_score"] for p in predictions])
-    maps = [torch.from_numpy(p.heat_map) for p in predictions]
-    result = evaluate_anomaly(samples, good, scores, maps, inspector.threshold)
-    return {"images": len(samples), "threshold": inspector.threshold, **result}
-
-
-def _evaluate_segment_bundle(inspector, samples, data) -> dict[str, Any]:
-    """Masks as the Inspector gives them on the line (a gated model's gate makes the OK/NG
-    call and empties the mask of OK images), against each image's mask file or filled
-    boxes: defect IoU, Dice, mIoU, per-label IoU, region recall / precision, and NG recall /
-    OK specificity of the Inspector's own OK/NG decisions."""
-    from defectkit.data.segmentation import read_mask
-    from defectkit.metrics import SegmentationScores
-
-    references = None
-    if inspector.meta.get("reference"):
-        missing = [s.image for s in samples if s.reference is None]
-        if missing:
-            raise ValueError(
-                f"the model takes each image with its aligned reference, but {len(missing)} "
-                f"image(s) of {data} have none (e.g. {missing[0]}): use a layout that pairs "
-                "them (deeppcb: <id>_test.jpg with <id>_temp.jpg)"
-            )
-        references = [s.reference for s in samples]
-    if not any(s.mask is not None or s.boxes for s in samples):
-        raise ValueError(
-            f"{data} has no masks or boxes: segmentation evaluation needs an image + mask, "
-            "VOC, YOLO or DeepPCB layout (`defectkit data inspect` shows what was found)"
-        )
-    scores = SegmentationScores(inspector.meta.get("region_iou", 0.33))
-    truth_ng, called_ng = [], []
-    predictions = inspector.predict([s.image for s in samples], references=references)
-    for sample, prediction in zip(samples, predictions, strict=True):
-        truth = read_mask(sample)
-        scores.add(truth, prediction.mask, sample.label)
-        truth_ng.append(bool(truth.any()))
-        called_ng.append(not prediction.ok)
-    truth, called = np.array(truth_ng), np.array(called_ng)
-    result = scores.result()
-    result["ng_recall"] = float(called[truth].mean()) if truth.any() else None
-    result["ok_specificity"] = float((~called[~truth]).mean()) if (~truth).any() else None
-    result["ok_ng_from"] = "gate" if inspector.meta.get("gate") else "mask not empty"
-    return {"threshold": inspector.threshold, **result}
-
-
 def evaluate_bundle(
     bundle: str | Path,
     data: str | Path,
@@ -190,6 +131,7 @@ def evaluate_bundle(
     from defectkit.data.checks import read_checked
     from defectkit.data.splits import load_manifest
     from defectkit.inspect import Inspector
+    from defectkit.tasks import get_task
 
     inspector = Inspector(bundle, raw_maps=True)
     dataset = read_checked(data, format, label_mode, on_bad_image)
@@ -199,28 +141,5 @@ def evaluate_bundle(
         else dataset.samples
     )
     left_out = {"left_out": [vars(b) for b in dataset.left_out]} if dataset.left_out else {}
-    if inspector.task == "anomaly":
-        return {**_evaluate_anomaly_bundle(inspector, samples, data), **left_out}
-    if inspector.task == "segment":
-        return {**_evaluate_segment_bundle(inspector, samples, data), **left_out}
-    unknown = sorted({s.label for s in samples} - set(inspector.classes))
-    if unknown:
-        raise ValueError(
-            f"{data} has labels {unknown} the model does not know "
-            f"({inspector.classes}); is it the right dataset?"
-        )
-    predictions = list(inspector.predict([s.image for s in samples]))
-    index = {c: i for i, c in enumerate(inspector.classes)}
-    targets = np.array([index[s.label] for s in samples])
-    predicted = np.array([index[p.label] for p in predictions])
-    result: dict[str, Any] = {
-        "images": len(samples),
-        **classification_metrics(targets, predicted, inspector.classes),
-        **left_out,
-    }
-    if inspector.positive is not None:
-        k = index[inspector.positive]
-        scores = np.array([p.scores[inspector.positive] for p in predictions])
-        binary = binary_metrics(targets == k, scores, threshold=inspector.threshold)
-        result["binary"] = {key: v for key, v in binary.items() if key not in ("roc", "pr")}
-    return result
+    task = get_task(inspector.task)
+    return {**task.evaluate_bundle(inspector, samples, str(data)), **left_out}

@@ -1,25 +1,59 @@
-"""Task registry: `register_task(name)` on a function `run(config, run_dir, resume)`."""
+"""The Task interface and its registry. A task is one folder under tasks/: its package
+holds the pipeline of one run (`run`), its `deploy.py` what the bundle, the inference
+graph, the Inspector, `eval` and the command line ask of it. Code outside tasks/ never
+tests a task's name: it asks `get_task(name)`, and an unknown name is an error that lists
+the registered ones."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from defectkit.config import RunConfig
 
-TaskRunner = Callable[[RunConfig, Path, bool], dict]
-_TASKS: dict[str, TaskRunner] = {}
+
+@dataclass(frozen=True)
+class Task:
+    """What the rest of defectkit asks of a task."""
+
+    name: str
+    # one run: train / fit, evaluate, write metrics, report and bundle into run_dir
+    run: Callable[[RunConfig, Path, bool], dict]
+    # a bundle's model with its fitted state, from the folder and its bundle.json
+    load_model: Callable[[Path, dict], Any]
+    # the inspection graph (both backends, ONNX export): output names, and the function
+    # from the model and normalised images to those outputs (options: bundle.json facts)
+    outputs: tuple[str, ...]
+    graph: Callable[..., Any]
+    # the graph's outputs for a batch -> one Prediction per image
+    decide: Callable[[Any, Sequence[str], list, Sequence[Any]], list]
+    # the keys of Prediction.scores (columns of predict's CSV)
+    score_names: Callable[[dict], list[str]]
+    # metrics of a bundle on labelled samples, as `defectkit eval` reports them
+    evaluate_bundle: Callable[[Any, Sequence[Any], str], dict]
+    # the command line's summary of a run's result and of an eval result
+    summary: Callable[[dict], str]
+    eval_summary: Callable[[dict], str]
+    # the OK/NG threshold a client sees (anomaly scores are normalised: 0.5)
+    shown_threshold: Callable[[dict], float | None] = lambda meta: meta.get("threshold")
+    # a run interrupted after a checkpoint continues with `--resume`
+    resumable: bool = True
+
+    def __call__(self, config: RunConfig, run_dir: Path, resume: bool = False) -> dict:
+        return self.run(config, run_dir, resume)
 
 
-def register_task(name: str) -> Callable[[TaskRunner], TaskRunner]:
-    def decorator(run: TaskRunner) -> TaskRunner:
-        if name in _TASKS:
-            raise ValueError(f"task {name!r} is already registered")
-        _TASKS[name] = run
-        return run
+_TASKS: dict[str, Task] = {}
 
-    return decorator
+
+def register_task(task: Task) -> Task:
+    if task.name in _TASKS:
+        raise ValueError(f"task {task.name!r} is already registered")
+    _TASKS[task.name] = task
+    return task
 
 
 def list_tasks() -> list[str]:
@@ -27,10 +61,10 @@ def list_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
-def get_task(name: str) -> TaskRunner:
+def get_task(name: str) -> Task:
     _load_builtin()
     if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(_TASKS))}")
+        raise ValueError(f"unknown task {name!r}; registered: {', '.join(sorted(_TASKS))}")
     return _TASKS[name]
 
 

@@ -42,7 +42,7 @@ from defectkit.models.classifier import (
     set_backbone_trainable,
 )
 from defectkit.runs import log_epoch, peak_rss_mb, training_log, write_history, write_json
-from defectkit.tasks import open_run, register_task
+from defectkit.tasks import open_run
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,6 @@ def _loader(dataset, batch_size: int, config: RunConfig, sampler=None, shuffle=F
     )
 
 
-@register_task("classify")
 def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     tc = config.train
     if tc.strategy not in STRATEGIES:
@@ -330,3 +329,22 @@ def _epoch_line(row: dict, epochs: int) -> str:
     if "val_loss" in row:
         line += f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
     return line + f" | {row['seconds']:.1f} s"
+
+
+from defectkit.tasks import Task, register_task  # noqa: E402  (the pipeline above first)
+from defectkit.tasks.classify import deploy  # noqa: E402
+
+TASK = register_task(
+    Task(
+        name="classify",
+        run=run_classify,
+        load_model=deploy.load_model,
+        outputs=deploy.OUTPUTS,
+        graph=deploy.graph,
+        decide=deploy.decide,
+        score_names=deploy.score_names,
+        evaluate_bundle=deploy.evaluate_bundle,
+        summary=deploy.summary,
+        eval_summary=deploy.eval_summary,
+    )
+)

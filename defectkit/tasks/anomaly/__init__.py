@@ -28,7 +28,7 @@ from defectkit.metrics import PixelRanking, f1_max, rates_at
 from defectkit.models.anomaly import create_method
 from defectkit.models.backbones import preprocessing_for
 from defectkit.runs import peak_rss_mb, state_mb, write_json
-from defectkit.tasks import read_data, register_task
+from defectkit.tasks import read_data
 
 log = logging.getLogger(__name__)
 GOOD_NAMES = ("good", "free", "ok", "normal")
@@ -222,7 +222,6 @@ def normalisation(calibration_scores: np.ndarray, threshold: float) -> dict[str,
     return {"threshold": threshold, "scale": max(spread, 0.05 * abs(threshold), 1e-6)}
 
 
-@register_task("anomaly")
 def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     ac = config.anomaly
     require_whole_images(config.data.resize, "anomaly")
@@ -382,3 +381,24 @@ def evaluate_anomaly(
         "per_class": per_class,
         "test_images": len(samples),
     }
+
+
+from defectkit.tasks import Task, register_task  # noqa: E402  (the pipeline above first)
+from defectkit.tasks.anomaly import deploy  # noqa: E402
+
+TASK = register_task(
+    Task(
+        name="anomaly",
+        run=run_anomaly,
+        load_model=deploy.load_model,
+        outputs=deploy.OUTPUTS,
+        graph=deploy.graph,
+        decide=deploy.decide,
+        score_names=deploy.score_names,
+        evaluate_bundle=deploy.evaluate_bundle,
+        summary=deploy.summary,
+        eval_summary=deploy.eval_summary,
+        shown_threshold=deploy.shown_threshold,
+        resumable=False,  # the fit is one pass over the good images
+    )
+)

@@ -48,7 +48,7 @@ from defectkit.runs import (
     write_history,
     write_json,
 )
-from defectkit.tasks import open_run, register_task
+from defectkit.tasks import open_run
 
 log = logging.getLogger(__name__)
 TRAIN_ON = ("all", "ng")
@@ -171,7 +171,6 @@ def evaluate_masks(
     return {**headline, **result}, rows
 
 
-@register_task("segment")
 def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     sc, tc = config.segment, config.train
     if sc.train_on not in TRAIN_ON:
@@ -372,3 +371,22 @@ def _validate(
         "val_defect_iou": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
         "val_gate_accuracy": right / max(1, len(dataset)),
     }
+
+
+from defectkit.tasks import Task, register_task  # noqa: E402  (the pipeline above first)
+from defectkit.tasks.segment import deploy  # noqa: E402
+
+TASK = register_task(
+    Task(
+        name="segment",
+        run=run_segment,
+        load_model=deploy.load_model,
+        outputs=deploy.OUTPUTS,
+        graph=deploy.graph,
+        decide=deploy.decide,
+        score_names=deploy.score_names,
+        evaluate_bundle=deploy.evaluate_bundle,
+        summary=deploy.summary,
+        eval_summary=deploy.eval_summary,
+    )
+)

@@ -1,0 +1,97 @@
+"""What the runtime asks of the anomaly task: its bundle's model (memory bank, Gaussians
+or decoder inside), the inference graph's head (the smoothed map and its maximum), the
+decision per image against the calibrated threshold, `eval` with image and pixel metrics,
+and the command line's summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from defectkit.bundle import load_anomaly
+from defectkit.data.transforms import content_box, to_image_size
+from defectkit.models.anomaly import smooth_maps
+from defectkit.predictions import decide_anomaly, normalisation_of
+
+OUTPUTS = ("scores", "maps")
+
+
+def load_model(folder, meta: dict[str, Any]) -> torch.nn.Module:
+    return load_anomaly(folder, meta)[0]
+
+
+def graph(
+    model: torch.nn.Module, images: torch.Tensor, *, size: int, blur_sigma: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _, patch_maps = model(images)
+    maps = smooth_maps(patch_maps.float(), size, blur_sigma)
+    return maps.flatten(1).amax(1), maps
+
+
+def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]) -> list:
+    """Each smoothed map cropped to its image's content; its maximum, the raw image score,
+    decides OK/NG against the calibrated threshold; the map resized to the image's size."""
+    norm = normalisation_of(inspector.meta)
+    decisions = []
+    for name, amap, image in zip(names, outputs[1], images, strict=True):
+        size = (image.height, image.width)
+        top, left, h, w = content_box(*size, inspector.size, inspector.resize)
+        raw = float(amap[top : top + h, left : left + w].max())
+        full = to_image_size(amap, size, inspector.size, inspector.resize)
+        decisions.append(
+            decide_anomaly(
+                name, raw, full, inspector.classes, inspector.threshold, norm, inspector.raw_maps
+            )
+        )
+    return decisions
+
+
+def score_names(meta: dict[str, Any]) -> list[str]:
+    return ["anomaly_score", meta["classes"][1]]
+
+
+def evaluate_bundle(inspector, samples: Sequence[Any], data: str) -> dict[str, Any]:
+    """Every image is a test image: the model's good class is OK, any other label a defect;
+    masks, where the layout has them, give the pixel metrics."""
+    from defectkit.tasks.anomaly import evaluate_anomaly
+
+    good = inspector.classes[0]
+    if not any(s.label == good for s in samples):
+        raise ValueError(
+            f"{data} has no images labelled {good!r}, the model's defect-free class: "
+            "anomaly evaluation needs good and defect images"
+        )
+    predictions = list(inspector.predict([s.image for s in samples]))
+    scores = np.array([p.scores["anomaly_score"] for p in predictions])
+    maps = [torch.from_numpy(p.heat_map) for p in predictions]
+    result = evaluate_anomaly(samples, good, scores, maps, inspector.threshold)
+    return {"images": len(samples), "threshold": inspector.threshold, **result}
+
+
+def _maybe(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def summary(result: dict[str, Any]) -> str:
+    return (
+        f"image AUROC {result['image_auroc']:.4f}  pixel AUROC {_maybe(result['pixel_auroc'])}"
+        f"  F1-max {result['f1_max']:.4f}  F1 at calibrated threshold "
+        f"{result['f1_calibrated']:.4f}\nfit {result['fit_seconds']:.1f} s, "
+        f"{result['ms_per_image']:.1f} ms per image, peak memory {result['peak_rss_mb']:.0f} MB"
+    )
+
+
+def eval_summary(result: dict[str, Any]) -> str:
+    return (
+        f"image AUROC {result['image_auroc']:.4f}  pixel AUROC "
+        f"{_maybe(result['pixel_auroc'])}  F1 at the bundle's threshold "
+        f"{result['f1_calibrated']:.4f} on {result['images']} images"
+    )
+
+
+def shown_threshold(meta: dict[str, Any]) -> float:
+    """Scores leave the bundle normalised: 0.5 is the calibrated threshold."""
+    return 0.5

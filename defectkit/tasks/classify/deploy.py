@@ -1,0 +1,88 @@
+"""What the runtime asks of the classify task: its bundle's model, the inference graph's
+head (class probabilities), the decision per image, `eval` on labelled images, and the
+command line's summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from defectkit.bundle import load_classifier
+from defectkit.metrics import binary_metrics, classification_metrics
+from defectkit.predictions import Prediction, decide_class
+
+OUTPUTS = ("probabilities",)
+
+
+def load_model(folder, meta: dict[str, Any]) -> torch.nn.Module:
+    return load_classifier(folder, meta)[0]
+
+
+def graph(model: torch.nn.Module, images: torch.Tensor, **options: Any) -> torch.Tensor:
+    return model(images).float().softmax(1)
+
+
+def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]) -> list:
+    return [
+        decide_class(name, row, inspector.classes, inspector.positive, inspector.threshold)
+        for name, row in zip(names, outputs[0], strict=True)
+    ]
+
+
+def score_names(meta: dict[str, Any]) -> list[str]:
+    return list(meta["classes"])
+
+
+def evaluate_bundle(inspector, samples: Sequence[Any], data: str) -> dict[str, Any]:
+    """Accuracy, per-class metrics and (OK/NG models) ROC AUC and the rates at the bundle's
+    threshold, from the Inspector's own decisions."""
+    unknown = sorted({s.label for s in samples} - set(inspector.classes))
+    if unknown:
+        raise ValueError(
+            f"{data} has labels {unknown} the model does not know "
+            f"({inspector.classes}); is it the right dataset?"
+        )
+    predictions: list[Prediction] = list(inspector.predict([s.image for s in samples]))
+    index = {c: i for i, c in enumerate(inspector.classes)}
+    targets = np.array([index[s.label] for s in samples])
+    predicted = np.array([index[p.label] for p in predictions])
+    result: dict[str, Any] = {
+        "images": len(samples),
+        **classification_metrics(targets, predicted, inspector.classes),
+    }
+    if inspector.positive is not None:
+        k = index[inspector.positive]
+        scores = np.array([p.scores[inspector.positive] for p in predictions])
+        binary = binary_metrics(targets == k, scores, threshold=inspector.threshold)
+        result["binary"] = {key: v for key, v in binary.items() if key not in ("roc", "pr")}
+    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    lines = [
+        f"test accuracy {result['accuracy']:.4f}  balanced "
+        f"{result['balanced_accuracy']:.4f}  macro F1 {result['macro_f1']:.4f}  "
+        f"({result['split_size']} images)"
+    ]
+    binary = result.get("binary", {})
+    if "auc" in binary:
+        point = binary["at_threshold"]
+        lines.append(
+            f"ROC AUC {binary['auc']:.4f}; at threshold {binary['threshold']:.3f} "
+            f"({binary['threshold_rule']}): NG recall {point['ng_recall']:.3f}, "
+            f"OK specificity {point['ok_specificity']:.3f}"
+        )
+    lines.append(
+        f"training {result['train_seconds']:.1f} s, peak memory {result['peak_rss_mb']:.0f} MB"
+    )
+    return "\n".join(lines)
+
+
+def eval_summary(result: dict[str, Any]) -> str:
+    return (
+        f"accuracy {result['accuracy']:.4f}  balanced {result['balanced_accuracy']:.4f}  "
+        f"macro F1 {result['macro_f1']:.4f} on {result['images']} images"
+    )

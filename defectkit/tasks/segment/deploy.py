@@ -1,0 +1,117 @@
+"""What the runtime asks of the segment task: its bundle's model, the inference graph's
+head (pixel and OK/NG-gate probabilities), the decision per image (the gate, the gated mask
+and its regions at the image's own size), `eval` against masks or boxes, and the command
+line's summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from defectkit.bundle import load_segmenter
+from defectkit.data.segmentation import read_mask
+from defectkit.data.transforms import to_image_size
+from defectkit.metrics import SegmentationScores
+from defectkit.predictions import Prediction, decide_segment
+
+OUTPUTS = ("masks", "gate")
+
+
+def load_model(folder, meta: dict[str, Any]) -> torch.nn.Module:
+    return load_segmenter(folder, meta)[0]
+
+
+def graph(
+    model: torch.nn.Module, images: torch.Tensor, **options: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    masks, gate = model(images)
+    return masks.float().sigmoid(), gate.float().sigmoid()
+
+
+def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]) -> list:
+    """Input-size probabilities cropped to each image's content and resized to its size,
+    then the mask and OK/NG call of predictions.decide_segment. (Tiled models give the
+    whole image's probabilities already: see Inspector._tiled.)"""
+    meta = inspector.meta
+    decisions: list[Prediction] = []
+    for name, probability, gate, image in zip(names, *outputs, images, strict=True):
+        full = to_image_size(
+            probability, (image.height, image.width), inspector.size, inspector.resize
+        )
+        decisions.append(
+            decide_segment(
+                name,
+                full,
+                float(gate),
+                inspector.threshold if meta["gate"] else None,
+                meta["mask_threshold"],
+                meta["min_region"],
+            )
+        )
+    return decisions
+
+
+def score_names(meta: dict[str, Any]) -> list[str]:
+    return ["defect", "gate"]
+
+
+def evaluate_bundle(inspector, samples: Sequence[Any], data: str) -> dict[str, Any]:
+    """Masks as the Inspector gives them on the line (a gated model's gate makes the OK/NG
+    call and empties the mask of OK images), against each image's mask file or filled
+    boxes: defect IoU, Dice, mIoU, per-label IoU, region recall / precision, and NG recall /
+    OK specificity of the Inspector's own OK/NG decisions."""
+    references = None
+    if inspector.meta.get("reference"):
+        missing = [s.image for s in samples if s.reference is None]
+        if missing:
+            raise ValueError(
+                f"the model takes each image with its aligned reference, but {len(missing)} "
+                f"image(s) of {data} have none (e.g. {missing[0]}): use a layout that pairs "
+                "them (deeppcb: <id>_test.jpg with <id>_temp.jpg)"
+            )
+        references = [s.reference for s in samples]
+    if not any(s.mask is not None or s.boxes for s in samples):
+        raise ValueError(
+            f"{data} has no masks or boxes: segmentation evaluation needs an image + mask, "
+            "VOC, YOLO or DeepPCB layout (`defectkit data inspect` shows what was found)"
+        )
+    scores = SegmentationScores(inspector.meta.get("region_iou", 0.33))
+    truth_ng, called_ng = [], []
+    predictions = inspector.predict([s.image for s in samples], references=references)
+    for sample, prediction in zip(samples, predictions, strict=True):
+        truth = read_mask(sample)
+        scores.add(truth, prediction.mask, sample.label)
+        truth_ng.append(bool(truth.any()))
+        called_ng.append(not prediction.ok)
+    truth, called = np.array(truth_ng), np.array(called_ng)
+    result = scores.result()
+    result["ng_recall"] = float(called[truth].mean()) if truth.any() else None
+    result["ok_specificity"] = float((~called[~truth]).mean()) if (~truth).any() else None
+    result["ok_ng_from"] = "gate" if inspector.meta.get("gate") else "mask not empty"
+    return {"threshold": inspector.threshold, **result}
+
+
+def _maybe(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def summary(result: dict[str, Any]) -> str:
+    return (
+        f"defect IoU {result['defect_iou']:.4f}  Dice {result['dice']:.4f}  mIoU "
+        f"{result['miou']:.4f}  ({result['test_images']} test images"
+        + (", with the OK/NG gate)" if "gate" in result else ")")
+        + f"\ntraining {result['train_seconds']:.1f} s, {result['ms_per_image']:.1f} ms per "
+        f"image, peak memory {result['peak_rss_mb']:.0f} MB"
+    )
+
+
+def eval_summary(result: dict[str, Any]) -> str:
+    return (
+        f"defect IoU {result['defect_iou']:.4f}  mIoU {result['miou']:.4f}  "
+        f"NG recall {_maybe(result['ng_recall'])}  OK specificity "
+        f"{_maybe(result['ok_specificity'])}  region recall {_maybe(result['region_recall'])}"
+        f" on {result['images']} images"
+    )
