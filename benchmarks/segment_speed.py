@@ -73,8 +73,8 @@ def main() -> None:
 
 def untrained_bundle(config, folder: Path) -> Path:
     """A bundle of the run's architecture with its encoder's ImageNet weights only."""
-    from defectkit.bundle import save_segment_bundle
     from defectkit.models.segmenter import build_segmenter
+    from defectkit.tasks.segment.deploy import save_bundle as save_segment_bundle
 
     channels = 6 if config.segment.reference else 3
     model, _, prep = build_segmenter(config.model, config.segment, channels, pretrained=False)

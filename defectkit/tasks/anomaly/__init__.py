@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from defectkit import bundle, report
-from defectkit.bundle import ANOMALOUS
+from defectkit import report
 from defectkit.config import RunConfig, save_config
 from defectkit.data.formats import DatasetError
 from defectkit.data.images import image_tensor
@@ -29,6 +28,7 @@ from defectkit.models.anomaly import create_method
 from defectkit.models.backbones import preprocessing_for
 from defectkit.runs import peak_rss_mb, state_mb, write_json
 from defectkit.tasks import read_data
+from defectkit.tasks.anomaly.deploy import ANOMALOUS, save_bundle
 
 log = logging.getLogger(__name__)
 GOOD_NAMES = ("good", "free", "ok", "normal")
@@ -303,7 +303,7 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     write_decisions(
         run_dir / "predictions.csv", parts["test"], test_scores, test_maps, good, threshold, norm
     )
-    bundle.save_anomaly_bundle(run_dir / "bundle", model, config, prep, threshold, good, norm)
+    save_bundle(run_dir / "bundle", model, config, prep, threshold, good, norm)
     report.write_anomaly_report(
         run_dir, config, parts["test"], good, test_scores, test_maps, result
     )

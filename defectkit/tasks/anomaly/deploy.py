@@ -6,25 +6,87 @@ and the command line's summaries."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from defectkit.bundle import load_anomaly
+from defectkit.bundle import BundleError, load_weights, read_meta, write_bundle
+from defectkit.config import RunConfig
 from defectkit.data.transforms import content_box, to_image_size
 from defectkit.models.anomaly import smooth_maps
+from defectkit.models.backbones import Preprocessing
 from defectkit.predictions import decide_anomaly, normalisation_of
 
 OUTPUTS = ("scores", "maps")
+ANOMALOUS = "anomalous"  # the NG class name of every anomaly bundle
 
 
-def load_model(folder, meta: dict[str, Any]) -> torch.nn.Module:
-    return load_anomaly(folder, meta)[0]
+def save_bundle(
+    folder: Path,
+    model: nn.Module,
+    config: RunConfig,
+    prep: Preprocessing,
+    threshold: float,
+    good_label: str,
+    normalisation: dict[str, float],
+) -> Any:
+    """Backbone weights and fitted state (memory bank, Gaussians) in one file, so the bank
+    can never be lost or mixed up."""
+    ac = config.anomaly
+    return write_bundle(
+        folder,
+        model,
+        config,
+        prep,
+        {
+            "task": "anomaly",
+            "method": ac.method,
+            "method_options": {"layers": list(ac.layers), "blur_sigma": ac.blur_sigma},
+            "classes": [good_label, ANOMALOUS],
+            # image score (max of the smoothed map) at or above this is NG; calibrated on
+            # defect-free images for the false-alarm rate below
+            "threshold": threshold,
+            "false_alarm_rate": ac.false_alarm_rate,
+            # scores and maps are reported as 0.5 + (raw - threshold) / (2 scale), clipped
+            # to [0, 1]: 0.5 is the threshold whatever the method
+            "normalisation": normalisation,
+        },
+    )
+
+
+def _load_anomaly(
+    folder: Path, meta: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """An anomaly method with its fitted state (memory bank, Gaussians or decoder)."""
+    from defectkit.models.anomaly import create_method
+
+    meta = meta or read_meta(folder)
+    if meta["task"] != "anomaly":
+        raise BundleError(f"{folder} holds a {meta['task']} model, not an anomaly model")
+    options = meta["method_options"]
+    model = create_method(
+        meta["method"], backbone=meta["backbone"], layers=tuple(options["layers"]), pretrained=False
+    )
+    state = load_weights(meta)
+    buffers = dict(model.named_buffers())
+    for name, tensor in state.items():  # fitted buffers start empty: give them their size
+        if name in buffers and buffers[name].shape != tensor.shape:
+            owner_name, _, leaf = name.rpartition(".")
+            owner = model.get_submodule(owner_name) if owner_name else model
+            owner.register_buffer(leaf, torch.empty_like(tensor))
+    model.load_state_dict(state)
+    return model.eval(), meta
+
+
+def load_model(folder, meta: dict[str, Any]) -> nn.Module:
+    return _load_anomaly(folder, meta)[0]
 
 
 def graph(
-    model: torch.nn.Module, images: torch.Tensor, *, size: int, blur_sigma: float = 0.0
+    model: nn.Module, images: torch.Tensor, *, size: int, blur_sigma: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _, patch_maps = model(images)
     maps = smooth_maps(patch_maps.float(), size, blur_sigma)

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from defectkit import bundle, report
+from defectkit import report
 from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.formats import DatasetError
 from defectkit.data.images import ImageDataset
@@ -43,6 +43,7 @@ from defectkit.models.classifier import (
 )
 from defectkit.runs import log_epoch, peak_rss_mb, training_log, write_history, write_json
 from defectkit.tasks import open_run
+from defectkit.tasks.classify import deploy
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
     if device.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     write_json(run_dir / "metrics.json", result)
-    bundle.save_classifier_bundle(
+    deploy.save_bundle(
         run_dir / "bundle",
         model,
         config,
@@ -332,7 +333,6 @@ def _epoch_line(row: dict, epochs: int) -> str:
 
 
 from defectkit.tasks import Task, register_task  # noqa: E402  (the pipeline above first)
-from defectkit.tasks.classify import deploy  # noqa: E402
 
 TASK = register_task(
     Task(

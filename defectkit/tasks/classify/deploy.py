@@ -5,23 +5,63 @@ command line's summaries."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
+from torch import nn
 
-from defectkit.bundle import load_classifier
+from defectkit.bundle import BundleError, load_weights, read_meta, write_bundle
+from defectkit.config import RunConfig
 from defectkit.metrics import binary_metrics, classification_metrics
+from defectkit.models.backbones import Preprocessing
 from defectkit.predictions import Prediction, decide_class
 
 OUTPUTS = ("probabilities",)
 
 
-def load_model(folder, meta: dict[str, Any]) -> torch.nn.Module:
-    return load_classifier(folder, meta)[0]
+def save_bundle(
+    folder: Path,
+    model: nn.Module,
+    config: RunConfig,
+    classes: tuple[str, ...],
+    prep: Preprocessing,
+    threshold: float | None = None,
+    positive: str | None = None,
+) -> Any:
+    return write_bundle(
+        folder,
+        model,
+        config,
+        prep,
+        {
+            "task": "classify",
+            "classes": list(classes),
+            "positive_class": positive,
+            # NG probability at or above this is NG; without a binary problem, argmax decides
+            "threshold": threshold,
+        },
+    )
 
 
-def graph(model: torch.nn.Module, images: torch.Tensor, **options: Any) -> torch.Tensor:
+def _load_classifier(
+    folder: Path, meta: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    meta = meta or read_meta(folder)
+    if meta["task"] != "classify":
+        raise BundleError(f"{folder} holds a {meta['task']} model, not a classifier")
+    model = timm.create_model(meta["backbone"], pretrained=False, num_classes=len(meta["classes"]))
+    model.load_state_dict(load_weights(meta))
+    return model.eval(), meta
+
+
+def load_model(folder, meta: dict[str, Any]) -> nn.Module:
+    return _load_classifier(folder, meta)[0]
+
+
+def graph(model: nn.Module, images: torch.Tensor, **options: Any) -> torch.Tensor:
     return model(images).float().softmax(1)
 
 

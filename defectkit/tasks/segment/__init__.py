@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
-from defectkit import bundle, report
+from defectkit import report
 from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.formats import DatasetError
 from defectkit.data.segmentation import SegmentationDataset
@@ -49,6 +49,7 @@ from defectkit.runs import (
     write_json,
 )
 from defectkit.tasks import open_run
+from defectkit.tasks.segment import deploy
 
 log = logging.getLogger(__name__)
 TRAIN_ON = ("all", "ng")
@@ -334,7 +335,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     )
     write_json(run_dir / "metrics.json", result)
     write_decisions(run_dir / "predictions.csv", rows)
-    bundle.save_segment_bundle(run_dir / "bundle", model, config, prep, in_channels, gate_threshold)
+    deploy.save_bundle(run_dir / "bundle", model, config, prep, in_channels, gate_threshold)
     report.write_segment_report(run_dir, config, test_set, probabilities, rows, result, history)
     return result
 
@@ -374,7 +375,6 @@ def _validate(
 
 
 from defectkit.tasks import Task, register_task  # noqa: E402  (the pipeline above first)
-from defectkit.tasks.segment import deploy  # noqa: E402
 
 TASK = register_task(
     Task(

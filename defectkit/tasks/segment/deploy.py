@@ -6,26 +6,84 @@ line's summaries."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from defectkit.bundle import load_segmenter
+from defectkit.bundle import BundleError, load_weights, read_meta, write_bundle
+from defectkit.config import RunConfig
 from defectkit.data.segmentation import read_mask
 from defectkit.data.transforms import to_image_size
 from defectkit.metrics import SegmentationScores
+from defectkit.models.backbones import Preprocessing
 from defectkit.predictions import Prediction, decide_segment
 
 OUTPUTS = ("masks", "gate")
 
 
-def load_model(folder, meta: dict[str, Any]) -> torch.nn.Module:
-    return load_segmenter(folder, meta)[0]
+def save_bundle(
+    folder: Path,
+    model: nn.Module,
+    config: RunConfig,
+    prep: Preprocessing,
+    in_channels: int,
+    gate_threshold: float,
+) -> Any:
+    sc = config.segment
+    return write_bundle(
+        folder,
+        model,
+        config,
+        prep,
+        {
+            "task": "segment",
+            "arch": sc.arch,
+            "encoder_depth": sc.encoder_depth,
+            "decoder_channels": list(sc.decoder_channels),
+            "in_channels": in_channels,
+            # the input is the image, then its aligned defect-free reference (3 + 3 channels)
+            "reference": sc.reference,
+            "gate": sc.gate,
+            "classes": ["ok", "defect"],
+            # gate: NG probability at or above this keeps the mask; below, the mask is empty
+            "threshold": gate_threshold if sc.gate else None,
+            "mask_threshold": sc.mask_threshold,
+            "min_region": sc.min_region,
+        },
+    )
+
+
+def _load_segmenter(
+    folder: Path, meta: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    from defectkit.config import ModelConfig, SegmentConfig
+    from defectkit.models.segmenter import build_segmenter
+
+    meta = meta or read_meta(folder)
+    if meta["task"] != "segment":
+        raise BundleError(f"{folder} holds a {meta['task']} model, not a segmenter")
+    config = SegmentConfig(
+        arch=meta["arch"],
+        encoder_depth=meta["encoder_depth"],
+        decoder_channels=tuple(meta["decoder_channels"]),
+        gate=meta["gate"],
+    )
+    model, _, _ = build_segmenter(
+        ModelConfig(backbone=meta["backbone"]), config, meta["in_channels"], pretrained=False
+    )
+    model.load_state_dict(load_weights(meta))
+    return model.eval(), meta
+
+
+def load_model(folder, meta: dict[str, Any]) -> nn.Module:
+    return _load_segmenter(folder, meta)[0]
 
 
 def graph(
-    model: torch.nn.Module, images: torch.Tensor, **options: Any
+    model: nn.Module, images: torch.Tensor, **options: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     masks, gate = model(images)
     return masks.float().sigmoid(), gate.float().sigmoid()
