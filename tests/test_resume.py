@@ -35,8 +35,8 @@ def _history(run_dir: Path) -> list[dict]:
 
 
 def _interrupt_after_first_epoch(monkeypatch, module, name: str) -> None:
-    """The module's `name` raises KeyboardInterrupt on its second call (classify: the start
-    of epoch 2; segment: the end of epoch 2, after its checkpoint)."""
+    """The module's `name` raises KeyboardInterrupt on its second call: at the start of
+    epoch 2, after epoch 1's checkpoint was written."""
     original, calls = getattr(module, name), {"n": 0}
 
     def interrupting(*args, **kwargs):
@@ -52,7 +52,7 @@ def _interrupt_after_first_epoch(monkeypatch, module, name: str) -> None:
     ("module", "hook", "settings", "data"),
     [
         (classify, "train_one_epoch", CLASSIFY, "synthetic_root"),
-        (segment, "write_history", SEGMENT, "tiles"),
+        (segment, "train_one_epoch", SEGMENT, "tiles"),
     ],
     ids=["classify", "segment"],
 )

@@ -120,10 +120,26 @@ def make_sampler(kind: str, targets: Sequence[int], seed: int) -> Sampler[int] |
     raise ValueError(f"unknown train.sampler {kind!r}; use none, oversample or undersample")
 
 
+Step = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, int, dict[str, float]]]
+
+
+def classification_step(loss_fn: nn.Module) -> Step:
+    """A classifier's training step: (images, class indices) -> loss, count, correct."""
+
+    def step(model: nn.Module, batch: Any, device: torch.device):
+        inputs, targets = batch
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device)
+        logits = model(inputs)
+        loss = loss_fn(logits, targets)
+        return loss, len(targets), {"accuracy": (logits.argmax(1) == targets).sum().item()}
+
+    return step
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
-    loss_fn: nn.Module,
+    loss_fn: nn.Module | None,
     optimizer: torch.optim.Optimizer,
     schedule: Any,
     device: torch.device,
@@ -132,12 +148,16 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     before_step: Callable[[nn.Module], None] | None = None,
     description: str = "train",
+    step: Step | None = None,
 ) -> dict[str, float]:
-    """One pass over `loader`; returns mean loss and accuracy over the samples seen."""
+    """One pass over `loader`: the task's `step` gives each batch's loss, its sample count
+    and sums to average (a classifier's: `loss_fn` on (images, targets), and the correct
+    ones); returns the mean loss and the mean of each sum over the samples seen."""
+    step = step or classification_step(loss_fn)
     model.train()
     if before_step is not None:
         before_step(model)
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, sums, seen = 0.0, {}, 0
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype)
         if amp_dtype is not None
@@ -146,11 +166,9 @@ def train_one_epoch(
     bar = tqdm(
         loader, desc=description, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None
     )  # None: no bar when the output is not a terminal
-    for inputs, targets in bar:
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device)
+    for batch in bar:
         with autocast:
-            logits = model(inputs)
-            loss = loss_fn(logits, targets)
+            loss, count, batch_sums = step(model, batch, device)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -160,11 +178,14 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         schedule.step()
-        total_loss += loss.item() * len(targets)
-        correct += (logits.argmax(1) == targets).sum().item()
-        seen += len(targets)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
-    return {"loss": total_loss / max(1, seen), "accuracy": correct / max(1, seen)}
+        total_loss += loss.item() * count
+        for key, value in batch_sums.items():
+            sums[key] = sums.get(key, 0.0) + value
+        seen += count
+        bar.set_postfix(
+            loss=f"{total_loss / seen:.4f}", **{k: f"{v / seen:.3f}" for k, v in sums.items()}
+        )
+    return {"loss": total_loss / max(1, seen), **{k: v / max(1, seen) for k, v in sums.items()}}
 
 
 @torch.inference_mode()

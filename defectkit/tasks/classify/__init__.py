@@ -19,6 +19,7 @@ from defectkit.data.images import ImageDataset
 from defectkit.data.splits import Split
 from defectkit.data.transforms import eval_transform, require_whole_images, train_transform
 from defectkit.engine import evaluate
+from defectkit.engine.fit import Fit, fit
 from defectkit.engine.losses import balanced_class_weights, make_loss
 from defectkit.engine.train import (
     generator_of,
@@ -28,9 +29,6 @@ from defectkit.engine.train import (
     make_schedule,
     mixed_precision,
     predict_logits,
-    restore,
-    rng_state,
-    save_checkpoint,
     train_one_epoch,
 )
 from defectkit.models.classifier import (
@@ -41,7 +39,7 @@ from defectkit.models.classifier import (
     parameter_groups,
     set_backbone_trainable,
 )
-from defectkit.runs import log_epoch, peak_rss_mb, training_log, write_history, write_json
+from defectkit.runs import peak_rss_mb, write_json
 from defectkit.tasks import open_run
 from defectkit.tasks.classify import deploy
 
@@ -225,73 +223,49 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
     schedule = make_schedule(optimizer, tc, len(train_loader))
     amp_dtype, scaler = mixed_precision(tc.amp, device)
 
-    history: list[dict] = []
-    start_epoch, best_loss, stale = 0, float("inf"), 0
-    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    if resume and last_path.exists():
-        state = restore(last_path, model, optimizer, schedule, generator_of(sampler))
-        history, best_loss, stale = state["history"], state["best_loss"], state["stale"]
-        start_epoch = state["epoch"] + 1
-        log.info("resumed %s at epoch %d of %d", run_dir, start_epoch + 1, tc.epochs)
+    def run_epoch(epoch: int) -> dict[str, float]:
+        if tc.strategy == "freeze_then_unfreeze" and epoch >= tc.unfreeze_epoch:
+            set_backbone_trainable(model, True)
+        stats = train_one_epoch(
+            trained,
+            train_loader,
+            loss_fn,
+            optimizer,
+            schedule,
+            device,
+            amp_dtype=amp_dtype,
+            scaler=scaler,
+            before_step=before_step,
+            description=f"epoch {epoch + 1}/{tc.epochs}",
+        )
+        return {"train_loss": stats["loss"], "train_accuracy": stats["accuracy"]}
 
+    def validate() -> dict[str, float]:
+        logits, val_targets = predict_logits(trained, val_loader, device)
+        return {
+            "val_loss": float(nn.functional.cross_entropy(logits, val_targets)),
+            "val_accuracy": float((logits.argmax(1) == val_targets).float().mean()),
+        }
+
+    loop = Fit(
+        task="classify",
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        epochs=tc.epochs,
+        run_epoch=run_epoch,
+        validate=validate if val_loader is not None else None,
+        # the lowest validation loss; without validation the latest epoch is best
+        score=lambda row: -row["val_loss"] if "val_loss" in row else row["epoch"],
+        line=lambda row: _epoch_line(row, tc.epochs),
+        early_stopping=tc.early_stopping,
+        scaler=scaler,
+        rng_sources=(generator_of(sampler),),
+        extra={"classes": list(classes), "config": config_to_dict(config)},
+    )
+    best_path = fit(loop, run_dir, resume)
+    history = loop.history
     train_seconds = feature_seconds + sum(h["seconds"] for h in history)
-    with training_log(run_dir) as writer:
-        for epoch in range(start_epoch, tc.epochs):
-            if tc.strategy == "freeze_then_unfreeze" and epoch >= tc.unfreeze_epoch:
-                set_backbone_trainable(model, True)
-            tick = time.perf_counter()
-            stats = train_one_epoch(
-                trained,
-                train_loader,
-                loss_fn,
-                optimizer,
-                schedule,
-                device,
-                amp_dtype=amp_dtype,
-                scaler=scaler,
-                before_step=before_step,
-                description=f"epoch {epoch + 1}/{tc.epochs}",
-            )
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": stats["loss"],
-                "train_accuracy": stats["accuracy"],
-                "lr": optimizer.param_groups[0]["lr"],
-            }
-            if val_loader is not None:
-                logits, val_targets = predict_logits(trained, val_loader, device)
-                row["val_loss"] = float(nn.functional.cross_entropy(logits, val_targets))
-                row["val_accuracy"] = float((logits.argmax(1) == val_targets).float().mean())
-            row["seconds"] = time.perf_counter() - tick
-            train_seconds += row["seconds"]
-            log_epoch(writer, history, row)
-            monitored = row.get("val_loss", -epoch)  # no validation: the latest epoch is best
-            improved = monitored < best_loss
-            best_loss, stale = (monitored, 0) if improved else (best_loss, stale + 1)
-            payload = {
-                "task": "classify",
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "rng": rng_state(generator_of(sampler)),
-                "epoch": epoch,
-                "history": history,
-                "best_loss": best_loss,
-                "stale": stale,
-                "classes": list(classes),
-                "config": config_to_dict(config),
-            }
-            save_checkpoint(last_path, payload)
-            if improved:
-                save_checkpoint(
-                    best_path,
-                    {k: payload[k] for k in ("task", "model", "epoch", "classes", "config")},
-                )
-            tqdm.write(_epoch_line(row, tc.epochs))
-            write_history(run_dir / "history.csv", history)
-            if tc.early_stopping and stale >= tc.early_stopping:
-                tqdm.write(f"early stop: no better validation loss for {stale} epochs")
-                break
 
     # evaluate the best weights on the test split, write metrics, report and bundle
     model.load_state_dict(load_checkpoint(best_path)["model"])

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
-from tqdm.auto import tqdm
 
 from defectkit import report
 from defectkit.config import RunConfig, config_to_dict
@@ -21,15 +20,15 @@ from defectkit.data.formats import DatasetError
 from defectkit.data.segmentation import SegmentationDataset
 from defectkit.data.tiles import slide
 from defectkit.data.transforms import to_image_size
+from defectkit.engine.fit import Fit, fit
 from defectkit.engine.losses import MaskLoss
 from defectkit.engine.train import (
     generator_of,
     load_checkpoint,
     make_optimizer,
     make_schedule,
-    restore,
-    rng_state,
-    save_checkpoint,
+    mixed_precision,
+    train_one_epoch,
 )
 from defectkit.metrics import (
     SegmentationScores,
@@ -40,14 +39,7 @@ from defectkit.metrics import (
 from defectkit.models.classifier import keep_frozen_bn_in_eval
 from defectkit.models.segmenter import Segmenter, build_segmenter
 from defectkit.predictions import PredictionWriter, decide_segment
-from defectkit.runs import (
-    log_epoch,
-    peak_rss_mb,
-    state_mb,
-    training_log,
-    write_history,
-    write_json,
-)
+from defectkit.runs import peak_rss_mb, state_mb, write_json
 from defectkit.tasks import open_run
 from defectkit.tasks.segment import deploy
 
@@ -233,81 +225,57 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         sc.loss, sc.bce_weight, sc.dice_weight, sc.focal_gamma, sc.tversky_alpha, sc.tversky_beta
     )
 
-    history: list[dict] = []
-    start_epoch, best = 0, -1.0
-    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    if resume and last_path.exists():
-        state = restore(last_path, model, optimizer, schedule, generator_of(sampler), train_set.rng)
-        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
-        log.info("resumed %s at epoch %d of %d", run_dir, start_epoch + 1, tc.epochs)
+    amp_dtype, scaler = mixed_precision(tc.amp, device)
 
+    def step(model: Segmenter, batch: Any, device: torch.device):
+        """Mask loss (on NG images only with train_on=ng), plus the gate's OK/NG loss."""
+        x, y, ng = (part.to(device) for part in batch)
+        logits, gate = model(x)
+        weights = ng if sc.train_on == "ng" else None
+        loss = mask_loss(logits[:, None], y[:, None], weights)
+        if sc.gate:
+            loss = loss + sc.gate_weight * F.binary_cross_entropy_with_logits(gate.float(), ng)
+        return loss, len(x), {}
+
+    def run_epoch(epoch: int) -> dict[str, float]:
+        frozen = epoch < sc.freeze_epochs
+        set_encoder_trainable(model, not frozen)
+        stats = train_one_epoch(
+            model,
+            train_loader,
+            None,
+            optimizer,
+            schedule,
+            device,
+            amp_dtype=amp_dtype,
+            scaler=scaler,
+            before_step=keep_frozen_bn_in_eval,
+            description=f"epoch {epoch + 1}/{tc.epochs}" + (" (encoder frozen)" if frozen else ""),
+            step=step,
+        )
+        return {"train_loss": stats["loss"]}
+
+    loop = Fit(
+        task="segment",
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        epochs=tc.epochs,
+        run_epoch=run_epoch,
+        validate=(lambda: _validate(model, val_set, device, sc.mask_threshold))
+        if len(val_set)
+        else None,
+        # the best validation defect IoU; without validation the latest epoch is best
+        score=lambda row: row.get("val_defect_iou", row["epoch"]),
+        line=lambda row: _epoch_line(row, tc.epochs),
+        early_stopping=tc.early_stopping,
+        scaler=scaler,
+        rng_sources=(generator_of(sampler), train_set.rng),
+        extra={"config": config_to_dict(config)},
+    )
+    best_path = fit(loop, run_dir, resume)
+    history = loop.history
     train_seconds = sum(h["seconds"] for h in history)
-    with training_log(run_dir) as writer:
-        for epoch in range(start_epoch, tc.epochs):
-            frozen = epoch < sc.freeze_epochs
-            set_encoder_trainable(model, not frozen)
-            tick = time.perf_counter()
-            model.train()
-            keep_frozen_bn_in_eval(model)
-            total, seen = 0.0, 0
-            bar = tqdm(
-                train_loader,
-                desc=f"epoch {epoch + 1}/{tc.epochs}" + (" (encoder frozen)" if frozen else ""),
-                leave=False,
-                mininterval=1.0,
-                disable=None,
-            )
-            for x, y, ng in bar:
-                x, y, ng = x.to(device), y.to(device), ng.to(device)
-                logits, gate = model(x)
-                weights = ng if sc.train_on == "ng" else None
-                loss = mask_loss(logits[:, None], y[:, None], weights)
-                if sc.gate:
-                    gate_loss = F.binary_cross_entropy_with_logits(gate.float(), ng)
-                    loss = loss + sc.gate_weight * gate_loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total, seen = total + loss.item() * len(x), seen + len(x)
-                bar.set_postfix(loss=f"{total / seen:.4f}")
-            row: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "train_loss": total / max(1, seen),
-                "lr": optimizer.param_groups[0]["lr"],
-            }
-            if len(val_set):
-                row.update(_validate(model, val_set, device, sc.mask_threshold))
-            row["seconds"] = time.perf_counter() - tick
-            train_seconds += row["seconds"]
-            log_epoch(writer, history, row)
-            monitored = row.get("val_defect_iou", epoch)  # no validation: the latest is best
-            improved = monitored > best
-            best = max(best, monitored)
-            payload = {
-                "task": "segment",
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "rng": rng_state(generator_of(sampler), train_set.rng),
-                "epoch": epoch,
-                "history": history,
-                "best": best,
-                "config": config_to_dict(config),
-            }
-            save_checkpoint(last_path, payload)
-            if improved:
-                save_checkpoint(best_path, {k: payload[k] for k in ("task", "model", "epoch")})
-            tqdm.write(
-                f"epoch {epoch + 1}/{tc.epochs}  loss {row['train_loss']:.4f}"
-                + (
-                    f" | val defect IoU {row['val_defect_iou']:.4f}"
-                    if "val_defect_iou" in row
-                    else ""
-                )
-                + f" | {row['seconds']:.1f} s"
-            )
-            write_history(run_dir / "history.csv", history)
 
     model.load_state_dict(load_checkpoint(best_path)["model"])
     gate_threshold = 0.5
@@ -350,6 +318,13 @@ def write_decisions(path: Path, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             extra = {k: row[k] for k in PER_IMAGE if k != "truth"}
             writer.write(row["decision"], truth=row["label"], **extra)
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    line = f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}"
+    if "val_defect_iou" in row:
+        line += f" | val defect IoU {row['val_defect_iou']:.4f}"
+    return line + f" | {row['seconds']:.1f} s"
 
 
 @torch.inference_mode()
