@@ -37,6 +37,13 @@ def train(
     import logging
 
     from defectkit.config import RunConfig, load_config
+    from defectkit.engine.distributed import (
+        close,
+        init_distributed,
+        is_main,
+        launched,
+        share_from_main,
+    )
     from defectkit.runs import close_failed_start, new_run_dir, resume_config
     from defectkit.tasks import get_task
 
@@ -48,18 +55,23 @@ def train(
         if not isinstance(config, RunConfig):
             config = load_config(config, overrides)
     task = get_task(config.task)  # an unknown task fails before a folder is made
+    if launched():  # torchrun: every rank joins, rank 0 makes the one run folder
+        init_distributed(config.train.device)
     if resume is None:
-        run_dir, made = new_run_dir(config)
-    logging.getLogger("defectkit").info("run folder: %s", run_dir)
+        run_dir, made = new_run_dir(config) if is_main() else (Path(), False)
+        run_dir = Path(share_from_main(str(run_dir)))
+    if is_main():
+        logging.getLogger("defectkit").info("run folder: %s", run_dir)
     try:
-        return run_dir, task(config, run_dir, resume is not None)
+        result = task(config, run_dir, resume is not None)
+        close()  # every rank done: leave the process group
+        return run_dir, result
     except KeyboardInterrupt as interrupt:
-        raise KeyboardInterrupt(
-            f"interrupted; {close_failed_start(run_dir, made, interrupt)}"
-        ) from None
+        note = close_failed_start(run_dir, made, interrupt) if is_main() else "interrupted"
+        raise KeyboardInterrupt(f"interrupted; {note}") from None
     except Exception as error:
-        note = close_failed_start(run_dir, made, error)
-        logging.getLogger("defectkit").info("%s", note)
+        if is_main():
+            logging.getLogger("defectkit").info("%s", close_failed_start(run_dir, made, error))
         raise
 
 

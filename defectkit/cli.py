@@ -48,7 +48,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     resume = Path(args.resume) if args.resume else None
     run_dir, result = defectkit.train(args.config, args.set, resume=resume)
-    _print_result(result, run_dir, _task_of(run_dir))
+    if result:  # under torchrun, rank 0 reports
+        _print_result(result, run_dir, _task_of(run_dir))
     return 0
 
 

@@ -178,12 +178,13 @@ def machine_summary() -> str:
 
 
 @contextlib.contextmanager
-def training_log(run_dir: Path) -> Iterator[Any]:
-    """The run's TensorBoard writer, closed at the end; Ctrl-C ends the run with the command
-    that resumes it (last.pt is written atomically after every epoch)."""
+def training_log(run_dir: Path, enabled: bool = True) -> Iterator[Any]:
+    """The run's TensorBoard writer (None when not `enabled`: the ranks of a distributed run
+    other than 0), closed at the end; Ctrl-C ends the run with the command that resumes it
+    (last.pt is written atomically after every epoch)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if enabled else None
     try:
         yield writer
     except KeyboardInterrupt:
@@ -191,14 +192,15 @@ def training_log(run_dir: Path) -> Iterator[Any]:
             f"interrupted; resume with: defectkit train --resume {run_dir}"
         ) from None
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
 
 def log_epoch(writer: Any, history: list[dict], row: dict[str, Any]) -> None:
     """One epoch's row into the history and, every value but the epoch, into TensorBoard."""
     history.append(row)
     for key, value in row.items():
-        if key != "epoch":
+        if key != "epoch" and writer is not None:
             writer.add_scalar(key, value, row["epoch"])
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from defectkit.engine.distributed import barrier, is_main
 from defectkit.engine.train import RandomSource, restore, rng_state, save_checkpoint
 from defectkit.runs import log_epoch, training_log, write_history
 
@@ -59,7 +60,8 @@ def fit(loop: Fit, run_dir: Path, resume: bool) -> Path:
         best = state["best"] if "best" in state else -state["best_loss"]
         stale, start = state.get("stale", 0), state["epoch"] + 1
         log.info("resumed %s at epoch %d of %d", run_dir, start + 1, loop.epochs)
-    with training_log(run_dir) as writer:
+    main = is_main()  # under torchrun only rank 0 writes; every rank keeps the same history
+    with training_log(run_dir, enabled=main) as writer:
         for epoch in range(start, loop.epochs):
             tick = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch + 1, **loop.run_epoch(epoch)}
@@ -84,13 +86,16 @@ def fit(loop: Fit, run_dir: Path, resume: bool) -> Path:
                 "stale": stale,
                 **loop.extra,
             }
-            save_checkpoint(last_path, payload)
-            if improved:
-                keep = ("task", "model", "epoch", *loop.extra)
-                save_checkpoint(best_path, {k: payload[k] for k in keep})
-            tqdm.write(loop.line(row))
-            write_history(run_dir / "history.csv", loop.history)
+            if main:
+                save_checkpoint(last_path, payload)
+                if improved:
+                    keep = ("task", "model", "epoch", *loop.extra)
+                    save_checkpoint(best_path, {k: payload[k] for k in keep})
+                tqdm.write(loop.line(row))
+                write_history(run_dir / "history.csv", loop.history)
             if loop.early_stopping and stale >= loop.early_stopping:
-                tqdm.write(f"early stop: no better validation score for {stale} epochs")
+                if main:
+                    tqdm.write(f"early stop: no better validation score for {stale} epochs")
                 break
+    barrier()  # the other ranks wait for rank 0's last checkpoint
     return best_path

@@ -80,17 +80,22 @@ def open_run(config: RunConfig, run_dir: Path, resume: bool):
 
     from defectkit.config import save_config
     from defectkit.data.splits import load_manifest, make_split, save_manifest
+    from defectkit.engine.distributed import barrier, init_distributed, is_main, launched
     from defectkit.engine.train import pick_device, seed_everything
 
-    seed_everything(config.train.seed)
+    seed_everything(config.train.seed)  # the same on every rank: the same split everywhere
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    device = pick_device(config.train.device)
+    device = (
+        init_distributed(config.train.device) if launched() else pick_device(config.train.device)
+    )
     dataset = read_data(config, run_dir)
     manifest = run_dir / "split.json"
     split = load_manifest(dataset, manifest) if resume else make_split(dataset, config.split)
-    save_manifest(split, dataset, manifest, config.split)
-    save_config(config, run_dir / "config.yaml")
+    if is_main():
+        save_manifest(split, dataset, manifest, config.split)
+        save_config(config, run_dir / "config.yaml")
+    barrier()
     return device, dataset, split
 
 
@@ -98,11 +103,12 @@ def read_data(config: RunConfig, run_dir: Path):
     """The run's dataset with every file checked (data.on_bad_image); samples left out for
     a bad file are listed in the run's left_out.json (and its report)."""
     from defectkit.data.checks import read_checked
+    from defectkit.engine.distributed import is_main
     from defectkit.runs import write_json
 
     d = config.data
     dataset = read_checked(d.root, d.format, d.label_mode, d.on_bad_image)
-    if dataset.left_out:
+    if dataset.left_out and is_main():
         write_json(run_dir / "left_out.json", [vars(b) for b in dataset.left_out])
         logging.getLogger("defectkit").warning(
             "left out %d sample(s) with a bad file (data.on_bad_image=skip): %s",

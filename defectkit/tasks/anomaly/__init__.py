@@ -223,6 +223,13 @@ def normalisation(calibration_scores: np.ndarray, threshold: float) -> dict[str,
 
 
 def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    from defectkit.engine.distributed import launched
+
+    if launched():
+        raise ValueError(
+            "anomaly fits run in one process for now (PatchCore / PaDiM fit in one pass over "
+            "the good images): run `defectkit train` without torchrun"
+        )
     ac = config.anomaly
     require_whole_images(config.data.resize, "anomaly")
     seed_everything(config.train.seed)

@@ -19,6 +19,7 @@ from defectkit.data.images import ImageDataset
 from defectkit.data.splits import Split
 from defectkit.data.transforms import eval_transform, require_whole_images, train_transform
 from defectkit.engine import evaluate
+from defectkit.engine.distributed import is_main, mean_across_ranks, shard, wrap
 from defectkit.engine.fit import Fit, fit
 from defectkit.engine.losses import balanced_class_weights, make_loss
 from defectkit.engine.train import (
@@ -135,7 +136,8 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
             for part, members in split.parts().items()
         },
     }
-    write_json(run_dir / "data_summary.json", summary)
+    if is_main():
+        write_json(run_dir / "data_summary.json", summary)
     log.info(
         "%s: %s layout, %d images, classes %s; train %d / val %d / test %d",
         dataset.root,
@@ -210,15 +212,18 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
         )
         feature_seconds = time.perf_counter() - tick
         trained: nn.Module = nn.Sequential(nn.Dropout(config.model.drop_rate), head_of(model))
-        train_loader = _loader(feature_train, tc.batch_size, config, sampler, shuffle=True)
+        train_source = feature_train
         val_loader = _loader(val_features, 256, config) if val_features is not None else None
         before_step = None
     else:
         trained = model
-        train_loader = _loader(train_set, tc.batch_size, config, sampler, shuffle=True)
+        train_source = train_set
         val_loader = _loader(val_set, 64, config) if len(val_set) else None
         before_step = keep_frozen_bn_in_eval
 
+    # under torchrun each rank draws its shard of every epoch (train.batch_size per rank)
+    rank_sampler, epoch_setter = shard(sampler, train_source, tc.seed)
+    train_loader = _loader(train_source, tc.batch_size, config, rank_sampler, shuffle=True)
     optimizer = make_optimizer(parameter_groups(model, tc.lr, tc.head_lr_mult, tc.weight_decay), tc)
     schedule = make_schedule(optimizer, tc, len(train_loader))
     amp_dtype, scaler = mixed_precision(tc.amp, device)
@@ -226,8 +231,10 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
     def run_epoch(epoch: int) -> dict[str, float]:
         if tc.strategy == "freeze_then_unfreeze" and epoch >= tc.unfreeze_epoch:
             set_backbone_trainable(model, True)
+        if epoch_setter is not None:
+            epoch_setter.set_epoch(epoch)
         stats = train_one_epoch(
-            trained,
+            wrap(trained, device),
             train_loader,
             loss_fn,
             optimizer,
@@ -238,6 +245,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
             before_step=before_step,
             description=f"epoch {epoch + 1}/{tc.epochs}",
         )
+        stats = mean_across_ranks(stats)
         return {"train_loss": stats["loss"], "train_accuracy": stats["accuracy"]}
 
     def validate() -> dict[str, float]:
@@ -260,13 +268,15 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
         line=lambda row: _epoch_line(row, tc.epochs),
         early_stopping=tc.early_stopping,
         scaler=scaler,
-        rng_sources=(generator_of(sampler),),
+        rng_sources=(generator_of(rank_sampler),),
         extra={"classes": list(classes), "config": config_to_dict(config)},
     )
     best_path = fit(loop, run_dir, resume)
     history = loop.history
     train_seconds = feature_seconds + sum(h["seconds"] for h in history)
 
+    if not is_main():
+        return {}  # rank 0 evaluates and writes the report and bundle
     # evaluate the best weights on the test split, write metrics, report and bundle
     model.load_state_dict(load_checkpoint(best_path)["model"])
     result = evaluate.evaluate_classifier(model, test_set, device, config, run_dir, val_set)

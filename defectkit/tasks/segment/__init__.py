@@ -20,6 +20,7 @@ from defectkit.data.formats import DatasetError
 from defectkit.data.segmentation import SegmentationDataset
 from defectkit.data.tiles import slide
 from defectkit.data.transforms import to_image_size
+from defectkit.engine.distributed import is_main, mean_across_ranks, shard, wrap
 from defectkit.engine.fit import Fit, fit
 from defectkit.engine.losses import MaskLoss
 from defectkit.engine.train import (
@@ -207,7 +208,11 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         in_channels,
     )
     sampler = balanced_sampler(train_ng, tc.seed) if sc.balance else None
-    train_loader = _loader(train_set, tc.batch_size, config.data.num_workers, sampler, shuffle=True)
+    # under torchrun each rank draws its shard of every epoch (train.batch_size per rank)
+    rank_sampler, epoch_setter = shard(sampler, train_set, tc.seed)
+    train_loader = _loader(
+        train_set, tc.batch_size, config.data.num_workers, rank_sampler, shuffle=True
+    )
 
     encoder = {id(p) for p in model.encoder_parameters()}
     groups = [
@@ -240,8 +245,10 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     def run_epoch(epoch: int) -> dict[str, float]:
         frozen = epoch < sc.freeze_epochs
         set_encoder_trainable(model, not frozen)
+        if epoch_setter is not None:
+            epoch_setter.set_epoch(epoch)
         stats = train_one_epoch(
-            model,
+            wrap(model, device),
             train_loader,
             None,
             optimizer,
@@ -253,7 +260,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
             description=f"epoch {epoch + 1}/{tc.epochs}" + (" (encoder frozen)" if frozen else ""),
             step=step,
         )
-        return {"train_loss": stats["loss"]}
+        return {"train_loss": mean_across_ranks(stats)["loss"]}
 
     loop = Fit(
         task="segment",
@@ -270,13 +277,15 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         line=lambda row: _epoch_line(row, tc.epochs),
         early_stopping=tc.early_stopping,
         scaler=scaler,
-        rng_sources=(generator_of(sampler), train_set.rng),
+        rng_sources=(generator_of(rank_sampler), train_set.rng),
         extra={"config": config_to_dict(config)},
     )
     best_path = fit(loop, run_dir, resume)
     history = loop.history
     train_seconds = sum(h["seconds"] for h in history)
 
+    if not is_main():
+        return {}  # rank 0 evaluates and writes the report and bundle
     model.load_state_dict(load_checkpoint(best_path)["model"])
     gate_threshold = 0.5
     if sc.gate and len(val_set):
