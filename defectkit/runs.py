@@ -35,7 +35,7 @@ def new_run_dir(config: RunConfig) -> tuple[Path, bool]:
     """The run's folder and whether this call made it (a failed start removes only that)."""
     name = config.name or f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(config.out_dir) / name
-    if (path / "checkpoints" / "last.pt").exists() or (path / "metrics.json").exists():
+    if _has_checkpoint(path) or (path / "metrics.json").exists():
         raise FileExistsError(
             f"run folder {path} already holds a run: resume it with "
             f"`defectkit train --resume {path}`, or choose another name with --set name=..."
@@ -47,6 +47,12 @@ def new_run_dir(config: RunConfig) -> tuple[Path, bool]:
 
 
 FAILED = "FAILED.txt"
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    """A checkpoint a resume can start from (last.pt of an epoch, fitted.pt of a fit)."""
+    folder = run_dir / "checkpoints"
+    return folder.is_dir() and any(folder.glob("*.pt"))
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -87,17 +93,13 @@ def resume_config(
         )
     from defectkit.tasks import get_task
 
-    if not get_task(saved.task).resumable:
-        raise ConfigError(
-            f"{run_dir} is an {saved.task} run: its fit is one pass with no epochs to "
-            "resume; train it again"
-        )
-    if not (run_dir / "checkpoints" / "last.pt").is_file():
+    checkpoint = get_task(saved.task).checkpoint
+    if not (run_dir / "checkpoints" / checkpoint).is_file():
         failed = run_dir / FAILED
         why = f" ({failed.read_text().strip()})" if failed.is_file() else ""
         raise ConfigError(
-            f"{run_dir} holds no checkpoints/last.pt: it stopped before its first epoch "
-            f"ended{why}; nothing to resume, train it again"
+            f"{run_dir} holds no checkpoints/{checkpoint}: it stopped before its first "
+            f"checkpoint{why}; nothing to resume, train it again"
         )
     if source is None and not overrides:
         return saved
@@ -144,7 +146,7 @@ def close_failed_start(run_dir: Path, made: bool, error: BaseException) -> str:
     was done, for the message."""
     import shutil
 
-    if (run_dir / "checkpoints" / "last.pt").exists():
+    if _has_checkpoint(run_dir):
         return f"resume with: defectkit train --resume {run_dir}"
     if made:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -278,7 +278,7 @@ def test_defects_among_the_training_images_are_flagged(tiles, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         result = get_task("anomaly")(config, run_dir, False)
     check = result["training_check"]
-    fit = json.loads((run_dir / "split.json").read_text())["fit"]
+    fit = json.loads((run_dir / "split.json").read_text())["train"]  # the fitted images
     slipped = {Path(p).name for p in fit if "slipped" in p}
     flagged = {Path(item["image"]).name for item in check["images"]}
     assert check["leave_one_out"] and check["checked"] == len(fit)

@@ -119,7 +119,7 @@ def test_resume_refuses_finished_anomaly_and_never_checkpointed_runs(tmp_path, i
     anomaly = tmp_path / "anomaly"
     anomaly.mkdir()
     (anomaly / "config.yaml").write_text(yaml.safe_dump({**saved, "task": "anomaly"}))
-    with pytest.raises(ConfigError, match="anomaly run: its fit is one pass"):
+    with pytest.raises(ConfigError, match=r"no checkpoints/fitted.pt: it stopped before"):
         defectkit.train(resume=anomaly)
     early = tmp_path / "early"
     early.mkdir()
@@ -139,3 +139,39 @@ def test_an_interrupt_before_the_first_checkpoint_leaves_no_folder(
     with pytest.raises(KeyboardInterrupt, match="nothing was trained"):
         defectkit.train(None, [f"data.root={synthetic_root}", f"out_dir={tmp_path}", "name=r"])
     assert not (tmp_path / "r").exists()
+
+
+def test_a_resumed_anomaly_run_reuses_its_fit(tiles, tmp_path, monkeypatch):
+    """Interrupted after the fit (while scoring): --resume loads fitted.pt, never fits
+    again, and ends with the uninterrupted run's numbers."""
+    from defectkit.models.anomaly.patchcore import PatchCore
+    from defectkit.tasks import anomaly
+
+    overrides = [
+        f"data.root={tiles}",
+        "data.image_size=64",
+        "anomaly.good_label=Ok",
+        "anomaly.method=patchcore",
+        "anomaly.blur_sigma=1",
+        f"out_dir={tmp_path}",
+    ]
+    _, whole = defectkit.train("mt_anomaly", [*overrides, "name=whole"])
+    with monkeypatch.context() as patch:
+
+        def stop(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        patch.setattr(anomaly, "score", stop)
+        with pytest.raises(KeyboardInterrupt, match="defectkit train --resume"):
+            defectkit.train("mt_anomaly", [*overrides, "name=cut"])
+    cut = tmp_path / "cut"
+    assert (cut / "checkpoints" / "fitted.pt").is_file() and not (cut / "metrics.json").exists()
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("the resumed run fitted again")
+
+    monkeypatch.setattr(PatchCore, "fit", no_refit)
+    _, resumed = defectkit.train(resume=cut)
+    for key in ("image_auroc", "pixel_auroc", "threshold", "f1_calibrated"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
+    assert resumed["training_check"] == whole["training_check"]

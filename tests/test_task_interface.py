@@ -78,7 +78,6 @@ BRIGHTNESS = tasks.Task(
     evaluate_bundle=_evaluate,
     summary=lambda result: f"cut {result['cut']:.3f}",
     eval_summary=lambda result: f"accuracy {result['accuracy']:.3f}",
-    resumable=False,
 )
 
 

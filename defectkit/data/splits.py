@@ -139,12 +139,15 @@ def _relative(sample: Sample, root: Path) -> str:
         return str(sample.image)
 
 
-def save_manifest(split: Split, dataset: SampleSet, path: Path, config: SplitConfig) -> None:
-    """split.json: image paths relative to the dataset root, per part, with how they were made."""
+def save_manifest(
+    split: Split, dataset: SampleSet, path: Path, config: SplitConfig, method: str = ""
+) -> None:
+    """split.json: image paths relative to the dataset root, per part, with how they were
+    made (`method`: a task's own rule, else split.method)."""
     payload = {
         "root": str(dataset.root),
         "layout": dataset.layout,
-        "method": config.method,
+        "method": method or config.method,
         "seed": config.seed,
         "left_out": [vars(b) for b in dataset.left_out],
         **{

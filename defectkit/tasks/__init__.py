@@ -39,8 +39,8 @@ class Task:
     eval_summary: Callable[[dict], str]
     # the OK/NG threshold a client sees (anomaly scores are normalised: 0.5)
     shown_threshold: Callable[[dict], float | None] = lambda meta: meta.get("threshold")
-    # a run interrupted after a checkpoint continues with `--resume`
-    resumable: bool = True
+    # a run interrupted after this checkpoint (in run_dir/checkpoints) goes on with --resume
+    checkpoint: str = "last.pt"
 
     def __call__(self, config: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         return self.run(config, run_dir, resume)
@@ -72,9 +72,16 @@ def _load_builtin() -> None:
     from defectkit.tasks import anomaly, classify, segment  # noqa: F401  (they register)
 
 
-def open_run(config: RunConfig, run_dir: Path, resume: bool):
-    """What every trained task starts with: seeds, CPU threads, the device, the dataset and
-    its split (the saved split.json when resuming), and split.json + config.yaml written.
+def open_run(
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    make_split_with: Callable[[Any], Any] | None = None,
+    method: str = "",
+):
+    """What every task's run starts with: seeds, CPU threads, the device, the dataset and
+    its split (`make_split_with(dataset)` for a task's own rule, else split.method; the saved
+    split.json when resuming), and split.json + config.yaml written.
     Returns (device, dataset, split)."""
     import torch
 
@@ -91,9 +98,14 @@ def open_run(config: RunConfig, run_dir: Path, resume: bool):
     )
     dataset = read_data(config, run_dir)
     manifest = run_dir / "split.json"
-    split = load_manifest(dataset, manifest) if resume else make_split(dataset, config.split)
+    if resume:
+        split = load_manifest(dataset, manifest)
+    elif make_split_with is not None:
+        split = make_split_with(dataset)
+    else:
+        split = make_split(dataset, config.split)
     if is_main():
-        save_manifest(split, dataset, manifest, config.split)
+        save_manifest(split, dataset, manifest, config.split, method)
         save_config(config, run_dir / "config.yaml")
     barrier()
     return device, dataset, split

@@ -16,21 +16,23 @@ import torch
 from torch.nn import functional as F
 
 from defectkit import report
-from defectkit.config import RunConfig, save_config
+from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.formats import DatasetError
 from defectkit.data.images import image_tensor
 from defectkit.data.samples import Sample, SampleSet
 from defectkit.data.segmentation import read_mask
+from defectkit.data.splits import Split
 from defectkit.data.transforms import content_box, eval_transform, require_whole_images
-from defectkit.engine.train import pick_device, seed_everything
+from defectkit.engine.train import load_checkpoint, save_checkpoint
 from defectkit.metrics import PixelRanking, f1_max, rates_at
 from defectkit.models.anomaly import create_method
 from defectkit.models.backbones import preprocessing_for
 from defectkit.runs import peak_rss_mb, state_mb, write_json
-from defectkit.tasks import read_data
-from defectkit.tasks.anomaly.deploy import ANOMALOUS, save_bundle
+from defectkit.tasks import open_run
+from defectkit.tasks.anomaly.deploy import ANOMALOUS, load_fitted_state, save_bundle
 
 log = logging.getLogger(__name__)
+FITTED = "fitted.pt"  # the fitted model, so that a resumed run never fits again
 GOOD_NAMES = ("good", "free", "ok", "normal")
 
 
@@ -98,11 +100,18 @@ class Batches:
         for start in range(0, len(self.samples), self.batch_size):
             images, sizes = [], []
             for i in range(start, min(start + self.batch_size, len(self.samples))):
-                if i not in self.decoded:
-                    self.decoded[i] = image_tensor(self.samples[i].image)
-                images.append(self.transform(self.decoded[i]))
-                sizes.append(tuple(self.decoded[i].shape[-2:]))
+                images.append(self.transform(self.image(i)))
+                sizes.append(self.size(i))
             yield torch.stack(images).to(self.device), sizes
+
+    def image(self, i: int) -> torch.Tensor:
+        if i not in self.decoded:
+            self.decoded[i] = image_tensor(self.samples[i].image)
+        return self.decoded[i]
+
+    def size(self, i: int) -> tuple[int, int]:
+        """(height, width) of the i-th image."""
+        return tuple(self.image(i).shape[-2:])
 
 
 def score(
@@ -153,7 +162,7 @@ def suspect_training_images(
             config.data.image_size,
             config.anomaly.blur_sigma,
         )
-        sizes = [tuple(fit.decoded[i].shape[-2:]) for i in indices]
+        sizes = [fit.size(i) for i in indices]
         scores, _ = crop_to_images(smoothed, sizes, config)
     else:
         indices = sorted(
@@ -232,15 +241,21 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         )
     ac = config.anomaly
     require_whole_images(config.data.resize, "anomaly")
-    seed_everything(config.train.seed)
-    device = pick_device(config.train.device)
-    dataset = read_data(config, run_dir)
+
+    def split_good_images(dataset: SampleSet) -> Split:
+        parts = anomaly_split(
+            dataset,
+            good_label(dataset, ac.good_label),
+            config.split.test_fraction,
+            config.split.val_fraction,
+            config.split.seed,
+        )
+        return Split(tuple(parts["fit"]), tuple(parts["calibration"]), tuple(parts["test"]))
+
+    # the common run start and split.json (train = fit, val = calibration, test)
+    device, dataset, split = open_run(config, run_dir, resume, split_good_images, "anomaly")
     good = good_label(dataset, ac.good_label)
-    parts = anomaly_split(
-        dataset, good, config.split.test_fraction, config.split.val_fraction, config.split.seed
-    )
-    save_config(config, run_dir / "config.yaml")
-    write_json(run_dir / "split.json", {k: [str(s.image) for s in v] for k, v in parts.items()})
+    parts = {"fit": list(split.train), "calibration": list(split.val), "test": list(split.test)}
     log.info(
         "%s: %s layout; fit on %d good images, calibrate on %d, test %d (%d defective)",
         dataset.root,
@@ -275,11 +290,31 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         resize=prep.resize,
     )
 
-    tick = time.perf_counter()
     fit_batches = Batches(parts["fit"], transform, 16, device)
-    fit_info = model.fit(fit_batches)
-    fit_seconds = time.perf_counter() - tick
-    log.info("fitted %s in %.1f s: %s", ac.method, fit_seconds, fit_info)
+    fitted = run_dir / "checkpoints" / FITTED
+    if resume and fitted.is_file():  # the fit is done: reuse it, never refit
+        state = load_checkpoint(fitted)
+        load_fitted_state(model, state["model"])
+        if state.get("training_maps"):
+            model.training_maps = state["training_maps"]
+        fit_info, fit_seconds = state["fit"], state["fit_seconds"]
+        log.info("resumed %s with the %s fitted before (%.1f s)", run_dir, ac.method, fit_seconds)
+    else:
+        tick = time.perf_counter()
+        fit_info = model.fit(fit_batches)
+        fit_seconds = time.perf_counter() - tick
+        log.info("fitted %s in %.1f s: %s", ac.method, fit_seconds, fit_info)
+        save_checkpoint(
+            fitted,
+            {
+                "task": "anomaly",
+                "model": model.state_dict(),
+                "training_maps": getattr(model, "training_maps", None) or {},
+                "fit": fit_info,
+                "fit_seconds": fit_seconds,
+                "config": config_to_dict(config),
+            },
+        )
 
     calibration_scores, _ = score(model, parts["calibration"], transform, config, device)
     threshold = float(np.quantile(calibration_scores, 1 - ac.false_alarm_rate))
@@ -406,6 +441,6 @@ TASK = register_task(
         summary=deploy.summary,
         eval_summary=deploy.eval_summary,
         shown_threshold=deploy.shown_threshold,
-        resumable=False,  # the fit is one pass over the good images
+        checkpoint=FITTED,  # written after the fit: --resume reuses it, never refits
     )
 )

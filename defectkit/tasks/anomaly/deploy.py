@@ -70,15 +70,20 @@ def _load_anomaly(
     model = create_method(
         meta["method"], backbone=meta["backbone"], layers=tuple(options["layers"]), pretrained=False
     )
-    state = load_weights(meta)
+    load_fitted_state(model, load_weights(meta))
+    return model.eval(), meta
+
+
+def load_fitted_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """A fitted state into a fresh method: its fitted buffers (memory bank, Gaussians)
+    start empty, so each gets the saved tensor's size first."""
     buffers = dict(model.named_buffers())
-    for name, tensor in state.items():  # fitted buffers start empty: give them their size
+    for name, tensor in state.items():
         if name in buffers and buffers[name].shape != tensor.shape:
             owner_name, _, leaf = name.rpartition(".")
             owner = model.get_submodule(owner_name) if owner_name else model
             owner.register_buffer(leaf, torch.empty_like(tensor))
     model.load_state_dict(state)
-    return model.eval(), meta
 
 
 def load_model(folder, meta: dict[str, Any]) -> nn.Module:
