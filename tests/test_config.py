@@ -62,3 +62,20 @@ def test_shipped_recipes_load():
 def test_dict_round_trip():
     config = load_config("elpv_classify")
     assert config_from_dict(config_to_dict(config)) == config
+
+
+def test_one_registry_refuses_duplicates_and_names_the_known():
+    from defectkit.data.formats import _READERS
+    from defectkit.models.anomaly import _METHODS, list_methods
+    from defectkit.models.backbones import _SOURCES
+    from defectkit.registry import Registry
+    from defectkit.tasks import _TASKS, list_tasks
+
+    list_tasks(), list_methods()  # the built-in entries register on first use
+    for registry in (_TASKS, _READERS, _METHODS, _SOURCES):
+        assert isinstance(registry, Registry) and len(registry) >= 3
+        name = next(iter(registry))
+        with pytest.raises(ValueError, match=f"{registry.kind} '{name}' is already registered"):
+            registry.add(name, registry[name])
+        with pytest.raises(ValueError, match=f"unknown {registry.kind} 'nope'; registered: "):
+            registry.lookup("nope")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from defectkit.data.samples import Box, Sample, SampleSet
+from defectkit.registry import Registry
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -30,14 +31,12 @@ class Reader:
     read: Callable[[Path, str], list[Sample]]  # (root, label_mode) -> samples
 
 
-_READERS: dict[str, Reader] = {}
+_READERS: Registry[Reader] = Registry("dataset format")
 
 
 def register_format(name: str, layout: str, detect: Callable[[Path], bool]):
     def decorator(read: Callable[[Path, str], list[Sample]]):
-        if name in _READERS:
-            raise ValueError(f"dataset format {name!r} is already registered")
-        _READERS[name] = Reader(name, layout, detect, read)
+        _READERS.add(name, Reader(name, layout, detect, read))
         return read
 
     return decorator

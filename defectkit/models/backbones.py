@@ -21,6 +21,8 @@ import timm
 import torch
 from torch import nn
 
+from defectkit.registry import Registry
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,14 +61,11 @@ class WeightsSource:
     by_order: bool = False  # tensors map in order (equal shapes) onto timm's state dict
 
 
-_SOURCES: dict[str, WeightsSource] = {}
+_SOURCES: Registry[WeightsSource] = Registry("weights for backbone")
 
 
 def register_weights(source: WeightsSource) -> WeightsSource:
-    if source.model in _SOURCES:
-        raise ValueError(f"weights for {source.model!r} are already registered")
-    _SOURCES[source.model] = source
-    return source
+    return _SOURCES.add(source.model, source)
 
 
 def list_backbones() -> list[str]:

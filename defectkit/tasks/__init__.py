@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from defectkit.config import RunConfig
+from defectkit.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,11 @@ class Task:
         return self.run(config, run_dir, resume)
 
 
-_TASKS: dict[str, Task] = {}
+_TASKS: Registry[Task] = Registry("task")
 
 
 def register_task(task: Task) -> Task:
-    if task.name in _TASKS:
-        raise ValueError(f"task {task.name!r} is already registered")
-    _TASKS[task.name] = task
-    return task
+    return _TASKS.add(task.name, task)
 
 
 def list_tasks() -> list[str]:
@@ -63,9 +61,7 @@ def list_tasks() -> list[str]:
 
 def get_task(name: str) -> Task:
     _load_builtin()
-    if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; registered: {', '.join(sorted(_TASKS))}")
-    return _TASKS[name]
+    return _TASKS.lookup(name)
 
 
 def _load_builtin() -> None:

@@ -13,15 +13,14 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
-_METHODS: dict[str, Callable[..., nn.Module]] = {}
+from defectkit.registry import Registry
+
+_METHODS: Registry[Callable[..., nn.Module]] = Registry("anomaly method")
 
 
 def register_method(name: str) -> Callable:
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _METHODS:
-            raise ValueError(f"anomaly method {name!r} is already registered")
-        _METHODS[name] = factory
-        return factory
+        return _METHODS.add(name, factory)
 
     return decorator
 
@@ -35,11 +34,7 @@ def create_method(name: str, **options) -> nn.Module:
     """Build a method from the options it takes; options meant for other methods (the run
     config carries all of them) are left out."""
     _load_builtin()
-    if name not in _METHODS:
-        raise ValueError(
-            f"unknown anomaly method {name!r}; available: {', '.join(sorted(_METHODS))}"
-        )
-    factory = _METHODS[name]
+    factory = _METHODS.lookup(name)
     accepted = inspect.signature(factory).parameters
     return factory(**{k: v for k, v in options.items() if k in accepted})
 
