@@ -78,7 +78,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: str = "none"  # none | balanced (inverse class frequency in the loss)
     sampler: str = "none"  # none | oversample | undersample
-    early_stopping: int = 0  # patience in epochs on the validation loss; 0 = off
+    early_stopping: int = 0  # patience in epochs on the validation score; 0 = off
+    # batches whose gradients add up before one optimiser step: an effective batch of
+    # batch_size x accumulate (x the processes under torchrun) within a small memory
+    accumulate: int = 1
     amp: bool = True  # mixed precision on CUDA; ignored on the CPU
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0

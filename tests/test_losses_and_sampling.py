@@ -79,3 +79,37 @@ def test_warmup_then_bad_schedule_name():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(config.lr / 4)
     with pytest.raises(ValueError, match="unknown train.schedule"):
         make_schedule(optimizer, TrainConfig(schedule="wavy"), 2)
+
+
+def test_accumulated_gradients_step_like_one_bigger_batch():
+    """Two batches of 4 added up (each loss halved) give the step of one batch of 8, and the
+    schedule steps once per optimiser step."""
+    import torch
+    from torch import nn
+
+    from defectkit.engine.train import optimizer_steps, train_one_epoch
+
+    generator = torch.Generator().manual_seed(0)
+    inputs, targets = torch.randn(8, 5, generator=generator), torch.tensor([0, 1] * 4)
+    results = []
+    for batch, accumulate in ((8, 1), (4, 2)):
+        model = nn.Linear(5, 2)
+        with torch.no_grad():
+            model.weight.copy_(torch.arange(10.0).reshape(2, 5) / 10)
+            model.bias.zero_()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        loader = [(inputs[i : i + batch], targets[i : i + batch]) for i in range(0, 8, batch)]
+        train_one_epoch(
+            model,
+            loader,
+            nn.CrossEntropyLoss(),
+            optimizer,
+            schedule,
+            torch.device("cpu"),
+            accumulate=accumulate,
+        )
+        results.append((model.weight.detach().clone(), schedule.last_epoch))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-7)
+    assert results[0][1] == results[1][1] == 1  # one optimiser step each
+    assert optimizer_steps(9, 2) == 5 and optimizer_steps(8, 1) == 8

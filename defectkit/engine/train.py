@@ -44,10 +44,16 @@ def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optim
     raise ValueError(f"unknown train.optimizer {config.optimizer!r}; use adamw, adam or sgd")
 
 
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimiser steps in an epoch of `batches` when gradients add up over `accumulate`."""
+    return -(-batches // max(1, accumulate))
+
+
 def make_schedule(
     optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step multiplier: linear warm-up, then cosine / step / exponential / constant."""
+    """A per-step multiplier (steps of the optimiser): linear warm-up, then cosine / step /
+    exponential / constant."""
     total = max(1, config.epochs * steps_per_epoch)
     warmup = config.warmup_epochs * steps_per_epoch
 
@@ -149,10 +155,13 @@ def train_one_epoch(
     before_step: Callable[[nn.Module], None] | None = None,
     description: str = "train",
     step: Step | None = None,
+    accumulate: int = 1,
 ) -> dict[str, float]:
     """One pass over `loader`: the task's `step` gives each batch's loss, its sample count
     and sums to average (a classifier's: `loss_fn` on (images, targets), and the correct
-    ones); returns the mean loss and the mean of each sum over the samples seen."""
+    ones); returns the mean loss and the mean of each sum over the samples seen. With
+    `accumulate` > 1 the gradients of that many batches add up (each loss scaled by
+    1 / accumulate) before one optimiser and schedule step."""
     step = step or classification_step(loss_fn)
     model.train()
     if before_step is not None:
@@ -166,18 +175,28 @@ def train_one_epoch(
     bar = tqdm(
         loader, desc=description, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None
     )  # None: no bar when the output is not a terminal
-    for batch in bar:
-        with autocast:
-            loss, count, batch_sums = step(model, batch, device)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        schedule.step()
+    accumulate = max(1, accumulate)
+    batches = len(loader)
+    optimizer.zero_grad(set_to_none=True)
+    for index, batch in enumerate(bar):
+        last = (index + 1) % accumulate == 0 or index + 1 == batches
+        # under DDP, gradients are averaged across ranks only at the batch that steps
+        sync = (
+            contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        )
+        with sync:
+            with autocast:
+                loss, count, batch_sums = step(model, batch, device)
+            scaled = loss / accumulate if accumulate > 1 else loss
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if last:
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
         total_loss += loss.item() * count
         for key, value in batch_sums.items():
             sums[key] = sums.get(key, 0.0) + value

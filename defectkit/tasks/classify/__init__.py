@@ -29,6 +29,7 @@ from defectkit.engine.train import (
     make_sampler,
     make_schedule,
     mixed_precision,
+    optimizer_steps,
     predict_logits,
     train_one_epoch,
 )
@@ -225,7 +226,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
     rank_sampler, epoch_setter = shard(sampler, train_source, tc.seed)
     train_loader = _loader(train_source, tc.batch_size, config, rank_sampler, shuffle=True)
     optimizer = make_optimizer(parameter_groups(model, tc.lr, tc.head_lr_mult, tc.weight_decay), tc)
-    schedule = make_schedule(optimizer, tc, len(train_loader))
+    schedule = make_schedule(optimizer, tc, optimizer_steps(len(train_loader), tc.accumulate))
     amp_dtype, scaler = mixed_precision(tc.amp, device)
 
     def run_epoch(epoch: int) -> dict[str, float]:
@@ -243,6 +244,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
             amp_dtype=amp_dtype,
             scaler=scaler,
             before_step=before_step,
+            accumulate=tc.accumulate,
             description=f"epoch {epoch + 1}/{tc.epochs}",
         )
         stats = mean_across_ranks(stats)

@@ -29,6 +29,7 @@ from defectkit.engine.train import (
     make_optimizer,
     make_schedule,
     mixed_precision,
+    optimizer_steps,
     train_one_epoch,
 )
 from defectkit.metrics import (
@@ -225,7 +226,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     for group in groups:
         group["weight_decay"] = tc.weight_decay
     optimizer = make_optimizer(groups, tc)
-    schedule = make_schedule(optimizer, tc, len(train_loader))
+    schedule = make_schedule(optimizer, tc, optimizer_steps(len(train_loader), tc.accumulate))
     mask_loss = MaskLoss(
         sc.loss, sc.bce_weight, sc.dice_weight, sc.focal_gamma, sc.tversky_alpha, sc.tversky_beta
     )
@@ -257,6 +258,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
             amp_dtype=amp_dtype,
             scaler=scaler,
             before_step=keep_frozen_bn_in_eval,
+            accumulate=tc.accumulate,
             description=f"epoch {epoch + 1}/{tc.epochs}" + (" (encoder frozen)" if frozen else ""),
             step=step,
         )
