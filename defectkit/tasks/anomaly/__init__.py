@@ -20,16 +20,15 @@ from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.formats import DatasetError
 from defectkit.data.images import image_tensor
 from defectkit.data.samples import Sample, SampleSet
-from defectkit.data.segmentation import read_mask
 from defectkit.data.splits import Split
 from defectkit.data.transforms import content_box, eval_transform, require_whole_images
 from defectkit.engine.train import load_checkpoint, save_checkpoint
-from defectkit.metrics import PixelRanking, f1_max, rates_at
 from defectkit.models.anomaly import create_method
 from defectkit.models.backbones import preprocessing_for
 from defectkit.runs import peak_rss_mb, state_mb, write_json
 from defectkit.tasks import open_run
 from defectkit.tasks.anomaly.deploy import ANOMALOUS, load_fitted_state, save_bundle
+from defectkit.tasks.anomaly.evaluate import evaluate_anomaly
 
 log = logging.getLogger(__name__)
 FITTED = "fitted.pt"  # the fitted model, so that a resumed run never fits again
@@ -208,7 +207,6 @@ def write_decisions(
     """predictions.csv as `defectkit predict` writes it for the bundle (same decisions,
     normalised scores and regions on the map at each image's own size), with the truth."""
     from PIL import Image
-    from torch.nn import functional as F
 
     from defectkit.predictions import PredictionWriter, decide_anomaly
 
@@ -350,79 +348,6 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         run_dir, config, parts["test"], good, test_scores, test_maps, result
     )
     return result
-
-
-def evaluate_anomaly(
-    samples: Sequence[Sample],
-    good: str,
-    scores: np.ndarray,
-    maps: Sequence[torch.Tensor],
-    threshold: float,
-) -> dict[str, Any]:
-    """Image AUROC, F1-max and F1 at the calibrated threshold; pixel AUROC and AUPRO with
-    maps resized to each mask's own resolution. Per defect class: the detection rate; the
-    pixel AUROC of its images with the defect-free ones; inside its own images alone (does
-    the map find the defect in an image known to be defective), also image by image (the
-    median, and how many images rank their defect below the rest); and the pooled pixel AUROC
-    without the class's images (the pooled number follows the classes with the largest
-    defect areas: this says which class holds it down)."""
-    from sklearn.metrics import roc_auc_score
-
-    is_bad = np.array([s.label != good for s in samples])
-    if is_bad.all() or not is_bad.any():
-        raise DatasetError("the test part needs both defect-free and defect images")
-    masks, resized = [], []
-    for sample, amap in zip(samples, maps, strict=True):
-        mask = read_mask(sample)
-        masks.append(mask)
-        resized.append(
-            F.interpolate(amap[None, None], size=mask.shape, mode="bilinear", align_corners=False)[
-                0, 0
-            ].numpy()
-        )
-    has_pixels = [bool(m.any()) for m in masks]
-    ranking = PixelRanking(masks, resized) if any(has_pixels) else None
-    # each defect image alone: does its map rank its own defect pixels first
-    alone = {
-        i: PixelRanking([masks[i]], [resized[i]]).auroc()
-        for i in range(len(masks))
-        if has_pixels[i] and not masks[i].all()
-    }
-    del resized
-    best_f1, best_threshold = f1_max(is_bad, scores)
-    at_calibrated = rates_at(is_bad, scores, threshold)
-    per_class = {}
-    for name in sorted({s.label for s in samples}):
-        members = np.array([s.label == name for s in samples])
-        per_class[name] = {
-            "images": int(members.sum()),
-            "flagged": float((scores[members] >= threshold).mean()),
-        }
-        own = np.flatnonzero(members)
-        if name == good or ranking is None or not any(has_pixels[i] for i in own):
-            continue
-        chosen = np.flatnonzero(members | ~is_bad)
-        per_class[name]["defect_pixels"] = int(sum(masks[i].sum() for i in own))
-        per_class[name]["pixel_auroc"] = ranking.auroc(chosen)
-        if not all(masks[i].all() for i in own):
-            per_class[name]["pixel_auroc_within"] = ranking.auroc(own)
-        if singles := [alone[i] for i in own if i in alone]:
-            per_class[name]["image_pixel_auroc_median"] = float(np.median(singles))
-            per_class[name]["images_map_inverted"] = sum(v < 0.5 for v in singles)
-        rest = np.flatnonzero(~members)
-        if any(has_pixels[i] for i in rest):
-            per_class[name]["pixel_auroc_without"] = ranking.auroc(rest)
-    return {
-        "image_auroc": float(roc_auc_score(is_bad, scores)),
-        "pixel_auroc": ranking.auroc() if ranking else None,
-        "aupro": ranking.aupro() if ranking else None,
-        "f1_max": best_f1,
-        "f1_max_threshold": best_threshold,
-        "f1_calibrated": at_calibrated["ng_f1"],
-        "at_calibrated": at_calibrated,
-        "per_class": per_class,
-        "test_images": len(samples),
-    }
 
 
 from defectkit.tasks import Task, register_task  # noqa: E402  (the pipeline above first)

@@ -123,7 +123,7 @@ def score_names(meta: dict[str, Any]) -> list[str]:
 def evaluate_bundle(inspector, samples: Sequence[Any], data: str) -> dict[str, Any]:
     """Every image is a test image: the model's good class is OK, any other label a defect;
     masks, where the layout has them, give the pixel metrics."""
-    from defectkit.tasks.anomaly import evaluate_anomaly
+    from defectkit.tasks.anomaly.evaluate import evaluate_anomaly
 
     good = inspector.classes[0]
     if not any(s.label == good for s in samples):

@@ -1,0 +1,90 @@
+"""The anomaly task's metrics: image AUROC, pixel AUROC and AUPRO at each mask's own
+resolution, F1-max and F1 at the calibrated threshold, and per defect class the share
+flagged and the pixel AUROC with the good images, inside its own images and without it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from defectkit.data.formats import DatasetError
+from defectkit.data.samples import Sample
+from defectkit.data.segmentation import read_mask
+from defectkit.metrics import PixelRanking, f1_max, rates_at
+
+
+def evaluate_anomaly(
+    samples: Sequence[Sample],
+    good: str,
+    scores: np.ndarray,
+    maps: Sequence[torch.Tensor],
+    threshold: float,
+) -> dict[str, Any]:
+    """Image AUROC, F1-max and F1 at the calibrated threshold; pixel AUROC and AUPRO with
+    maps resized to each mask's own resolution. Per defect class: the detection rate; the
+    pixel AUROC of its images with the defect-free ones; inside its own images alone (does
+    the map find the defect in an image known to be defective), also image by image (the
+    median, and how many images rank their defect below the rest); and the pooled pixel AUROC
+    without the class's images (the pooled number follows the classes with the largest
+    defect areas: this says which class holds it down)."""
+    from sklearn.metrics import roc_auc_score
+
+    is_bad = np.array([s.label != good for s in samples])
+    if is_bad.all() or not is_bad.any():
+        raise DatasetError("the test part needs both defect-free and defect images")
+    masks, resized = [], []
+    for sample, amap in zip(samples, maps, strict=True):
+        mask = read_mask(sample)
+        masks.append(mask)
+        resized.append(
+            F.interpolate(amap[None, None], size=mask.shape, mode="bilinear", align_corners=False)[
+                0, 0
+            ].numpy()
+        )
+    has_pixels = [bool(m.any()) for m in masks]
+    ranking = PixelRanking(masks, resized) if any(has_pixels) else None
+    # each defect image alone: does its map rank its own defect pixels first
+    alone = {
+        i: PixelRanking([masks[i]], [resized[i]]).auroc()
+        for i in range(len(masks))
+        if has_pixels[i] and not masks[i].all()
+    }
+    del resized
+    best_f1, best_threshold = f1_max(is_bad, scores)
+    at_calibrated = rates_at(is_bad, scores, threshold)
+    per_class = {}
+    for name in sorted({s.label for s in samples}):
+        members = np.array([s.label == name for s in samples])
+        per_class[name] = {
+            "images": int(members.sum()),
+            "flagged": float((scores[members] >= threshold).mean()),
+        }
+        own = np.flatnonzero(members)
+        if name == good or ranking is None or not any(has_pixels[i] for i in own):
+            continue
+        chosen = np.flatnonzero(members | ~is_bad)
+        per_class[name]["defect_pixels"] = int(sum(masks[i].sum() for i in own))
+        per_class[name]["pixel_auroc"] = ranking.auroc(chosen)
+        if not all(masks[i].all() for i in own):
+            per_class[name]["pixel_auroc_within"] = ranking.auroc(own)
+        if singles := [alone[i] for i in own if i in alone]:
+            per_class[name]["image_pixel_auroc_median"] = float(np.median(singles))
+            per_class[name]["images_map_inverted"] = sum(v < 0.5 for v in singles)
+        rest = np.flatnonzero(~members)
+        if any(has_pixels[i] for i in rest):
+            per_class[name]["pixel_auroc_without"] = ranking.auroc(rest)
+    return {
+        "image_auroc": float(roc_auc_score(is_bad, scores)),
+        "pixel_auroc": ranking.auroc() if ranking else None,
+        "aupro": ranking.aupro() if ranking else None,
+        "f1_max": best_f1,
+        "f1_max_threshold": best_threshold,
+        "f1_calibrated": at_calibrated["ng_f1"],
+        "at_calibrated": at_calibrated,
+        "per_class": per_class,
+        "test_images": len(samples),
+    }
