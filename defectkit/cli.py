@@ -68,7 +68,6 @@ def _print_result(result: dict, run_dir: Path, task: str) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a bundle on a labelled dataset folder (all of it, or a saved split part)."""
-    from defectkit.bundle import read_meta
     from defectkit.engine.evaluate import evaluate_bundle
     from defectkit.runs import write_json
     from defectkit.tasks import get_task
@@ -84,8 +83,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     write_json(out, result)
-    task = get_task(read_meta(Path(args.bundle))["task"])
-    print(f"{task.eval_summary(result)} -> {out}")
+    print(f"{get_task(result['task']).eval_summary(result)} -> {out}")
     for bad in result.get("left_out", []):
         print(f"left out {bad['file']}: {bad['reason']}", file=sys.stderr)
     return 0

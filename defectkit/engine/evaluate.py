@@ -142,4 +142,4 @@ def evaluate_bundle(
     )
     left_out = {"left_out": [vars(b) for b in dataset.left_out]} if dataset.left_out else {}
     task = get_task(inspector.task)
-    return {**task.evaluate_bundle(inspector, samples, str(data)), **left_out}
+    return {"task": task.name, **task.evaluate_bundle(inspector, samples, str(data)), **left_out}

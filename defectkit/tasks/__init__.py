@@ -54,6 +54,26 @@ def register_task(task: Task) -> Task:
     return _TASKS.add(task.name, task)
 
 
+def task_from(name: str, run: Callable[[RunConfig, Path, bool], dict], deploy: Any) -> Task:
+    """A task from its run and its deploy module, which defines load_model, OUTPUTS, graph,
+    decide, score_names, evaluate_bundle, summary, eval_summary and, where they differ
+    from the defaults, shown_threshold and CHECKPOINT."""
+    optional = {"shown_threshold": "shown_threshold", "checkpoint": "CHECKPOINT"}
+    return Task(
+        name=name,
+        run=run,
+        load_model=deploy.load_model,
+        outputs=deploy.OUTPUTS,
+        graph=deploy.graph,
+        decide=deploy.decide,
+        score_names=deploy.score_names,
+        evaluate_bundle=deploy.evaluate_bundle,
+        summary=deploy.summary,
+        eval_summary=deploy.eval_summary,
+        **{k: getattr(deploy, v) for k, v in optional.items() if hasattr(deploy, v)},
+    )
+
+
 def list_tasks() -> list[str]:
     _load_builtin()
     return sorted(_TASKS)

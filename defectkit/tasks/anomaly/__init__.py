@@ -26,12 +26,12 @@ from defectkit.engine.train import load_checkpoint, save_checkpoint
 from defectkit.models.anomaly import create_method
 from defectkit.models.backbones import preprocessing_for
 from defectkit.runs import peak_rss_mb, state_mb, write_json
-from defectkit.tasks import open_run
+from defectkit.tasks import open_run, register_task, task_from
+from defectkit.tasks.anomaly import deploy
 from defectkit.tasks.anomaly.deploy import ANOMALOUS, load_fitted_state, save_bundle
 from defectkit.tasks.anomaly.evaluate import evaluate_anomaly
 
 log = logging.getLogger(__name__)
-FITTED = "fitted.pt"  # the fitted model, so that a resumed run never fits again
 GOOD_NAMES = ("good", "free", "ok", "normal")
 
 
@@ -115,21 +115,22 @@ class Batches:
 
 def score(
     model, samples: Sequence[Sample], transform, config: RunConfig, device: torch.device
-) -> tuple[np.ndarray, list[torch.Tensor]]:
-    """Image scores and smoothed maps for every sample, computed by the graph that the
-    Inspector runs and ONNX export writes; each map cropped to the image's own content (see
-    data.resize) and its maximum the image score, as the Inspector does."""
+) -> tuple[np.ndarray, list[torch.Tensor], list[tuple[int, int]]]:
+    """Image scores, smoothed maps and each image's (height, width), computed by the graph
+    that the Inspector runs and ONNX export writes; each map cropped to the image's own
+    content (see data.resize) and its maximum the image score, as the Inspector does."""
     from defectkit.export import InspectionGraph
 
     graph = InspectionGraph(model, "anomaly", config.data.image_size, config.anomaly.blur_sigma)
-    scores, maps = [], []
+    scores, maps, image_sizes = [], [], []
     with torch.inference_mode():
         for images, sizes in Batches(samples, transform, 16, device).with_sizes():
             _, smoothed = graph(images)
             batch_scores, crops = crop_to_images(smoothed.cpu(), sizes, config)
             scores += batch_scores
             maps += crops
-    return np.array(scores, dtype=np.float64), maps
+            image_sizes += sizes
+    return np.array(scores, dtype=np.float64), maps, image_sizes
 
 
 def crop_to_images(
@@ -200,21 +201,18 @@ def write_decisions(
     samples: Sequence[Sample],
     scores: np.ndarray,
     crops: Sequence[torch.Tensor],
+    sizes: Sequence[tuple[int, int]],
     good: str,
     threshold: float,
     norm: dict[str, float],
 ) -> None:
     """predictions.csv as `defectkit predict` writes it for the bundle (same decisions,
     normalised scores and regions on the map at each image's own size), with the truth."""
-    from PIL import Image
-
     from defectkit.predictions import PredictionWriter, decide_anomaly
 
     classes = [good, ANOMALOUS]
     with PredictionWriter(path, ["anomaly_score", ANOMALOUS], extra=["truth"]) as writer:
-        for sample, raw, crop in zip(samples, scores, crops, strict=True):
-            with Image.open(sample.image) as image:
-                size = (image.height, image.width)
+        for sample, raw, crop, size in zip(samples, scores, crops, sizes, strict=True):
             full = F.interpolate(crop[None, None].float(), size=size, mode="bilinear")[0, 0]
             decision = decide_anomaly(
                 str(sample.image), float(raw), full.numpy(), classes, threshold, norm
@@ -289,7 +287,7 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     )
 
     fit_batches = Batches(parts["fit"], transform, 16, device)
-    fitted = run_dir / "checkpoints" / FITTED
+    fitted = run_dir / "checkpoints" / deploy.CHECKPOINT
     if resume and fitted.is_file():  # the fit is done: reuse it, never refit
         state = load_checkpoint(fitted)
         load_fitted_state(model, state["model"])
@@ -314,12 +312,12 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
             },
         )
 
-    calibration_scores, _ = score(model, parts["calibration"], transform, config, device)
+    calibration_scores, _, _ = score(model, parts["calibration"], transform, config, device)
     threshold = float(np.quantile(calibration_scores, 1 - ac.false_alarm_rate))
     suspects = suspect_training_images(model, fit_batches, threshold, config, device)
 
     tick = time.perf_counter()
-    test_scores, test_maps = score(model, parts["test"], transform, config, device)
+    test_scores, test_maps, test_sizes = score(model, parts["test"], transform, config, device)
     ms_per_image = 1000 * (time.perf_counter() - tick) / max(1, len(parts["test"]))
     result = evaluate_anomaly(parts["test"], good, test_scores, test_maps, threshold)
     result.update(
@@ -341,7 +339,14 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     write_json(run_dir / "metrics.json", result)
     norm = normalisation(calibration_scores, threshold)
     write_decisions(
-        run_dir / "predictions.csv", parts["test"], test_scores, test_maps, good, threshold, norm
+        run_dir / "predictions.csv",
+        parts["test"],
+        test_scores,
+        test_maps,
+        test_sizes,
+        good,
+        threshold,
+        norm,
     )
     save_bundle(run_dir / "bundle", model, config, prep, threshold, good, norm)
     report.write_anomaly_report(
@@ -350,22 +355,4 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     return result
 
 
-from defectkit.tasks import Task, register_task  # noqa: E402  (the pipeline above first)
-from defectkit.tasks.anomaly import deploy  # noqa: E402
-
-TASK = register_task(
-    Task(
-        name="anomaly",
-        run=run_anomaly,
-        load_model=deploy.load_model,
-        outputs=deploy.OUTPUTS,
-        graph=deploy.graph,
-        decide=deploy.decide,
-        score_names=deploy.score_names,
-        evaluate_bundle=deploy.evaluate_bundle,
-        summary=deploy.summary,
-        eval_summary=deploy.eval_summary,
-        shown_threshold=deploy.shown_threshold,
-        checkpoint=FITTED,  # written after the fit: --resume reuses it, never refits
-    )
-)
+TASK = register_task(task_from("anomaly", run_anomaly, deploy))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from defectkit.bundle import BundleError, load_weights, read_meta, write_bundle
+from defectkit.bundle import load_weights, write_bundle
 from defectkit.config import RunConfig
 from defectkit.data.transforms import content_box, to_image_size
 from defectkit.models.anomaly import smooth_maps
@@ -22,6 +22,8 @@ from defectkit.predictions import decide_anomaly, normalisation_of
 
 OUTPUTS = ("scores", "maps")
 ANOMALOUS = "anomalous"  # the NG class name of every anomaly bundle
+# written after the fit: --resume reuses the fitted model, never fits again
+CHECKPOINT = "fitted.pt"
 
 
 def save_bundle(
@@ -57,21 +59,16 @@ def save_bundle(
     )
 
 
-def _load_anomaly(
-    folder: Path, meta: dict[str, Any] | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(folder: Path, meta: dict[str, Any]) -> nn.Module:
     """An anomaly method with its fitted state (memory bank, Gaussians or decoder)."""
     from defectkit.models.anomaly import create_method
 
-    meta = meta or read_meta(folder)
-    if meta["task"] != "anomaly":
-        raise BundleError(f"{folder} holds a {meta['task']} model, not an anomaly model")
     options = meta["method_options"]
     model = create_method(
         meta["method"], backbone=meta["backbone"], layers=tuple(options["layers"]), pretrained=False
     )
     load_fitted_state(model, load_weights(meta))
-    return model.eval(), meta
+    return model.eval()
 
 
 def load_fitted_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -84,10 +81,6 @@ def load_fitted_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             owner = model.get_submodule(owner_name) if owner_name else model
             owner.register_buffer(leaf, torch.empty_like(tensor))
     model.load_state_dict(state)
-
-
-def load_model(folder, meta: dict[str, Any]) -> nn.Module:
-    return _load_anomaly(folder, meta)[0]
 
 
 def graph(

@@ -42,7 +42,7 @@ from defectkit.models.classifier import (
     set_backbone_trainable,
 )
 from defectkit.runs import peak_rss_mb, write_json
-from defectkit.tasks import open_run
+from defectkit.tasks import open_run, register_task, task_from
 from defectkit.tasks.classify import deploy
 
 log = logging.getLogger(__name__)
@@ -318,19 +318,4 @@ def _epoch_line(row: dict, epochs: int) -> str:
     return line + f" | {row['seconds']:.1f} s"
 
 
-from defectkit.tasks import Task, register_task  # noqa: E402  (the pipeline above first)
-
-TASK = register_task(
-    Task(
-        name="classify",
-        run=run_classify,
-        load_model=deploy.load_model,
-        outputs=deploy.OUTPUTS,
-        graph=deploy.graph,
-        decide=deploy.decide,
-        score_names=deploy.score_names,
-        evaluate_bundle=deploy.evaluate_bundle,
-        summary=deploy.summary,
-        eval_summary=deploy.eval_summary,
-    )
-)
+TASK = register_task(task_from("classify", run_classify, deploy))

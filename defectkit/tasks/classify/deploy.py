@@ -13,7 +13,7 @@ import timm
 import torch
 from torch import nn
 
-from defectkit.bundle import BundleError, load_weights, read_meta, write_bundle
+from defectkit.bundle import load_weights, write_bundle
 from defectkit.config import RunConfig
 from defectkit.metrics import binary_metrics, classification_metrics
 from defectkit.models.backbones import Preprocessing
@@ -46,19 +46,10 @@ def save_bundle(
     )
 
 
-def _load_classifier(
-    folder: Path, meta: dict[str, Any] | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    meta = meta or read_meta(folder)
-    if meta["task"] != "classify":
-        raise BundleError(f"{folder} holds a {meta['task']} model, not a classifier")
+def load_model(folder: Path, meta: dict[str, Any]) -> nn.Module:
     model = timm.create_model(meta["backbone"], pretrained=False, num_classes=len(meta["classes"]))
     model.load_state_dict(load_weights(meta))
-    return model.eval(), meta
-
-
-def load_model(folder, meta: dict[str, Any]) -> nn.Module:
-    return _load_classifier(folder, meta)[0]
+    return model.eval()
 
 
 def graph(model: nn.Module, images: torch.Tensor, **options: Any) -> torch.Tensor:

@@ -42,7 +42,7 @@ from defectkit.models.classifier import keep_frozen_bn_in_eval
 from defectkit.models.segmenter import Segmenter, build_segmenter
 from defectkit.predictions import PredictionWriter, decide_segment
 from defectkit.runs import peak_rss_mb, state_mb, write_json
-from defectkit.tasks import open_run
+from defectkit.tasks import open_run, register_task, task_from
 from defectkit.tasks.segment import deploy
 
 log = logging.getLogger(__name__)
@@ -360,19 +360,4 @@ def _validate(
     }
 
 
-from defectkit.tasks import Task, register_task  # noqa: E402  (the pipeline above first)
-
-TASK = register_task(
-    Task(
-        name="segment",
-        run=run_segment,
-        load_model=deploy.load_model,
-        outputs=deploy.OUTPUTS,
-        graph=deploy.graph,
-        decide=deploy.decide,
-        score_names=deploy.score_names,
-        evaluate_bundle=deploy.evaluate_bundle,
-        summary=deploy.summary,
-        eval_summary=deploy.eval_summary,
-    )
-)
+TASK = register_task(task_from("segment", run_segment, deploy))

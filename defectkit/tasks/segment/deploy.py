@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from defectkit.bundle import BundleError, load_weights, read_meta, write_bundle
+from defectkit.bundle import load_weights, write_bundle
 from defectkit.config import RunConfig
 from defectkit.data.segmentation import read_mask
 from defectkit.data.transforms import to_image_size
@@ -56,15 +56,10 @@ def save_bundle(
     )
 
 
-def _load_segmenter(
-    folder: Path, meta: dict[str, Any] | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(folder: Path, meta: dict[str, Any]) -> nn.Module:
     from defectkit.config import ModelConfig, SegmentConfig
     from defectkit.models.segmenter import build_segmenter
 
-    meta = meta or read_meta(folder)
-    if meta["task"] != "segment":
-        raise BundleError(f"{folder} holds a {meta['task']} model, not a segmenter")
     config = SegmentConfig(
         arch=meta["arch"],
         encoder_depth=meta["encoder_depth"],
@@ -75,11 +70,7 @@ def _load_segmenter(
         ModelConfig(backbone=meta["backbone"]), config, meta["in_channels"], pretrained=False
     )
     model.load_state_dict(load_weights(meta))
-    return model.eval(), meta
-
-
-def load_model(folder, meta: dict[str, Any]) -> nn.Module:
-    return _load_segmenter(folder, meta)[0]
+    return model.eval()
 
 
 def graph(
