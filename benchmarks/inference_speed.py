@@ -70,8 +70,8 @@ def time_backend(inspector, images, names, repeats_1: int, repeats_16: int) -> d
 
 def main() -> None:
     from defectkit.data.images import load_image
-    from defectkit.export import check_export, export_onnx
-    from defectkit.inspect import Inspector
+    from defectkit.runtime.export import check_export, export_onnx
+    from defectkit.runtime.inspector import Inspector
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", default=",".join(MODELS))

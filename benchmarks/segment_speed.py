@@ -32,8 +32,8 @@ def main() -> None:
     import torch
 
     from defectkit.config import load_config
-    from defectkit.inspect import Inspector
     from defectkit.runs import peak_rss_mb
+    from defectkit.runtime.inspector import Inspector
 
     if args.threads:
         torch.set_num_threads(args.threads)

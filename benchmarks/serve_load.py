@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     if not (BUNDLE / "model.onnx").is_file():
-        from defectkit.export import export_onnx
+        from defectkit.runtime.export import export_onnx
 
         export_onnx(BUNDLE)
     runs = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from defectkit._version import __version__
 
 if TYPE_CHECKING:
     from defectkit.config import RunConfig
@@ -44,8 +44,8 @@ def train(
         launched,
         share_from_main,
     )
-    from defectkit.runs import close_failed_start, new_run_dir, resume_config
-    from defectkit.tasks import get_task
+    from defectkit.runs import close_failed_start, new_run_dir
+    from defectkit.tasks import get_task, resume_config
 
     if resume is not None:
         run_dir, made = Path(resume), False
@@ -77,17 +77,17 @@ def train(
 
 def evaluate(bundle: str | Path, data: str | Path, **options: Any) -> dict[str, Any]:
     """Metrics of a bundle on a labelled dataset folder."""
-    from defectkit.engine.evaluate import evaluate_bundle
+    from defectkit.runtime.evaluate import evaluate_bundle
 
     return evaluate_bundle(bundle, data, **options)
 
 
 def __getattr__(name: str) -> Any:
     if name == "Inspector":  # imported on first use: it pulls in torch
-        from defectkit.inspect import Inspector
+        from defectkit.runtime.inspector import Inspector
 
         return Inspector
     raise AttributeError(f"module 'defectkit' has no attribute {name!r}")
 
 
-__all__ = ["Inspector", "evaluate", "load_dataset", "train"]
+__all__ = ["Inspector", "__version__", "evaluate", "load_dataset", "train"]

@@ -1,6 +1,7 @@
 """The model bundle: safetensors weights + bundle.json metadata, everything needed to run the
 model elsewhere (task, classes, preprocessing, input size, threshold, backbone, versions,
-checksum). Loading never unpickles."""
+checksum). Loading never unpickles. The file format only: a bundle's model is built by its
+task (runtime/graph.py `load_model`)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import defectkit
+from defectkit._version import __version__
 from defectkit.config import RunConfig
-from defectkit.models.backbones import Preprocessing, sha256_of
-from defectkit.runs import write_json
+from defectkit.models.backbones import Preprocessing
+from defectkit.runs import sha256_of, write_json
 
 BUNDLE_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -54,7 +55,7 @@ def write_bundle(
         },
         **task_meta,
         "versions": {
-            "defectkit": defectkit.__version__,
+            "defectkit": __version__,
             "torch": torch.__version__,
             "timm": timm.__version__,
         },
@@ -93,18 +94,3 @@ def read_meta(folder: Path) -> dict[str, Any]:
 def load_weights(meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The bundle's tensors (safetensors: nothing is unpickled)."""
     return load_file(str(Path(meta["folder"]) / WEIGHTS_FILE))
-
-
-def load_model(
-    folder: Path, meta: dict[str, Any] | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Whatever task the bundle holds; `meta` from read_meta saves checking the weights'
-    checksum a second time."""
-    from defectkit.tasks import get_task
-
-    meta = meta or read_meta(folder)
-    try:
-        task = get_task(meta["task"])
-    except ValueError as error:
-        raise BundleError(f"{folder}: {error} (a bundle made by a newer defectkit?)") from None
-    return task.load_model(folder, meta), meta

@@ -68,8 +68,8 @@ def _print_result(result: dict, run_dir: Path, task: str) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a bundle on a labelled dataset folder (all of it, or a saved split part)."""
-    from defectkit.engine.evaluate import evaluate_bundle
     from defectkit.runs import write_json
+    from defectkit.runtime.evaluate import evaluate_bundle
     from defectkit.tasks import get_task
 
     result = evaluate_bundle(
@@ -107,8 +107,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from defectkit.data.images import without_path
-    from defectkit.inspect import Inspector, expand_inputs
     from defectkit.predictions import PredictionWriter
+    from defectkit.runtime.inspector import Inspector, expand_inputs
 
     inspector = Inspector(args.bundle, backend=args.backend)
     out = Path(args.out)
@@ -154,8 +154,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """ONNX export into the bundle, then (given images) a check against PyTorch."""
-    from defectkit.export import check_export, export_onnx
-    from defectkit.inspect import expand_inputs
+    from defectkit.runtime.export import check_export, export_onnx
+    from defectkit.runtime.inspector import expand_inputs
 
     record = export_onnx(args.bundle, opset=args.opset)
     print(f"exported {record['file']} (opset {record['opset']}) in {record['export_seconds']} s")
@@ -245,9 +245,10 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 def _cmd_config_show(args: argparse.Namespace) -> int:
     """Every key of a recipe (or the defaults) with its value and what it means."""
     from defectkit.config import describe_config, load_config
+    from defectkit.tasks import get_task, list_tasks
 
     config = load_config(args.recipe, args.set)
-    print(describe_config(config))
+    print(describe_config(config, {name: get_task(name).sections for name in list_tasks()}))
     return 0
 
 

@@ -83,6 +83,8 @@ class TrainConfig:
     # batch_size x accumulate (x the processes under torchrun) within a small memory
     accumulate: int = 1
     amp: bool = True  # mixed precision on CUDA; ignored on the CPU
+    # torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)
+    sync_batchnorm: bool = False
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = torch's default
@@ -144,14 +146,6 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
-
-
-# the config sections each task reads (a report shows only these)
-TASK_SECTIONS = {
-    "classify": ("data", "split", "model", "train", "eval"),
-    "segment": ("data", "split", "model", "train", "eval", "segment"),
-    "anomaly": ("data", "split", "model", "train", "anomaly"),
-}
 
 
 class ConfigError(ValueError):
@@ -310,9 +304,10 @@ def field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
-def describe_config(config: RunConfig) -> str:
+def describe_config(config: RunConfig, readers: dict[str, tuple[str, ...]] | None = None) -> str:
     """Every key as `section.key: value  # what it means`, in the order of the dataclasses,
-    for `defectkit config show`."""
+    for `defectkit config show`; `readers`: each task's sections (Task.sections), to say
+    which tasks read a section."""
     lines = []
     top = field_comments(RunConfig)
     for field_ in dataclasses.fields(config):
@@ -321,8 +316,8 @@ def describe_config(config: RunConfig) -> str:
             note = top.get(field_.name, "")
             lines.append(f"{field_.name}: {value!r}" + (f"  # {note}" if note else ""))
             continue
-        used = [task for task, sections in TASK_SECTIONS.items() if field_.name in sections]
-        lines.append(f"\n{field_.name}:  (read by {', '.join(used)})")
+        used = [task for task, sections in (readers or {}).items() if field_.name in sections]
+        lines.append(f"\n{field_.name}:" + (f"  (read by {', '.join(used)})" if used else ""))
         notes = field_comments(type(value))
         for inner in dataclasses.fields(value):
             shown = getattr(value, inner.name)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from defectkit.config import load_config
-from defectkit.data.formats import DatasetError
+from defectkit.data.samples import DatasetError
 from defectkit.data.synthetic import make_mask_set
 from defectkit.models.anomaly import create_method, list_methods
 from defectkit.models.anomaly.patchcore import greedy_coreset, nearest_distance
@@ -109,7 +109,7 @@ def test_anomaly_needs_a_good_class(tmp_path):
 def test_bundle_reproduces_the_run_scores_and_decisions(anomaly_run):
     import csv
 
-    from defectkit.inspect import Inspector
+    from defectkit.runtime.inspector import Inspector
 
     run_dir, result = anomaly_run
     rows = list(csv.DictReader((run_dir / "predictions.csv").open()))[:8]
@@ -216,7 +216,7 @@ def test_pad_mode_maps_are_cropped_to_each_image(tiles, tmp_path):
 
     from PIL import Image
 
-    from defectkit.inspect import Inspector
+    from defectkit.runtime.inspector import Inspector
 
     root = tmp_path / "narrow"
     shutil.copytree(tiles, root)
@@ -299,7 +299,7 @@ def test_a_single_good_image_is_refused_with_the_fix(tmp_path):
 def test_images_of_other_sizes_and_channel_counts_are_inspected(anomaly_bundle, tiles, tmp_path):
     from PIL import Image
 
-    from defectkit.inspect import Inspector
+    from defectkit.runtime.inspector import Inspector
 
     source = Image.open(sorted(tiles.glob("MT_Spot/Imgs/*.jpg"))[0])
     rgba = source.convert("RGBA").resize((70, 50))

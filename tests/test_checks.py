@@ -17,7 +17,8 @@ import defectkit
 from defectkit.cli import main
 from defectkit.data import checks
 from defectkit.data.checks import check_dataset
-from defectkit.data.formats import DatasetError, read_dataset
+from defectkit.data.formats import read_dataset
+from defectkit.data.samples import DatasetError
 from defectkit.data.synthetic import make_mask_set
 from defectkit.tasks import classify
 

@@ -9,7 +9,7 @@ import torch
 
 from defectkit.config import load_config
 from defectkit.engine.train import load_checkpoint, save_checkpoint
-from defectkit.inspect import Inspector
+from defectkit.runtime.inspector import Inspector
 from defectkit.tasks import classify, get_task
 
 

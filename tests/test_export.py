@@ -7,8 +7,8 @@ import pytest
 
 from defectkit.bundle import BundleError
 from defectkit.cli import main
-from defectkit.export import check_export, export_onnx
-from defectkit.inspect import Inspector
+from defectkit.runtime.export import check_export, export_onnx
+from defectkit.runtime.inspector import Inspector
 
 
 def _exported_copy(bundle, tmp_path_factory):

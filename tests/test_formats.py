@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from defectkit.data.formats import DatasetError, detect_format, read_dataset
+from defectkit.data.formats import detect_format, read_dataset
+from defectkit.data.samples import DatasetError
 from defectkit.data.synthetic import make_mask_set
 
 

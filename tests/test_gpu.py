@@ -13,7 +13,7 @@ import torch
 
 from defectkit.config import RECIPES_DIR, load_config
 from defectkit.data.synthetic import make_classify_set, make_mask_set, make_paired_set
-from defectkit.inspect import Inspector
+from defectkit.runtime.inspector import Inspector
 from defectkit.tasks import get_task
 
 pytestmark = [

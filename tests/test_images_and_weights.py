@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from defectkit.data.formats import DatasetError
 from defectkit.data.images import image_tensor, load_image
+from defectkit.data.samples import DatasetError
 from defectkit.models import backbones
 from defectkit.models.backbones import WeightsError, create_backbone, find_weights_file
+from defectkit.runs import sha256_of
 
 
 def test_grey_and_16bit_images_become_rgb(tmp_path):
@@ -56,7 +57,7 @@ def test_cached_file_with_wrong_hash_is_refused(monkeypatch, tmp_path):
 
 def test_cached_file_with_right_hash_loads(monkeypatch, tmp_path):
     path = _tiny_source(monkeypatch, tmp_path, sha="")
-    right = replace(backbones._SOURCES["resnet18"], sha256=backbones.sha256_of(path))
+    right = replace(backbones._SOURCES["resnet18"], sha256=sha256_of(path))
     monkeypatch.setitem(backbones._SOURCES, "resnet18", right)
     reference = torch.load(path, weights_only=True)
     model, info = create_backbone("resnet18", 3, pretrained=True)
@@ -73,7 +74,7 @@ def test_a_file_given_without_a_hash_has_its_hash_logged(tmp_path, caplog):
     torch.save(model.state_dict(), path)
     with caplog.at_level(logging.INFO, logger="defectkit"):
         create_backbone("resnet18", 3, pretrained=True, weights=str(path))
-    digest = backbones.sha256_of(path)
+    digest = sha256_of(path)
     assert f"{path} has sha256 {digest}" in caplog.text
     assert f"model.weights_sha256={digest}" in caplog.text
 

@@ -102,7 +102,7 @@ def test_resume_refuses_settings_that_change_the_run_and_lists_them(interrupted)
 
 
 def test_resume_accepts_settings_that_only_change_how_it_runs(interrupted):
-    from defectkit.runs import resume_config
+    from defectkit.tasks import resume_config
 
     config = resume_config(interrupted, None, ["train.threads=1", "data.num_workers=0"])
     assert config.train.threads == 1 and config.train.epochs == 3

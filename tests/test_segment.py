@@ -15,8 +15,8 @@ from defectkit.data.samples import Box, Sample
 from defectkit.data.segmentation import read_mask, resize_pair
 from defectkit.data.synthetic import make_paired_set
 from defectkit.engine.losses import MaskLoss, lovasz_hinge, soft_dice_loss
-from defectkit.inspect import Inspector
 from defectkit.metrics import SegmentationScores, drop_small_regions
+from defectkit.runtime.inspector import Inspector
 from defectkit.tasks import get_task
 
 
@@ -180,7 +180,7 @@ def test_segment_run_finds_synthetic_defects(segment_run):
 
 
 def test_inspector_and_onnx_reproduce_the_run_masks(segment_run, tmp_path):
-    from defectkit.export import check_export, export_onnx
+    from defectkit.runtime.export import check_export, export_onnx
 
     run_dir, _ = segment_run
     rows = list(csv.DictReader((run_dir / "predictions.csv").open()))[::3]
@@ -221,7 +221,7 @@ def test_eval_command_scores_a_segment_bundle_as_the_run_did(segment_run, tiles,
 
 
 def test_eval_of_a_segment_bundle_needs_masks_or_boxes(segment_run, tmp_path):
-    from defectkit.engine.evaluate import evaluate_bundle
+    from defectkit.runtime.evaluate import evaluate_bundle
 
     folder = tmp_path / "classes"
     for label in ("ok", "ng"):
@@ -261,7 +261,7 @@ def test_reference_pairs_train_and_predict_with_their_templates(paired_run):
 
 
 def test_reference_without_templates_is_refused(tiles, tmp_path):
-    from defectkit.data.formats import DatasetError
+    from defectkit.data.samples import DatasetError
 
     with pytest.raises(DatasetError, match="have no reference image"):
         _segment(tiles, tmp_path, "r", "segment.reference=true")
@@ -292,7 +292,7 @@ def test_predict_command_pairs_templates_by_name_and_writes_masks(paired_run, tm
 
 
 def test_eval_pairs_each_image_with_its_reference(paired_run, tmp_path):
-    from defectkit.engine.evaluate import evaluate_bundle
+    from defectkit.runtime.evaluate import evaluate_bundle
 
     root, run_dir, result = paired_run
     evaluated = evaluate_bundle(run_dir, root, split_manifest=run_dir / "split.json")
@@ -375,7 +375,7 @@ def tiled_run(tmp_path_factory):
 
 
 def test_a_tiled_run_predicts_at_the_images_own_size_in_every_backend(tiled_run, tmp_path):
-    from defectkit.export import check_export, export_onnx
+    from defectkit.runtime.export import check_export, export_onnx
 
     run_dir, result = tiled_run
     assert result["without_gate"]["defect_iou"] > 0.4  # 0.69 here; 0.64 resized to 96 px
@@ -393,7 +393,7 @@ def test_a_tiled_run_predicts_at_the_images_own_size_in_every_backend(tiled_run,
 
 
 def test_tiled_pairs_slide_over_image_and_template_together(tmp_path):
-    from defectkit.export import check_export, export_onnx
+    from defectkit.runtime.export import check_export, export_onnx
 
     root = make_paired_set(tmp_path / "pcb", count=12, size=96)
     run_dir, _ = _segment(

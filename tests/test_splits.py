@@ -4,8 +4,7 @@ from pathlib import Path
 import pytest
 
 from defectkit.config import SplitConfig
-from defectkit.data.formats import DatasetError
-from defectkit.data.samples import Sample, SampleSet
+from defectkit.data.samples import DatasetError, Sample, SampleSet
 from defectkit.data.splits import (
     grouped_split,
     kfold_split,

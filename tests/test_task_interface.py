@@ -14,6 +14,7 @@ from defectkit import tasks
 from defectkit.bundle import BundleError, load_weights, write_bundle
 from defectkit.models.backbones import Preprocessing
 from defectkit.predictions import Prediction
+from defectkit.runtime.graph import load_model
 
 
 class Brightness(nn.Module):
@@ -145,4 +146,4 @@ def test_a_bundle_of_an_unknown_task_is_refused_clearly(
     )
     monkeypatch.delitem(tasks._TASKS, "brightness")
     with pytest.raises(BundleError, match="unknown task 'brightness'"):
-        defectkit.bundle.load_model(run_dir / "bundle")
+        load_model(run_dir / "bundle")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from defectkit.data.formats import DatasetError, read_dataset
+from defectkit.data.formats import read_dataset
 from defectkit.data.images import MAX_PIXELS, open_image, without_path
-from defectkit.data.samples import Sample, SampleSet
+from defectkit.data.samples import DatasetError, Sample, SampleSet
 
 ON_BAD = ("error", "skip")
 _CACHE_VERSION = 1

@@ -13,14 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from defectkit.data.samples import Box, Sample, SampleSet
+from defectkit.data.images import is_image
+from defectkit.data.samples import Box, DatasetError, Sample, SampleSet
 from defectkit.registry import Registry
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
-
-
-class DatasetError(ValueError):
-    """A dataset folder that cannot be read as asked; the message says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -44,10 +39,6 @@ def register_format(name: str, layout: str, detect: Callable[[Path], bool]):
 
 def list_formats() -> dict[str, str]:
     return {name: reader.layout for name, reader in _READERS.items()}
-
-
-def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def images_in(folder: Path) -> list[Path]:

@@ -13,10 +13,15 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 
-from defectkit.data.formats import DatasetError
-from defectkit.data.samples import Sample
+from defectkit.data.samples import DatasetError, Sample
 
 MAX_PIXELS = 40_000_000  # a 6000 x 6000 line-scan frame passes, a decompression bomb does not
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def open_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:

@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import Any
 
 
+class DatasetError(ValueError):
+    """A dataset folder that cannot be read as asked; the message says what to fix."""
+
+
 @dataclass(frozen=True)
 class Box:
     """An axis-aligned box in pixels of the original image, with its class name."""

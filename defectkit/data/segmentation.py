@@ -13,9 +13,8 @@ from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from defectkit.data.formats import DatasetError
 from defectkit.data.images import image_tensor
-from defectkit.data.samples import Sample
+from defectkit.data.samples import DatasetError, Sample
 from defectkit.data.tiles import random_window
 from defectkit.data.transforms import content_box
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from defectkit.config import SplitConfig
-from defectkit.data.formats import DatasetError
-from defectkit.data.samples import Sample, SampleSet
+from defectkit.data.samples import DatasetError, Sample, SampleSet
 
 
 @dataclass(frozen=True)

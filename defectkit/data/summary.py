@@ -13,9 +13,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from defectkit.data.formats import DatasetError
 from defectkit.data.images import load_image, open_image
-from defectkit.data.samples import Sample, SampleSet
+from defectkit.data.samples import DatasetError, Sample, SampleSet
 
 THUMB = 64  # side of the thumbnails compared: fine enough that textures decorrelate
 LOOK_ALIKE = 0.99  # correlation of two thumbnails above which images count as the same

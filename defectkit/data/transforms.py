@@ -135,3 +135,10 @@ def to_image_size(
     top, left, h, w = content_box(*size, input_size, resize)
     crop = torch.as_tensor(np.ascontiguousarray(values[top : top + h, left : left + w]))
     return F.interpolate(crop[None, None].float(), size=size, mode="bilinear")[0, 0].numpy()
+
+
+def to_image_mask(
+    probability: torch.Tensor, size: tuple[int, int], input_size: int, resize: str, threshold: float
+) -> np.ndarray:
+    """Input-size probabilities -> a boolean mask at the image's own size."""
+    return to_image_size(probability, size, input_size, resize) >= threshold

@@ -7,13 +7,18 @@ folder. Without torchrun every function here is a no-op for one process.
     torchrun --nproc_per_node 4 -m defectkit train --config mt_segment
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d \\
         --rdzv-endpoint HOST:29500 -m defectkit train --config mt_segment
+
+Fits that are one pass over the images (PatchCore, PaDiM) are sharded too: each rank
+extracts the features of its contiguous share (`contiguous_share`), and `gather_rows` puts
+them back together in image order on every rank, so the memory bank or the Gaussians are
+those of one process on all the images.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -83,6 +88,52 @@ def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
         tensor = tensor.cuda()
     dist.all_reduce(tensor)
     return {k: float(v) / world_size() for k, v in zip(keys, tensor.tolist(), strict=True)}
+
+
+def contiguous_share(items: Sequence[Any]) -> Sequence[Any]:
+    """This rank's contiguous slice of items (sizes differ by at most one, nothing padded or
+    repeated): concatenated in rank order the slices are the items again."""
+    if not dist.is_initialized():
+        return items
+    size, here = divmod(len(items), world_size()), rank()
+    start = here * size[0] + min(here, size[1])
+    return items[start : start + size[0] + (here < size[1])]
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows (dim 0; the counts may differ), concatenated in rank order, on every
+    rank, on the tensor's own device. Itself when not distributed."""
+    if not dist.is_initialized():
+        return tensor
+    wire = (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    )
+    local = tensor.contiguous().to(wire)
+    count = torch.tensor([len(local)], device=wire)
+    counts = [torch.zeros_like(count) for _ in range(world_size())]
+    dist.all_gather(counts, count)
+    most = int(max(counts))
+    padded = local.new_zeros((most, *local.shape[1:]))
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    rows = [part[: int(n)] for part, n in zip(parts, counts, strict=True)]
+    return torch.cat(rows).to(tensor.device)
+
+
+def sync_batchnorm(model: nn.Module, enabled: bool, device: torch.device) -> nn.Module:
+    """train.sync_batchnorm: the model's batch norms as SyncBatchNorm, so their statistics
+    are those of the global batch, not of each rank's share (small per-GPU batches). Done
+    once, before the optimiser is made (the parameters stay the same objects); one process
+    keeps its batch norms. torch's SyncBatchNorm trains on CUDA only."""
+    if not enabled or not dist.is_initialized():
+        return model
+    if device.type != "cuda":
+        raise ValueError(
+            "train.sync_batchnorm needs CUDA GPUs (torch's SyncBatchNorm does not train on "
+            "the CPU): leave it off for gloo / CPU runs"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:

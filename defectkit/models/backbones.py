@@ -10,7 +10,6 @@ Weights are resolved in this order, and the sha256 of whatever is loaded is chec
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib.util
 import logging
 import os
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from defectkit.registry import Registry
+from defectkit.runs import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +113,6 @@ for _name, _file in (
             url=f"https://download.pytorch.org/models/{_file}",
         )
     )
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_hash(path: Path, expected: str, fix: str) -> str:

@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 
 from defectkit.data.images import MAX_PIXELS, oversized
-from defectkit.inspect import Inspector
+from defectkit.runtime.inspector import Inspector
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,15 @@ from defectkit.registry import Registry
 _METHODS: Registry[Callable[..., nn.Module]] = Registry("anomaly method")
 
 
+# a sharded fit's gathering step: this process's feature rows -> every process's, in image
+# order (engine/distributed.gather_rows under torchrun); one process keeps its own
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+def keep(rows: torch.Tensor) -> torch.Tensor:
+    return rows
+
+
 def register_method(name: str) -> Callable:
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         return _METHODS.add(name, factory)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from defectkit.models.anomaly import register_method
+from defectkit.models.anomaly import Gather, keep, register_method
 from defectkit.models.anomaly.features import PatchFeatures
 from defectkit.models.anomaly.padim import PaDiM
 from defectkit.models.anomaly.patchcore import PatchCore
@@ -62,18 +62,18 @@ class PatchCorePaDiM(nn.Module):
         return local, raw
 
     @torch.inference_mode()
-    def fit(self, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+    def fit(self, batches: Iterable[torch.Tensor], gather: Gather = keep) -> dict[str, float]:
         patches, raws = [], []
         for images in tqdm(batches, desc="patchcore+padim features", leave=False, disable=None):
             local, raw = self._both(images)
             patches.append(local.permute(0, 2, 3, 1).reshape(-1, local.shape[1]).cpu())
             raws.append(raw.cpu())
         grid = local.shape[-2:]
-        features = torch.cat(patches)
+        features = gather(torch.cat(patches))
         patches.clear()  # the batches' copies, freed before the coreset search
         info = self.patchcore.fit_patches(features, grid)
         del features
-        feats = torch.cat(raws)
+        feats = gather(torch.cat(raws))
         raws.clear()
         info.update({f"padim_{k}": v for k, v in self.padim.fit_features(feats).items()})
         # PatchCore's spread from its leave-one-out maps (in-sample distances are ~0);

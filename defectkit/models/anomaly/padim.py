@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from defectkit.models.anomaly import register_method
+from defectkit.models.anomaly import Gather, keep, register_method
 from defectkit.models.anomaly.features import PatchFeatures
 
 
@@ -36,14 +36,15 @@ class PaDiM(nn.Module):
         self.register_buffer("inverse_covariance", torch.empty(0))
 
     @torch.inference_mode()
-    def fit(self, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+    def fit(self, batches: Iterable[torch.Tensor], gather: Gather = keep) -> dict[str, float]:
+        """`gather`: this process's rows -> every process's, in image order (a sharded fit)."""
         feats = torch.cat(
             [
                 self.features(images)[:, self.channels].cpu()
                 for images in tqdm(batches, desc="padim features", leave=False, disable=None)
             ]
         )
-        return self.fit_features(feats)
+        return self.fit_features(gather(feats))
 
     def fit_features(self, feats: torch.Tensor) -> dict[str, float]:
         """Gaussians from (N, dims, h, w) features of the training images."""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from defectkit.models.anomaly import register_method
+from defectkit.models.anomaly import Gather, keep, register_method
 from defectkit.models.anomaly.features import PatchFeatures
 
 
@@ -88,12 +88,13 @@ class PatchCore(nn.Module):
         self.register_buffer("memory_bank", torch.empty(0, self.features.channels))
 
     @torch.inference_mode()
-    def fit(self, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+    def fit(self, batches: Iterable[torch.Tensor], gather: Gather = keep) -> dict[str, float]:
+        """`gather`: this process's rows -> every process's, in image order (a sharded fit)."""
         patches = []
         for images in tqdm(batches, desc="patchcore features", leave=False, disable=None):
             feats = self.features(images)
             patches.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu())
-        return self.fit_patches(torch.cat(patches), feats.shape[-2:])
+        return self.fit_patches(gather(torch.cat(patches)), feats.shape[-2:])
 
     def fit_patches(self, features: torch.Tensor, grid: torch.Size) -> dict[str, float]:
         """Memory bank from all training patches (rows, image after image on a `grid`)."""

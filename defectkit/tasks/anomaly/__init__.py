@@ -4,6 +4,7 @@ AUROC, AUPRO, F1, heat maps at each image's own resolution."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import time
@@ -15,19 +16,18 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from defectkit import report
 from defectkit.config import RunConfig, config_to_dict
-from defectkit.data.formats import DatasetError
 from defectkit.data.images import image_tensor
-from defectkit.data.samples import Sample, SampleSet
+from defectkit.data.samples import DatasetError, Sample, SampleSet
 from defectkit.data.splits import Split
 from defectkit.data.transforms import content_box, eval_transform, require_whole_images
+from defectkit.engine.distributed import contiguous_share, gather_rows, is_main, launched
 from defectkit.engine.train import load_checkpoint, save_checkpoint
 from defectkit.models.anomaly import create_method
 from defectkit.models.backbones import preprocessing_for
 from defectkit.runs import peak_rss_mb, state_mb, write_json
 from defectkit.tasks import open_run, register_task, task_from
-from defectkit.tasks.anomaly import deploy
+from defectkit.tasks.anomaly import deploy, report
 from defectkit.tasks.anomaly.deploy import ANOMALOUS, load_fitted_state, save_bundle
 from defectkit.tasks.anomaly.evaluate import evaluate_anomaly
 
@@ -119,13 +119,11 @@ def score(
     """Image scores, smoothed maps and each image's (height, width), computed by the graph
     that the Inspector runs and ONNX export writes; each map cropped to the image's own
     content (see data.resize) and its maximum the image score, as the Inspector does."""
-    from defectkit.export import InspectionGraph
-
-    graph = InspectionGraph(model, "anomaly", config.data.image_size, config.anomaly.blur_sigma)
+    size, sigma = config.data.image_size, config.anomaly.blur_sigma
     scores, maps, image_sizes = [], [], []
     with torch.inference_mode():
         for images, sizes in Batches(samples, transform, 16, device).with_sizes():
-            _, smoothed = graph(images)
+            _, smoothed = deploy.graph(model, images, size=size, blur_sigma=sigma)
             batch_scores, crops = crop_to_images(smoothed.cpu(), sizes, config)
             scores += batch_scores
             maps += crops
@@ -228,13 +226,6 @@ def normalisation(calibration_scores: np.ndarray, threshold: float) -> dict[str,
 
 
 def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
-    from defectkit.engine.distributed import launched
-
-    if launched():
-        raise ValueError(
-            "anomaly fits run in one process for now (PatchCore / PaDiM fit in one pass over "
-            "the good images): run `defectkit train` without torchrun"
-        )
     ac = config.anomaly
     require_whole_images(config.data.resize, "anomaly")
 
@@ -287,8 +278,15 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     )
 
     fit_batches = Batches(parts["fit"], transform, 16, device)
+    sharded = launched()  # under torchrun each rank extracts the features of its share
+    if sharded and "gather" not in inspect.signature(model.fit).parameters:
+        raise ValueError(
+            f"anomaly.method={ac.method} trains in one process: run `defectkit train` "
+            "without torchrun (patchcore, padim and patchcore_padim fit sharded)"
+        )
     fitted = run_dir / "checkpoints" / deploy.CHECKPOINT
-    if resume and fitted.is_file():  # the fit is done: reuse it, never refit
+    reuse = resume and fitted.is_file()
+    if reuse:  # the fit is done: reuse it, never refit
         state = load_checkpoint(fitted)
         load_fitted_state(model, state["model"])
         if state.get("training_maps"):
@@ -297,9 +295,16 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         log.info("resumed %s with the %s fitted before (%.1f s)", run_dir, ac.method, fit_seconds)
     else:
         tick = time.perf_counter()
-        fit_info = model.fit(fit_batches)
+        if sharded:  # every rank builds the same model from all ranks' features
+            share = Batches(contiguous_share(parts["fit"]), transform, 16, device)
+            fit_info = model.fit(share, gather=gather_rows)
+        else:
+            fit_info = model.fit(fit_batches)
         fit_seconds = time.perf_counter() - tick
         log.info("fitted %s in %.1f s: %s", ac.method, fit_seconds, fit_info)
+    if not is_main():
+        return {}  # rank 0 calibrates, evaluates and writes the run folder and bundle
+    if not reuse:
         save_checkpoint(
             fitted,
             {

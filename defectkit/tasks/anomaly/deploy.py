@@ -20,6 +20,9 @@ from defectkit.models.anomaly import smooth_maps
 from defectkit.models.backbones import Preprocessing
 from defectkit.predictions import decide_anomaly, normalisation_of
 
+# the config sections this task reads (its report and `config show` list these)
+SECTIONS = ("data", "split", "model", "train", "anomaly")
+
 OUTPUTS = ("scores", "maps")
 ANOMALOUS = "anomalous"  # the NG class name of every anomaly bundle
 # written after the fit: --resume reuses the fitted model, never fits again

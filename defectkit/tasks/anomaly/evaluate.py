@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from defectkit.data.formats import DatasetError
-from defectkit.data.samples import Sample
+from defectkit.data.samples import DatasetError, Sample
 from defectkit.data.segmentation import read_mask
 from defectkit.metrics import PixelRanking, f1_max, rates_at
 

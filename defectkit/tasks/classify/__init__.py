@@ -12,14 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from defectkit import report
 from defectkit.config import RunConfig, config_to_dict
-from defectkit.data.formats import DatasetError
 from defectkit.data.images import ImageDataset
+from defectkit.data.samples import DatasetError
 from defectkit.data.splits import Split
 from defectkit.data.transforms import eval_transform, require_whole_images, train_transform
-from defectkit.engine import evaluate
-from defectkit.engine.distributed import is_main, mean_across_ranks, shard, wrap
+from defectkit.engine.distributed import is_main, mean_across_ranks, shard, sync_batchnorm, wrap
 from defectkit.engine.fit import Fit, fit
 from defectkit.engine.losses import balanced_class_weights, make_loss
 from defectkit.engine.train import (
@@ -43,7 +41,7 @@ from defectkit.models.classifier import (
 )
 from defectkit.runs import peak_rss_mb, write_json
 from defectkit.tasks import open_run, register_task, task_from
-from defectkit.tasks.classify import deploy
+from defectkit.tasks.classify import deploy, evaluate, report
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +156,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
     if tc.init_from:
         weights_info["warm_start"] = warm_start(model, tc.init_from, config.model.backbone, classes)
     model.to(device)
+    model = sync_batchnorm(model, tc.sync_batchnorm, device)
     frozen_now = tc.strategy == "frozen" or (
         tc.strategy == "freeze_then_unfreeze" and tc.unfreeze_epoch > 0
     )

@@ -21,6 +21,9 @@ from defectkit.predictions import Prediction, decide_class
 
 OUTPUTS = ("probabilities",)
 
+# the config sections this task reads (its report and `config show` list these)
+SECTIONS = ("data", "split", "model", "train", "eval")
+
 
 def save_bundle(
     folder: Path,

@@ -14,13 +14,12 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from defectkit import report
 from defectkit.config import RunConfig, config_to_dict
-from defectkit.data.formats import DatasetError
+from defectkit.data.samples import DatasetError
 from defectkit.data.segmentation import SegmentationDataset
 from defectkit.data.tiles import slide
 from defectkit.data.transforms import to_image_size
-from defectkit.engine.distributed import is_main, mean_across_ranks, shard, wrap
+from defectkit.engine.distributed import is_main, mean_across_ranks, shard, sync_batchnorm, wrap
 from defectkit.engine.fit import Fit, fit
 from defectkit.engine.losses import MaskLoss
 from defectkit.engine.train import (
@@ -43,7 +42,7 @@ from defectkit.models.segmenter import Segmenter, build_segmenter
 from defectkit.predictions import PredictionWriter, decide_segment
 from defectkit.runs import peak_rss_mb, state_mb, write_json
 from defectkit.tasks import open_run, register_task, task_from
-from defectkit.tasks.segment import deploy
+from defectkit.tasks.segment import deploy, report
 
 log = logging.getLogger(__name__)
 TRAIN_ON = ("all", "ng")
@@ -101,13 +100,6 @@ def predict(
             gates.append(gate.float().sigmoid().cpu().numpy())
     ms = 1000 * (time.perf_counter() - tick) / max(1, len(dataset))
     return masks, (np.concatenate(gates) if gates else np.empty(0)), ms
-
-
-def to_image_mask(
-    probability: torch.Tensor, size: tuple[int, int], input_size: int, resize: str, threshold: float
-) -> np.ndarray:
-    """Input-size probabilities -> a boolean mask at the image's own size."""
-    return to_image_size(probability, size, input_size, resize) >= threshold
 
 
 def evaluate_masks(
@@ -179,6 +171,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     )
     prep = prep.for_data(config.data)
     model.to(device)
+    model = sync_batchnorm(model, tc.sync_batchnorm, device)
     options = {
         "size": config.data.image_size,
         "mean": prep.mean,

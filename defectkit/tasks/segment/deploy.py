@@ -23,6 +23,9 @@ from defectkit.predictions import Prediction, decide_segment
 
 OUTPUTS = ("masks", "gate")
 
+# the config sections this task reads (its report and `config show` list these)
+SECTIONS = ("data", "split", "model", "train", "eval", "segment")
+
 
 def save_bundle(
     folder: Path,

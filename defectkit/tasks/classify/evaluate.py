@@ -114,32 +114,3 @@ def worst_mistakes(
         }
         for i in order
     ]
-
-
-def evaluate_bundle(
-    bundle: str | Path,
-    data: str | Path,
-    format: str = "auto",
-    label_mode: str = "default",
-    split_manifest: str | Path | None = None,
-    part: str = "test",
-    on_bad_image: str = "error",
-) -> dict[str, Any]:
-    """Score a bundle on a labelled dataset, the way the Inspector will see it on the line:
-    all of the dataset, or one part of a run's saved split. Every file is checked first;
-    with on_bad_image="skip" the bad ones are left out and listed under "left_out"."""
-    from defectkit.data.checks import read_checked
-    from defectkit.data.splits import load_manifest
-    from defectkit.inspect import Inspector
-    from defectkit.tasks import get_task
-
-    inspector = Inspector(bundle, raw_maps=True)
-    dataset = read_checked(data, format, label_mode, on_bad_image)
-    samples = (
-        load_manifest(dataset, Path(split_manifest)).parts()[part]
-        if split_manifest
-        else dataset.samples
-    )
-    left_out = {"left_out": [vars(b) for b in dataset.left_out]} if dataset.left_out else {}
-    task = get_task(inspector.task)
-    return {"task": task.name, **task.evaluate_bundle(inspector, samples, str(data)), **left_out}

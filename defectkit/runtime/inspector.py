@@ -14,12 +14,13 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from defectkit.bundle import load_model, read_meta
-from defectkit.data.formats import DatasetError, is_image
-from defectkit.data.images import load_image
+from defectkit.bundle import read_meta
+from defectkit.data.images import is_image, load_image
+from defectkit.data.samples import DatasetError
 from defectkit.data.tiles import slide
 from defectkit.data.transforms import RESIZE_MODES, eval_transform
 from defectkit.predictions import Prediction, Region
+from defectkit.runtime.graph import InspectionGraph, load_model, onnx_path
 from defectkit.tasks import get_task
 
 BACKENDS = ("torch", "onnx")
@@ -28,8 +29,6 @@ BACKENDS = ("torch", "onnx")
 class _OnnxRunner:
     def __init__(self, meta: dict[str, Any], threads: int | None):
         import onnxruntime as ort
-
-        from defectkit.export import onnx_path
 
         options = ort.SessionOptions()
         if threads:
@@ -44,8 +43,6 @@ class _OnnxRunner:
 
 class _TorchRunner:
     def __init__(self, meta: dict[str, Any], device: str):
-        from defectkit.export import InspectionGraph
-
         model, _ = load_model(Path(meta["folder"]), meta)
         self.device = torch.device(device)
         self.graph = InspectionGraph.from_meta(model, meta).eval().to(self.device)

@@ -1,7 +1,8 @@
-"""ONNX export. The exported graph is `InspectionGraph`, the very module the torch backend
-runs, so both backends compute the same outputs: class probabilities for a classifier; the
-smoothed anomaly map and its maximum (the image score) for an anomaly model, with the memory
-bank or Gaussians stored inside the graph as constants."""
+"""ONNX export and its parity check. The exported graph is `InspectionGraph` (graph.py),
+the very module the torch backend runs, so both backends compute the same outputs: class
+probabilities for a classifier; the smoothed anomaly map and its maximum (the image score)
+for an anomaly model, with the memory bank or Gaussians stored inside the graph as
+constants."""
 
 from __future__ import annotations
 
@@ -12,45 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from defectkit.bundle import META_FILE, BundleError, load_model
-from defectkit.models.backbones import sha256_of
-from defectkit.runs import read_json, write_json
+from defectkit.bundle import META_FILE
+from defectkit.runs import read_json, sha256_of, write_json
+from defectkit.runtime.graph import ONNX_FILE, InspectionGraph, load_model, output_names
+from defectkit.runtime.inspector import Inspector
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
 OPSET = 18
 # exported and eager results must agree to this (relative to the value for large raw scores)
 TOLERANCE = 1e-4
-
-
-def output_names(task: str) -> list[str]:
-    from defectkit.tasks import get_task
-
-    return list(get_task(task).outputs)
-
-
-class InspectionGraph(nn.Module):
-    """Normalised images (B, C, S, S) -> what a decision needs: the task's own head over the
-    model (class probabilities; the smoothed anomaly map and its maximum; pixel and gate
-    probabilities). Both backends run it and ONNX export writes it."""
-
-    def __init__(self, model: nn.Module, task: str, size: int, blur_sigma: float = 0.0):
-        from defectkit.tasks import get_task
-
-        super().__init__()
-        self.model, self.size, self.sigma = model, size, blur_sigma
-        self.head = get_task(task).graph
-
-    @classmethod
-    def from_meta(cls, model: nn.Module, meta: dict[str, Any]) -> InspectionGraph:
-        sigma = meta.get("method_options", {}).get("blur_sigma", 0.0)
-        return cls(model, meta["task"], meta["input_size"][0], sigma)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        return self.head(self.model, images, size=self.size, blur_sigma=self.sigma)
 
 
 def export_onnx(bundle: str | Path, opset: int = OPSET) -> dict[str, Any]:
@@ -99,21 +72,6 @@ def _update_meta(folder: Path, changes: dict[str, Any]) -> None:
     write_json(folder / META_FILE, meta)
 
 
-def onnx_path(meta: dict[str, Any]) -> Path:
-    """The bundle's ONNX file, checked against the checksum recorded at export."""
-    record = meta.get("onnx")
-    folder = Path(meta["folder"])
-    if not record or not (folder / record["file"]).is_file():
-        raise BundleError(f"{folder} has no ONNX model: run `defectkit export {folder}` first")
-    path = folder / record["file"]
-    if sha256_of(path) != record["sha256"]:
-        raise BundleError(
-            f"{path} does not match the checksum in {folder / META_FILE}: export it again "
-            f"with `defectkit export {folder}`"
-        )
-    return path
-
-
 def check_export(
     bundle: str | Path,
     images: Sequence[str | Path],
@@ -122,8 +80,6 @@ def check_export(
     """Run both backends on the same images (with their references, for models that take
     one): largest score difference (absolute, or relative for scores above 1), and whether
     every OK/NG decision and label agrees. Recorded in bundle.json next to the export."""
-    from defectkit.inspect import Inspector
-
     if not images:
         raise ValueError("give images to check the export on (real images of the task)")
     eager, exported = Inspector(bundle, "torch"), Inspector(bundle, "onnx")

@@ -1,0 +1,68 @@
+"""A bundle's model and its inference graph: the model its task builds from the bundle's
+weights, `InspectionGraph` (the task's head over the model: what both backends run and ONNX
+export writes), and the bundle's checked ONNX file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from defectkit.bundle import META_FILE, BundleError, read_meta
+from defectkit.runs import sha256_of
+from defectkit.tasks import get_task
+
+ONNX_FILE = "model.onnx"
+
+
+def load_model(
+    folder: Path, meta: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Whatever task the bundle holds; `meta` from read_meta saves checking the weights'
+    checksum a second time."""
+    meta = meta or read_meta(folder)
+    try:
+        task = get_task(meta["task"])
+    except ValueError as error:
+        raise BundleError(f"{folder}: {error} (a bundle made by a newer defectkit?)") from None
+    return task.load_model(folder, meta), meta
+
+
+def output_names(task: str) -> list[str]:
+    return list(get_task(task).outputs)
+
+
+class InspectionGraph(nn.Module):
+    """Normalised images (B, C, S, S) -> what a decision needs: the task's own head over the
+    model (class probabilities; the smoothed anomaly map and its maximum; pixel and gate
+    probabilities). Both backends run it and ONNX export writes it."""
+
+    def __init__(self, model: nn.Module, task: str, size: int, blur_sigma: float = 0.0):
+        super().__init__()
+        self.model, self.size, self.sigma = model, size, blur_sigma
+        self.head = get_task(task).graph
+
+    @classmethod
+    def from_meta(cls, model: nn.Module, meta: dict[str, Any]) -> InspectionGraph:
+        sigma = meta.get("method_options", {}).get("blur_sigma", 0.0)
+        return cls(model, meta["task"], meta["input_size"][0], sigma)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return self.head(self.model, images, size=self.size, blur_sigma=self.sigma)
+
+
+def onnx_path(meta: dict[str, Any]) -> Path:
+    """The bundle's ONNX file, checked against the checksum recorded at export."""
+    record = meta.get("onnx")
+    folder = Path(meta["folder"])
+    if not record or not (folder / record["file"]).is_file():
+        raise BundleError(f"{folder} has no ONNX model: run `defectkit export {folder}` first")
+    path = folder / record["file"]
+    if sha256_of(path) != record["sha256"]:
+        raise BundleError(
+            f"{path} does not match the checksum in {folder / META_FILE}: export it again "
+            f"with `defectkit export {folder}`"
+        )
+    return path
