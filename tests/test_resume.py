@@ -1,6 +1,7 @@
-"""Resume is exact and refuses what it cannot resume: an interrupted run continued from its
-last checkpoint gives the uninterrupted run's history value for value; another task, changed
-settings, a finished run, an anomaly fit or a run that never checkpointed are refused."""
+"""Resume is exact and refuses what it cannot resume: an interrupted run (classify, segment,
+or an anomaly autoencoder mid-training) continued from its last checkpoint gives the
+uninterrupted run's history value for value; a resumed anomaly run reuses its fit; another
+task, changed settings, a finished run or a run that never checkpointed are refused."""
 
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import defectkit
 from defectkit.cli import main
 from defectkit.config import ConfigError
 from defectkit.engine.train import load_checkpoint
-from defectkit.tasks import classify, segment
+from defectkit.tasks import anomaly, classify, segment
 
 CLASSIFY = [
     "data.image_size=64",
@@ -19,6 +20,13 @@ CLASSIFY = [
     "train.batch_size=8",
     "train.sampler=oversample",  # a sampler with its own generator, saved and restored too
     "split.val_fraction=0.2",
+]
+AUTOENCODER = [
+    "task=anomaly",
+    "anomaly.method=autoencoder",
+    "anomaly.good_label=Ok",
+    "anomaly.epochs=3",
+    "data.image_size=64",
 ]
 SEGMENT = [
     "task=segment",
@@ -53,8 +61,9 @@ def _interrupt_after_first_epoch(monkeypatch, module, name: str) -> None:
     [
         (classify, "train_one_epoch", CLASSIFY, "synthetic_root"),
         (segment, "train_one_epoch", SEGMENT, "tiles"),
+        (anomaly, "train_one_epoch", AUTOENCODER, "tiles"),
     ],
-    ids=["classify", "segment"],
+    ids=["classify", "segment", "autoencoder"],
 )
 def test_a_resumed_run_reproduces_the_uninterrupted_one(
     module, hook, settings, data, request, tmp_path, monkeypatch
@@ -145,7 +154,6 @@ def test_a_resumed_anomaly_run_reuses_its_fit(tiles, tmp_path, monkeypatch):
     """Interrupted after the fit (while scoring): --resume loads fitted.pt, never fits
     again, and ends with the uninterrupted run's numbers."""
     from defectkit.models.anomaly.patchcore import PatchCore
-    from defectkit.tasks import anomaly
 
     overrides = [
         f"data.root={tiles}",

@@ -190,7 +190,8 @@ def resume_config(
             "a new run, e.g. with train.init_from to start from its weights"
         )
     checkpoint = get_task(saved.task).checkpoint
-    if not (run_dir / "checkpoints" / checkpoint).is_file():
+    # the task's own checkpoint, or the shared epoch loop's (an anomaly method that trains)
+    if not any((run_dir / "checkpoints" / name).is_file() for name in (checkpoint, "last.pt")):
         failed = run_dir / FAILED
         why = f" ({failed.read_text().strip()})" if failed.is_file() else ""
         raise ConfigError(

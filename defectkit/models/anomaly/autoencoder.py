@@ -3,12 +3,9 @@ reconstructs defects badly, so the per-pixel reconstruction error is the anomaly
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from defectkit.models.anomaly import register_method
 
@@ -28,7 +25,6 @@ class AutoEncoder(nn.Module):
         self,
         width: int = 32,
         bottleneck: int = 64,
-        epochs: int = 20,
         lr: float = 1e-3,
         seed: int = 0,
     ):
@@ -46,28 +42,16 @@ class AutoEncoder(nn.Module):
             _block(width * 2, width, False),
             nn.Conv2d(width, 3, 3, padding=1),
         )
-        self.epochs, self.lr = epochs, lr
+        self.lr = lr
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(images))
 
-    def fit(self, batches: Iterable[torch.Tensor]) -> dict[str, float]:
-        """Plain reconstruction training; `batches` is iterated once per epoch."""
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
-        self.train()
-        loss = torch.tensor(0.0)
-        for _ in tqdm(range(self.epochs), desc="autoencoder epochs", leave=False, disable=None):
-            for images in batches:
-                loss = F.mse_loss(self.reconstruct(images), images)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        self.eval()
-        return {
-            "epochs": self.epochs,
-            "final_loss": float(loss.detach()),
-            "model_mb": sum(p.numel() for p in self.parameters()) * 4 / 2**20,
-        }
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        """The reconstruction loss of a batch: the anomaly task trains it over
+        anomaly.epochs in the shared epoch loop (engine/fit.py: checkpoints, resume,
+        history), with Adam at `lr`."""
+        return F.mse_loss(self.reconstruct(images), images)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

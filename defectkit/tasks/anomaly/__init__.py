@@ -9,11 +9,13 @@ import logging
 import random
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from defectkit.config import RunConfig, config_to_dict
@@ -22,7 +24,14 @@ from defectkit.data.samples import DatasetError, Sample, SampleSet
 from defectkit.data.splits import Split
 from defectkit.data.transforms import content_box, eval_transform, require_whole_images
 from defectkit.engine.distributed import contiguous_share, gather_rows, is_main, launched
-from defectkit.engine.train import load_checkpoint, save_checkpoint
+from defectkit.engine.fit import Fit, fit
+from defectkit.engine.train import (
+    load_checkpoint,
+    make_optimizer,
+    make_schedule,
+    save_checkpoint,
+    train_one_epoch,
+)
 from defectkit.models.anomaly import create_method
 from defectkit.models.backbones import preprocessing_for
 from defectkit.runs import peak_rss_mb, state_mb, write_json
@@ -225,6 +234,62 @@ def normalisation(calibration_scores: np.ndarray, threshold: float) -> dict[str,
     return {"threshold": threshold, "scale": max(spread, 0.05 * abs(threshold), 1e-6)}
 
 
+def train_over_epochs(
+    model: nn.Module,
+    batches: Batches,
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    device: torch.device,
+) -> dict[str, Any]:
+    """A method that learns by gradient steps (its `loss` of a batch of good images) trains
+    in the epoch loop of classify and segment: Adam at the method's lr for anomaly.epochs,
+    checkpointed after every epoch (an interrupted fit resumes mid-way), history.csv and
+    TensorBoard; the last epoch is kept (no labelled images to validate on)."""
+    settings = replace(
+        config.train, optimizer="adam", lr=model.lr, weight_decay=0.0, schedule="constant"
+    )
+    optimizer = make_optimizer([{"params": list(model.parameters())}], settings)
+    schedule = make_schedule(optimizer, settings, len(batches))
+    epochs = config.anomaly.epochs
+
+    def step(model: nn.Module, images: torch.Tensor, device: torch.device):
+        return model.loss(images), len(images), {}
+
+    def run_epoch(epoch: int) -> dict[str, float]:
+        stats = train_one_epoch(
+            model,
+            batches,
+            None,
+            optimizer,
+            schedule,
+            device,
+            step=step,
+            description=f"{config.anomaly.method} epoch {epoch + 1}/{epochs}",
+        )
+        return {"train_loss": stats["loss"]}
+
+    loop = Fit(
+        task="anomaly",
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        epochs=epochs,
+        run_epoch=run_epoch,
+        validate=None,
+        score=lambda row: row["epoch"],
+        line=lambda row: f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.5f}",
+        extra={"config": config_to_dict(config)},
+    )
+    fit(loop, run_dir, resume)
+    model.eval()
+    return {
+        "epochs": len(loop.history),
+        "final_loss": loop.history[-1]["train_loss"],
+        "model_mb": sum(p.numel() for p in model.parameters()) * 4 / 2**20,
+    }
+
+
 def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
     ac = config.anomaly
     require_whole_images(config.data.resize, "anomaly")
@@ -279,7 +344,7 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
 
     fit_batches = Batches(parts["fit"], transform, 16, device)
     sharded = launched()  # under torchrun each rank extracts the features of its share
-    if sharded and "gather" not in inspect.signature(model.fit).parameters:
+    if sharded and "gather" not in inspect.signature(getattr(model, "fit", len)).parameters:
         raise ValueError(
             f"anomaly.method={ac.method} trains in one process: run `defectkit train` "
             "without torchrun (patchcore, padim and patchcore_padim fit sharded)"
@@ -295,7 +360,9 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         log.info("resumed %s with the %s fitted before (%.1f s)", run_dir, ac.method, fit_seconds)
     else:
         tick = time.perf_counter()
-        if sharded:  # every rank builds the same model from all ranks' features
+        if hasattr(model, "loss"):  # trained over epochs: the shared epoch loop
+            fit_info = train_over_epochs(model, fit_batches, config, run_dir, resume, device)
+        elif sharded:  # every rank builds the same model from all ranks' features
             share = Batches(contiguous_share(parts["fit"]), transform, 16, device)
             fit_info = model.fit(share, gather=gather_rows)
         else:
