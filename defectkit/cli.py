@@ -170,6 +170,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if not result["decisions_disagree"]
         else (f"{len(result['decisions_disagree'])} decisions differ")
     )
+    if result["ties_at_threshold"]:
+        verdict += f" ({len(result['ties_at_threshold'])} at the threshold within the tolerance)"
     print(
         f"checked on {result['images']} images: {verdict}, largest score difference "
         f"{result['max_score_difference']:.2e} (tolerance {result['tolerance']:.0e})"

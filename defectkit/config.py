@@ -135,8 +135,24 @@ class SegmentConfig:
 
 
 @dataclass(frozen=True)
+class DetectConfig:
+    arch: str = "fcos"  # fcos | retinanet (torchvision, on the backbone through an FPN P3-P7)
+    fpn_channels: int = 128  # feature pyramid width (torchvision's COCO models: 256)
+    head_convs: int = 4  # FCOS: convolutions in each head branch (2 halves the head's cost)
+    reference: bool = False  # stack the aligned defect-free reference (DeepPCB template) as input
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # retinanet: base size per level
+    freeze_epochs: int = 0  # backbone frozen for the first N epochs (freeze then unfreeze)
+    score_floor: float = 0.05  # boxes scored below this are dropped before NMS
+    nms_iou: float = 0.6  # overlapping boxes of one class above this IoU: the best is kept
+    max_boxes: int = 100  # boxes kept per image
+    threshold: float = 0.3  # OK/NG: an image with a box scored >= this is NG, where the
+    # validation images cannot choose one (they must hold OK and NG images for eval's rule)
+    match_iou: float = 0.5  # a true box is found by a predicted one overlapping this much
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    task: str = "classify"  # classify | segment | anomaly (`defectkit recipes` shows each)
+    task: str = "classify"  # classify | segment | anomaly | detect (`defectkit recipes`)
     name: str = ""  # run folder name; "" = <task>-<timestamp>
     out_dir: str = "runs"  # the run folder goes in here
     data: DataConfig = field(default_factory=DataConfig)
@@ -146,6 +162,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
 
 
 class ConfigError(ValueError):

@@ -23,14 +23,16 @@ MAX_REGIONS = 20
 
 @dataclass
 class Region:
-    """A connected area of the anomaly map at or above the threshold, in image pixels."""
+    """A connected area of the anomaly map at or above the threshold, or a detector's box,
+    in image pixels."""
 
-    x: int
-    y: int
-    width: int
-    height: int
+    x: float  # whole pixels for map regions; boxes keep a tenth of a pixel
+    y: float
+    width: float
+    height: float
     area: int
-    peak: float  # highest normalised score inside (0.5 = the threshold)
+    peak: float  # highest normalised score inside (0.5 = the threshold); a box's score
+    label: str = ""  # a box's class (detect)
 
 
 @dataclass
@@ -44,6 +46,9 @@ class Prediction:
     heat_map: Any = None  # anomaly: (H, W) normalised map; segment: defect probability
     mask: Any = None  # segment: (H, W) bool defect mask after the gate, at the image's size
     regions: list[Region] = field(default_factory=list)
+    # detect: every box the model keeps (score >= its floor, after NMS), the called ones
+    # (score >= threshold) being `regions`; COCO mAP and the results JSON read these
+    boxes: list[Region] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the heat map and mask, JSON-ready."""
@@ -171,6 +176,47 @@ def decide_segment(
         heat_map=probability.astype(np.float32),
         mask=mask,
         regions=find_regions(np.where(mask, probability, 0.0), mask_threshold),
+    )
+
+
+def decide_detect(
+    name: str,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    threshold: float,
+) -> Prediction:
+    """A detector's call from its kept boxes (image pixels, x1 y1 x2 y2), their scores and
+    class indices: NG when a box scores at or above the threshold, labelled with the best
+    box's class; the called boxes are the regions. scores: each class's best box score."""
+    kept = [
+        Region(
+            x=round(float(x1), 1),
+            y=round(float(y1), 1),
+            width=round(float(x2 - x1), 1),
+            height=round(float(y2 - y1), 1),
+            area=round(float((x2 - x1) * (y2 - y1))),
+            peak=float(score),
+            label=classes[int(label)],
+        )
+        for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels, strict=True)
+    ]
+    kept.sort(key=lambda r: -r.peak)
+    best = {c: 0.0 for c in classes}
+    for region in kept:
+        best[region.label] = max(best[region.label], region.peak)
+    ng_score = kept[0].peak if kept else 0.0
+    ok = ng_score < threshold
+    return Prediction(
+        name,
+        "ok" if ok else kept[0].label,
+        best,
+        ok,
+        ng_score,
+        threshold,
+        regions=[r for r in kept if r.peak >= threshold][:MAX_REGIONS],
+        boxes=kept,
     )
 
 

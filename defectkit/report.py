@@ -30,13 +30,13 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
 
 
 def plot_learning_curves(history: list[dict], path: Path) -> Path:
-    """Losses on the left; accuracies and IoUs, whichever the task logs, on the right."""
+    """Losses on the left; accuracies, IoUs and mAPs, whichever the task logs, on the right."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     epochs = [h["epoch"] for h in history]
     keys = list(history[0]) if history else []
     panels = (
         (axes[0], "loss", [k for k in keys if k.endswith("_loss")]),
-        (axes[1], "score", [k for k in keys if "accuracy" in k or "iou" in k]),
+        (axes[1], "score", [k for k in keys if any(s in k for s in ("accuracy", "iou", "map"))]),
     )
     for axis, name, series in panels:
         for key in series:

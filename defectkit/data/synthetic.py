@@ -113,3 +113,44 @@ def make_paired_set(root: Path, count: int = 24, size: int = 64, seed: int = 0) 
     (Path(root) / "trainval.txt").write_text("\n".join(lines[:cut]) + "\n")
     (Path(root) / "test.txt").write_text("\n".join(lines[cut:]) + "\n")
     return Path(root)
+
+
+def make_box_set(
+    root: Path, count: int = 32, size: int = 96, seed: int = 0, ok_share: float = 0.25
+) -> Path:
+    """A Pascal VOC folder (Annotations/*.xml beside JPEGImages/*.png) of greyscale surfaces
+    with one to two boxed defects each: "spot" (a dark square) and "scratch" (a bright
+    horizontal bar); `ok_share` of the images carry none."""
+    from xml.sax.saxutils import escape
+
+    rng = np.random.default_rng(seed)
+    images, notes = Path(root) / "JPEGImages", Path(root) / "Annotations"
+    images.mkdir(parents=True, exist_ok=True)
+    notes.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image = surface(rng, size)
+        objects = []
+        wanted = 0 if rng.random() < ok_share else int(rng.integers(1, 3))
+        for _ in range(wanted):
+            kind = ("spot", "scratch")[int(rng.integers(2))]
+            w, h = (int(size * 0.2), int(size * 0.2)) if kind == "spot" else (int(size * 0.4), 5)
+            x, y = int(rng.integers(2, size - w - 2)), int(rng.integers(2, size - h - 2))
+            if any(
+                x < b[2] + 2 and b[0] < x + w + 2 and y < b[3] + 2 and b[1] < y + h + 2
+                for _, b in objects
+            ):
+                continue  # keep defects apart
+            image[y : y + h, x : x + w] = 40 if kind == "spot" else 230
+            objects.append((kind, (x, y, x + w, y + h)))
+        name = f"part_{i:03d}"
+        Image.fromarray(image.astype(np.uint8), mode="L").save(images / f"{name}.png")
+        boxes = "".join(
+            f"<object><name>{escape(kind)}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
+            f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+            for kind, (x1, y1, x2, y2) in objects
+        )
+        (notes / f"{name}.xml").write_text(
+            f"<annotation><filename>{name}.png</filename><size><width>{size}</width>"
+            f"<height>{size}</height><depth>1</depth></size>{boxes}</annotation>"
+        )
+    return Path(root)

@@ -55,7 +55,8 @@ def require_whole_images(resize: str, task: str) -> None:
         )
 
 
-def _resize(size: int, interpolation: str, resize: str) -> torch.nn.Module:
+def resize_transform(size: int, interpolation: str, resize: str) -> torch.nn.Module:
+    """Float images to size x size as data.resize says (tile: left at their own size)."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"unknown data.resize {resize!r}; use one of {RESIZE_MODES}")
     if resize == "pad":
@@ -78,7 +79,7 @@ def eval_transform(
         [
             # resized as floats: rounding to uint8 after resizing costs fine texture
             T.ToDtype(torch.float32, scale=True),
-            _resize(size, interpolation, resize),
+            resize_transform(size, interpolation, resize),
             T.Normalize(mean=list(mean), std=list(std)),
         ]
     )
@@ -105,7 +106,7 @@ def train_transform(
     steps: list[T.Transform]
     if preset == "light":
         steps = [
-            _resize(size, interpolation, resize),
+            resize_transform(size, interpolation, resize),
             T.RandomHorizontalFlip(),
             T.RandomVerticalFlip(),
         ]

@@ -84,7 +84,7 @@ def check_export(
         raise ValueError("give images to check the export on (real images of the task)")
     eager, exported = Inspector(bundle, "torch"), Inspector(bundle, "onnx")
     errors: list[dict[str, str]] = []
-    worst, disagree, checked = 0.0, [], 0
+    worst, disagree, at_threshold, checked = 0.0, [], [], 0
     for a, b in zip(
         eager.predict(images, 16, errors, references),
         exported.predict(images, 16, [], references),
@@ -94,12 +94,17 @@ def check_export(
         for key, value in a.scores.items():
             worst = max(worst, abs(value - b.scores[key]) / max(1.0, abs(value)))
         if a.label != b.label or a.ok != b.ok:
-            disagree.append(a.image)
+            # a score within the tolerance of the threshold may fall either side of it (a
+            # threshold chosen on validation scores sits exactly on one of them)
+            tie = a.ng_score is not None and a.threshold is not None
+            tie = tie and abs(a.ng_score - a.threshold) <= TOLERANCE * max(1.0, abs(a.threshold))
+            (at_threshold if tie else disagree).append(a.image)
     result = {
         "images": checked,
         "skipped": len(errors),
         "max_score_difference": worst,
         "decisions_disagree": disagree,
+        "ties_at_threshold": at_threshold,
         "tolerance": TOLERANCE,
         "passed": checked > 0 and not disagree and worst <= TOLERANCE,
     }

@@ -92,7 +92,7 @@ def get_task(name: str) -> Task:
 
 
 def _load_builtin() -> None:
-    from defectkit.tasks import anomaly, classify, segment  # noqa: F401  (they register)
+    from defectkit.tasks import anomaly, classify, detect, segment  # noqa: F401  (they register)
 
 
 def open_run(

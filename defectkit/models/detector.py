@@ -1,0 +1,183 @@
+"""Box detectors: torchvision's one-stage detection models (FCOS, RetinaNet; BSD licence) on
+any timm trunk with offline ImageNet weights, through a feature pyramid (P3-P7).
+
+The model trains the torchvision way (`model(images, targets)` returns its losses). For
+inference, `dense_outputs` runs the trunk, the pyramid and the head on a batch of
+fixed-size images and decodes every location's box: boxes (B, N, 4) in input pixels and
+per-class scores (B, N, K). That fixed-shape graph is what both backends run and ONNX
+export writes; the data-dependent part (score floor, top-k, NMS) runs after it, the same for
+both (tasks/detect/deploy.py)."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from defectkit.config import DetectConfig, ModelConfig
+from defectkit.models.backbones import (
+    Preprocessing,
+    check_backbone_name,
+    create_backbone,
+    preprocessing_for,
+)
+from defectkit.models.segmenter import load_encoder_weights
+
+ARCHS = ("fcos", "retinanet")
+# FCOS: one point per location; its sizes are the pyramid strides (they set which level
+# learns which box size). RetinaNet: three scales and three aspect ratios per location,
+# smaller than torchvision's COCO default (32..512) for small defects.
+FCOS_SIZES = (8, 16, 32, 64, 128)
+
+
+class PyramidBackbone(nn.Module):
+    """timm trunk (strides 8, 16, 32) -> feature pyramid P3..P7, as torchvision's detection
+    models want it: an OrderedDict of maps with `out_channels` each."""
+
+    def __init__(self, trunk: nn.Module, channels: list[int], out_channels: int):
+        from torchvision.ops.feature_pyramid_network import (
+            FeaturePyramidNetwork,
+            LastLevelP6P7,
+        )
+
+        super().__init__()
+        self.trunk = trunk
+        self.fpn = FeaturePyramidNetwork(
+            channels, out_channels, extra_blocks=LastLevelP6P7(out_channels, out_channels)
+        )
+        self.out_channels = out_channels
+
+    def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        maps = self.trunk(images)
+        return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
+
+
+def build_detector(
+    model_config: ModelConfig,
+    config: DetectConfig,
+    classes: int,
+    size: int,
+    in_channels: int = 3,
+    *,
+    pretrained: bool,
+) -> tuple[nn.Module, dict[str, Any], Preprocessing]:
+    """A torchvision detector for `classes` box classes (labels 0..classes-1) on
+    model_config.backbone, for size x size inputs that are already normalised."""
+    from torchvision.models.detection import FCOS, RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.fcos import FCOSHead
+    from torchvision.models.detection.retinanet import RetinaNetHead
+
+    if config.arch not in ARCHS:
+        raise ValueError(f"unknown detect.arch {config.arch!r}; use one of {ARCHS}")
+    check_backbone_name(model_config.backbone)
+    trunk = timm.create_model(
+        model_config.backbone,
+        pretrained=False,
+        features_only=True,
+        out_indices=(2, 3, 4),
+        in_chans=in_channels,
+    )
+    info: dict[str, Any] = {"pretrained": False}
+    source = None
+    if pretrained:
+        source, info = create_backbone(
+            model_config.backbone,
+            0,
+            pretrained=True,
+            weights=model_config.weights,
+            weights_sha256=model_config.weights_sha256,
+        )
+        info = {**info, **load_encoder_weights(trunk, source.state_dict())}
+    backbone = PyramidBackbone(trunk, trunk.feature_info.channels(), config.fpn_channels)
+    common = {
+        # the images arrive resized to size x size and normalised (the Inspector's input):
+        # torchvision's own transform then only batches them
+        "min_size": size,
+        "max_size": size,
+        "image_mean": [0.0] * in_channels,
+        "image_std": [1.0] * in_channels,
+        "score_thresh": config.score_floor,
+        "nms_thresh": config.nms_iou,
+        "detections_per_img": config.max_boxes,
+    }
+    if config.arch == "fcos":
+        anchors = AnchorGenerator(tuple((s,) for s in FCOS_SIZES), ((1.0,),) * len(FCOS_SIZES))
+        head = FCOSHead(config.fpn_channels, 1, classes, num_convs=config.head_convs)
+        # box distances start at one anchor size, not at 0: behind the head's ReLU, a
+        # distance that starts at 0 gives a degenerate box, no GIoU gradient, and under
+        # Adam-like steps that channel can die for good (measured: one side of every box
+        # stuck at the anchor's centre)
+        nn.init.constant_(head.regression_head.bbox_reg.bias, 1.0)
+        model = FCOS(backbone, classes, anchor_generator=anchors, head=head, **common)
+    else:
+        sizes = tuple(
+            (s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in config.anchor_sizes
+        )
+        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+        head = RetinaNetHead(
+            config.fpn_channels,
+            anchors.num_anchors_per_location()[0],
+            classes,
+            norm_layer=lambda c: nn.GroupNorm(min(32, c), c),
+        )
+        model = RetinaNet(backbone, classes, anchor_generator=anchors, head=head, **common)
+    model.defect_arch = config.arch
+    fix_anchors(model, size, in_channels)
+    return model, info, preprocessing_for(model_config.backbone, source)
+
+
+def fix_anchors(model: nn.Module, size: int, in_channels: int) -> None:
+    """Every location's anchor box for size x size inputs, kept as a buffer: the inference
+    graph decodes against these constants (the same for every image of that size)."""
+    from torchvision.models.detection.image_list import ImageList
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        probe = torch.zeros(1, in_channels, size, size, device=_device_of(model))
+        features = list(model.backbone(probe).values())
+        anchors = model.anchor_generator(ImageList(probe, [(size, size)]), features)[0]
+    model.register_buffer("inference_anchors", anchors, persistent=False)
+    model.train(was_training)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def dense_outputs(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised size x size images -> (boxes (B, N, 4) in input pixels, class scores
+    (B, N, K) in [0, 1]) for every anchor location, before any score floor or NMS."""
+    features = list(model.backbone(images).values())
+    head = model.head(features)
+    anchors = model.inference_anchors.to(images.device)
+    logits = head["cls_logits"].float()
+    regression = head["bbox_regression"].float()
+    # anchors broadcast over the batch (no batch-sized copies: ONNX keeps a dynamic batch)
+    if getattr(model, "defect_arch", "fcos") == "fcos":
+        boxes = model.box_coder.decode(regression, anchors[None])
+        centreness = head["bbox_ctrness"].float().sigmoid()
+        scores = torch.sqrt(logits.sigmoid() * centreness)
+    else:
+        boxes = _decode_deltas(regression, anchors[None])
+        scores = logits.sigmoid()
+    return boxes.clamp(0, images.shape[-1]), scores
+
+
+def _decode_deltas(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """RetinaNet's box coding (torchvision's BoxCoder with weights 1, 1, 1, 1), broadcast:
+    centre shifts in anchor sizes, log size ratios clamped as torchvision clamps them."""
+    size = anchors[..., 2:] - anchors[..., :2]
+    centre = anchors[..., :2] + 0.5 * size
+    new_centre = deltas[..., :2] * size + centre
+    new_size = torch.exp(deltas[..., 2:].clamp(max=math.log(1000.0 / 16))) * size
+    return torch.cat([new_centre - 0.5 * new_size, new_centre + 0.5 * new_size], -1)
+
+
+def trunk_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return list(model.backbone.trunk.parameters())

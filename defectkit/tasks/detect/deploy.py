@@ -1,0 +1,182 @@
+"""What the runtime asks of the detect task: its bundle's model, the inference graph's head
+(every location's box and class scores, a fixed-shape graph that ONNX exports), the
+decision per image (score floor, top-k and NMS after the graph, boxes back in the image's
+pixels, NG when a box reaches the threshold), `eval` against labelled boxes, and the
+command line's summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from defectkit.bundle import load_weights, write_bundle
+from defectkit.config import RunConfig
+from defectkit.data.detection import to_image
+from defectkit.models.backbones import Preprocessing
+from defectkit.predictions import Prediction, decide_detect
+
+OUTPUTS = ("boxes", "scores")
+
+# the config sections this task reads (its report and `config show` list these)
+SECTIONS = ("data", "split", "model", "train", "eval", "detect")
+TOP_K = 1000  # candidates per image before NMS (torchvision's default)
+
+
+def save_bundle(
+    folder: Path,
+    model: nn.Module,
+    config: RunConfig,
+    prep: Preprocessing,
+    classes: list[str],
+    threshold: float,
+    in_channels: int,
+) -> Any:
+    dc = config.detect
+    return write_bundle(
+        folder,
+        model,
+        config,
+        prep,
+        {
+            "task": "detect",
+            "arch": dc.arch,
+            "fpn_channels": dc.fpn_channels,
+            "head_convs": dc.head_convs,
+            "anchor_sizes": list(dc.anchor_sizes),
+            "in_channels": in_channels,
+            "reference": in_channels == 6,
+            "classes": classes,
+            # NG when a box scores at or above this (chosen on the validation images)
+            "threshold": threshold,
+            "score_floor": dc.score_floor,
+            "nms_iou": dc.nms_iou,
+            "max_boxes": dc.max_boxes,
+            "match_iou": dc.match_iou,
+        },
+    )
+
+
+def load_model(folder: Path, meta: dict[str, Any]) -> nn.Module:
+    from defectkit.config import DetectConfig, ModelConfig
+    from defectkit.models.detector import build_detector
+
+    config = DetectConfig(
+        arch=meta["arch"],
+        fpn_channels=meta["fpn_channels"],
+        head_convs=meta["head_convs"],
+        anchor_sizes=tuple(meta["anchor_sizes"]),
+    )
+    model, _, _ = build_detector(
+        ModelConfig(backbone=meta["backbone"]),
+        config,
+        len(meta["classes"]),
+        meta["input_size"][0],
+        meta["in_channels"],
+        pretrained=False,
+    )
+    model.load_state_dict(load_weights(meta))
+    return model.eval()
+
+
+def graph(model: nn.Module, images: torch.Tensor, **options: Any) -> tuple[torch.Tensor, ...]:
+    from defectkit.models.detector import dense_outputs
+
+    return dense_outputs(model, images)
+
+
+def keep_boxes(
+    boxes: torch.Tensor, scores: torch.Tensor, floor: float, nms_iou: float, most: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One image's (N, 4) boxes and (N, K) class scores -> the kept (boxes, scores, class
+    indices): scores >= floor, the TOP_K best, NMS within each class, the `most` best."""
+    from torchvision.ops import batched_nms
+
+    flat = scores.flatten()
+    candidates = torch.nonzero(flat >= floor).flatten()
+    if len(candidates) > TOP_K:
+        candidates = candidates[flat[candidates].topk(TOP_K).indices]
+    where, labels = candidates // scores.shape[1], candidates % scores.shape[1]
+    chosen, chosen_scores = boxes[where], flat[candidates]
+    keep = batched_nms(chosen, chosen_scores, labels, nms_iou)[:most]
+    return chosen[keep], chosen_scores[keep], labels[keep]
+
+
+def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]) -> list:
+    meta = inspector.meta
+    decisions: list[Prediction] = []
+    for name, boxes, scores, image in zip(names, *outputs, images, strict=True):
+        kept, kept_scores, labels = keep_boxes(
+            torch.as_tensor(boxes),
+            torch.as_tensor(scores),
+            meta["score_floor"],
+            meta["nms_iou"],
+            meta["max_boxes"],
+        )
+        in_image = to_image(kept, image.height, image.width, inspector.size, inspector.resize)
+        decisions.append(
+            decide_detect(
+                name,
+                in_image.numpy(),
+                kept_scores.numpy(),
+                labels.numpy(),
+                inspector.classes,
+                inspector.threshold,
+            )
+        )
+    return decisions
+
+
+def score_names(meta: dict[str, Any]) -> list[str]:
+    return list(meta["classes"])
+
+
+def evaluate_bundle(inspector, samples: Sequence[Any], data: str) -> dict[str, Any]:
+    """COCO mAP of the boxes the Inspector gives on the line, box recall / precision of the
+    called boxes at the bundle's match IoU, and the image-level OK/NG call."""
+    from defectkit.tasks.detect.evaluate import evaluate_detections
+
+    if not any(s.boxes for s in samples):
+        raise ValueError(
+            f"{data} has no boxes: detection evaluation needs a VOC, YOLO or DeepPCB layout "
+            "(`defectkit data inspect` shows what was found)"
+        )
+    references = [s.reference for s in samples] if inspector.meta.get("reference") else None
+    predictions = list(inspector.predict([s.image for s in samples], references=references))
+    result = evaluate_detections(
+        samples,
+        predictions,
+        inspector.classes,
+        inspector.threshold,
+        inspector.meta.get("match_iou", 0.5),
+    )
+    return {"threshold": inspector.threshold, **result}
+
+
+def _maybe(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def summary(result: dict[str, Any]) -> str:
+    return (
+        f"mAP@0.5 {result['map_50']:.4f}  mAP@0.5:0.95 {result['map']:.4f}  box recall "
+        f"{_maybe(result['box_recall'])} ({result['images']} test images)"
+        + f"\ntraining {result['train_seconds']:.1f} s, {result['ms_per_image']:.1f} ms per "
+        f"image, peak memory {result['peak_rss_mb']:.0f} MB"
+    )
+
+
+def eval_summary(result: dict[str, Any]) -> str:
+    return (
+        f"mAP@0.5 {result['map_50']:.4f}  mAP@0.5:0.95 {result['map']:.4f}  box recall "
+        f"{_maybe(result['box_recall'])}  NG recall {_maybe(result['ng_recall'])}  "
+        f"OK specificity {_maybe(result['ok_specificity'])} on {result['images']} images"
+    )
+
+
+def as_numpy(values: Any) -> np.ndarray:
+    return values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
