@@ -30,7 +30,10 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / f"data-inspect-{dataset.root.name}")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", summary)
-    grid = plot_image_grid(sample_grid_items(dataset, summary), out / "samples.png")
+    items = sample_grid_items(dataset, summary)
+    boxes_of = {s.image: s.boxes for s in dataset.samples}
+    drawn = [boxes_of.get(Path(image), ()) for image, _ in items]
+    grid = plot_image_grid(items, out / "samples.png", boxes=drawn if any(drawn) else None)
     print(f"\nwrote {out / 'summary.json'} and a sample grid {grid}")
     return 1 if summary["broken"] else 0
 
@@ -107,7 +110,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from defectkit.data.images import without_path
-    from defectkit.predictions import PredictionWriter
+    from defectkit.predictions import CocoWriter, PredictionWriter
     from defectkit.runtime.inspector import Inspector, expand_inputs
 
     inspector = Inspector(args.bundle, backend=args.backend)
@@ -123,6 +126,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             writer.write_error(error["image"], reason)
             print(f"skipped {error['image']}: {reason}", file=sys.stderr)
 
+    # the boxes of models that give them (detect); other models' files list no annotations
+    coco = CocoWriter(Path(args.coco), inspector.classes) if args.coco else None
     with PredictionWriter(out, inspector.score_names()) as writer:
         for prediction in tqdm(
             inspector.predict(paths, args.batch_size, errors, references),
@@ -132,6 +137,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         ):
             flush(writer)
             writer.write(prediction)
+            if coco is not None:
+                coco.add(prediction)
             count += 1
             if args.overlays and prediction.heat_map is not None:
                 from defectkit.report import save_overlay
@@ -149,6 +156,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         flush(writer)
         skipped = writer.rows - count
     print(f"{count} image(s) -> {out}; {skipped} skipped (their rows give the reason)")
+    if coco is not None:
+        coco.close()
+        print(f"boxes of {count} image(s) -> {args.coco} (COCO JSON)")
     return 0
 
 
@@ -361,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlays", metavar="DIR", help="anomaly and segment models: heat-map overlays here"
     )
     predict.add_argument("--masks", metavar="DIR", help="segment models: the masks as PNG here")
+    predict.add_argument(
+        "--coco", metavar="FILE", help="detect models: every box as COCO JSON (with scores)"
+    )
     predict.add_argument(
         "--reference-from",
         metavar="OLD:NEW",

@@ -44,7 +44,8 @@ class SplitConfig:
     seed: int = 0  # shuffles the split (the run's own seed is train.seed)
     folds: int = 5  # kfold only
     fold: int = 0  # kfold only: which fold is the test part
-    stratify_by: tuple[str, ...] = ("label",)  # "label" and/or keys of Sample.meta (ELPV "type")
+    # "label", "name_prefix" (file name before the last "_") and/or Sample.meta keys (ELPV "type")
+    stratify_by: tuple[str, ...] = ("label",)
     manifest: str = ""  # method=manifest: path of a split.json (or a run folder) to reuse
 
 
@@ -142,6 +143,7 @@ class DetectConfig:
     reference: bool = False  # stack the aligned defect-free reference (DeepPCB template) as input
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # retinanet: base size per level
     freeze_epochs: int = 0  # backbone frozen for the first N epochs (freeze then unfreeze)
+    scale_jitter: float = 0.0  # training zoom in / out by up to this share (0.25: 0.75..1.25)
     score_floor: float = 0.05  # boxes scored below this are dropped before NMS
     nms_iou: float = 0.6  # overlapping boxes of one class above this IoU: the best is kept
     max_boxes: int = 100  # boxes kept per image

@@ -294,3 +294,44 @@ class PredictionWriter:
         else:
             self.writer.writerow({k: row.get(k, "") for k in self.columns})
         self.rows += 1
+
+
+class CocoWriter:
+    """A detector's boxes as one COCO JSON file (images, categories, annotations with each
+    box's score): the format evaluators read and labelling tools import as pre-labels;
+    `defectkit data` reads it back (the coco layout). Boxes below the threshold are kept
+    (evaluation wants them); `called` marks those at or above it."""
+
+    def __init__(self, path: Path, classes: list[str]):
+        self.path, self.classes = Path(path), list(classes)
+        self.images: list[dict[str, Any]] = []
+        self.annotations: list[dict[str, Any]] = []
+
+    def add(self, prediction: Prediction) -> None:
+        from PIL import Image
+
+        image_id = len(self.images) + 1
+        with Image.open(prediction.image) as image:  # the header only
+            width, height = image.size
+        self.images.append(
+            {"id": image_id, "file_name": str(prediction.image), "width": width, "height": height}
+        )
+        for box in prediction.boxes:
+            self.annotations.append(
+                {
+                    "id": len(self.annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": self.classes.index(box.label) + 1,
+                    "bbox": [box.x, box.y, box.width, box.height],
+                    "area": box.width * box.height,
+                    "iscrowd": 0,
+                    "score": box.peak,
+                    "called": prediction.threshold is not None and box.peak >= prediction.threshold,
+                }
+            )
+
+    def close(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        categories = [{"id": k + 1, "name": name} for k, name in enumerate(self.classes)]
+        payload = {"images": self.images, "categories": categories, "annotations": self.annotations}
+        self.path.write_text(json.dumps(payload, indent=1))

@@ -92,19 +92,32 @@ def plot_roc_pr(binary: dict[str, Any], path: Path) -> Path:
 
 
 def plot_image_grid(
-    items: Sequence[tuple[Path, str]], path: Path, columns: int = 6, thumb: int = 128
+    items: Sequence[tuple[Path, str]],
+    path: Path,
+    columns: int = 6,
+    thumb: int = 128,
+    boxes: Sequence[Sequence[Any]] | None = None,
 ) -> Path:
-    """Thumbnails with a caption each (worst mistakes, samples per class)."""
+    """Thumbnails with a caption each (worst mistakes, samples per class); `boxes`: each
+    item's boxes (x1, y1, x2, y2 and label, in the image's pixels) drawn over it."""
+    from matplotlib.patches import Rectangle
+
     columns = max(1, min(columns, len(items)))
     rows = max(1, -(-len(items) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.1), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
-    for axis, (image_path, caption) in zip(axes.flat, items, strict=False):
+    for n, (axis, (image_path, caption)) in enumerate(zip(axes.flat, items, strict=False)):
         image = load_image(Path(image_path))
+        scale = min(1.0, thumb / max(image.size))
         image.thumbnail((thumb, thumb))
         axis.imshow(np.asarray(image))
         axis.set_title(caption, fontsize=7)
+        for box in boxes[n] if boxes else ():
+            corner = (box.x1 * scale, box.y1 * scale)
+            width, height = (box.x2 - box.x1) * scale, (box.y2 - box.y1) * scale
+            axis.add_patch(Rectangle(corner, width, height, fill=False, ec="red", lw=1))
+            axis.text(*corner, box.label, color="red", fontsize=5, va="bottom")
     return save_figure(fig, path)
 
 

@@ -3,6 +3,7 @@ worked out by hand, a short run on synthetic parts finds the drawn boxes, and it
 gives the run's numbers through the Inspector, `eval` and ONNX Runtime."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -41,27 +42,29 @@ def detect_run(parts, tmp_path_factory):
 
 
 def test_boxes_move_with_the_pixels_under_every_augmentation(tmp_path):
-    """A bright 20 x 8 bar on a dark image: after flips and quarter turns the box still
-    covers the bright pixels exactly."""
+    """A bright 20 x 8 bar in the middle of a dark image: after scale jitter, flips and
+    quarter turns the box still covers the bright pixels, all of them."""
     from PIL import Image
 
     image = np.zeros((64, 64), dtype=np.uint8)
-    image[10:18, 30:50] = 255  # rows 10..17, columns 30..49
+    image[28:36, 22:42] = 255  # rows 28..35, columns 22..41: inside any zoomed crop
     Image.fromarray(image).save(tmp_path / "bar.png")
-    sample = Sample(tmp_path / "bar.png", "bar", boxes=(Box(30, 10, 50, 18, "bar"),))
+    sample = Sample(tmp_path / "bar.png", "bar", boxes=(Box(22, 28, 42, 36, "bar"),))
     dataset = DetectionDataset(
         [sample], ["bar"], size=64, mean=[0, 0, 0], std=[1, 1, 1], augment=True, seed=1
     )
-    seen = set()
-    for _ in range(24):
+    dataset.scale_jitter = 0.25
+    shapes = set()
+    for _ in range(40):
         x, target = dataset[0]
         (x1, y1, x2, y2) = target["boxes"][0].round().int().tolist()
-        seen.add((x2 - x1, y2 - y1))
-        bright = x[0] > x[0].mean()
+        shapes.add((x2 - x1, y2 - y1))
+        bright = x[0] > (x[0].min() + x[0].max()) / 2  # resampled edges: half in, half out
         inside = bright[y1:y2, x1:x2]
-        assert inside.float().mean() > 0.95  # the box holds the bar ...
-        assert bright.sum() == pytest.approx(inside.sum().item(), rel=0.05)  # ... all of it
-    assert seen == {(20, 8), (8, 20)}  # turned and not
+        assert inside.float().mean() > 0.85  # the box holds the bar ...
+        assert bright.sum() == pytest.approx(inside.sum().item(), rel=0.1)  # ... all of it
+    assert any(w > h for w, h in shapes) and any(h > w for w, h in shapes)  # turned and not
+    assert len({max(w, h) for w, h in shapes}) >= 3  # zoomed in and out
 
 
 def test_boxes_go_to_the_input_and_back_for_squash_and_pad():
@@ -135,3 +138,199 @@ def test_onnx_export_gives_the_same_boxes(detect_run, parts):
 def test_a_dataset_without_boxes_is_refused_with_the_fix(synthetic_root, tmp_path):
     with pytest.raises(DatasetError, match="no image has a box"):
         defectkit.train(None, ["task=detect", f"data.root={synthetic_root}", f"out_dir={tmp_path}"])
+
+
+def test_the_operator_page_draws_labelled_boxes(detect_run, parts):
+    """Served, a detect bundle's called boxes appear on the operator page over the image,
+    each tagged with its class and score, as many as /inspect returns."""
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_serve import _browser, _chromium, _serve
+
+    run_dir, _ = detect_run
+    _chromium()
+    for url in _serve(run_dir / "bundle"):
+        called = None
+        for path in sorted(parts.glob("JPEGImages/*.png")):
+            answer = httpx.post(
+                url + "inspect", files=[("files", (path.name, path.read_bytes()))]
+            ).json()["results"][0]
+            if answer["regions"]:
+                called = path, answer
+                break
+        assert called is not None, "no image got a box"
+        path, answer = called
+        with sync_playwright() as p:
+            browser = _browser(p)
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_function(
+                "document.getElementById('model').textContent.includes('detect')"
+            )
+            page.set_input_files("#pick", [str(path)])
+            page.wait_for_function("document.querySelectorAll('#stage .box').length > 0")
+            tags = page.locator("#stage .box .tag").all_inner_texts()
+            browser.close()
+        assert len(tags) == len(answer["regions"])
+        assert tags[0].startswith(answer["regions"][0]["label"] + " ")
+
+
+def test_predict_writes_boxes_as_coco_json_and_inspect_counts_them(
+    detect_run, parts, tmp_path, capsys
+):
+    from defectkit.cli import main
+
+    run_dir, _ = detect_run
+    images = sorted(parts.glob("JPEGImages/*.png"))[:6]
+    out, coco = tmp_path / "p.jsonl", tmp_path / "boxes.json"
+    assert (
+        main(["predict", str(run_dir), *map(str, images), "--out", str(out), "--coco", str(coco)])
+        == 0
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    written = json.loads(coco.read_text())
+    assert [i["file_name"] for i in written["images"]] == [str(p) for p in images]
+    assert [c["name"] for c in written["categories"]] == ["scratch", "spot"]
+    called = [a for a in written["annotations"] if a["called"]]
+    assert len(called) == sum(len(r["regions"]) for r in rows)
+    assert all(a["score"] >= rows[a["image_id"] - 1]["threshold"] for a in called)
+
+    assert main(["data", "inspect", str(parts), "--out", str(tmp_path / "inspect")]) == 0
+    printed = capsys.readouterr().out
+    boxes = sum(
+        1 for xml in parts.glob("Annotations/*.xml") for _ in xml.read_text().split("<object>")[1:]
+    )
+    assert f"boxes: {boxes} (0 polygons)" in printed
+    summary = json.loads((tmp_path / "inspect" / "summary.json").read_text())
+    assert summary["boxes"]["small"] + summary["boxes"]["medium"] == boxes
+
+
+def test_a_paired_detector_takes_each_image_with_its_template(tmp_path):
+    """DeepPCB-style pairs: the bundle records a 6-channel input, the Inspector refuses an
+    image without its template and inspects it with one."""
+    from defectkit.data.synthetic import make_paired_set
+
+    root = make_paired_set(tmp_path / "pcb", count=16, size=64)
+    run_dir, result = defectkit.train(
+        "deeppcb_detect",
+        [
+            f"data.root={root}",
+            "data.image_size=64",
+            "train.epochs=1",
+            "train.batch_size=8",
+            f"out_dir={tmp_path}",
+            "name=paired",
+        ],
+    )
+    meta = json.loads((run_dir / "bundle" / "bundle.json").read_text())
+    assert meta["in_channels"] == 6 and meta["reference"] and meta["match_iou"] == 0.33
+    inspector = Inspector(run_dir)
+    tested = sorted(root.rglob("*_test.jpg"))[:2]
+    with pytest.raises(ValueError, match="give references"):
+        list(inspector.predict(tested))
+    templates = [p.with_name(p.name.replace("_test", "_temp")) for p in tested]
+    assert len(list(inspector.predict(tested, references=templates))) == 2
+    assert result["images"] == len(json.loads((run_dir / "split.json").read_text())["test"])
+
+
+def test_tile_windows_hold_their_boxes(tmp_path):
+    """data.resize=tile: each training item is a window at full resolution, the boxes it
+    holds moved into it (a box cut to less than half its area is dropped)."""
+    from PIL import Image
+
+    image = np.zeros((100, 200), dtype=np.uint8)
+    image[40:50, 150:170] = 255
+    Image.fromarray(image).save(tmp_path / "wide.png")
+    sample = Sample(tmp_path / "wide.png", "dent", boxes=(Box(150, 40, 170, 50, "dent"),))
+    dataset = DetectionDataset(
+        [sample], ["dent"], size=64, mean=[0, 0, 0], std=[1, 1, 1], resize="tile", seed=0
+    )
+    holding = 0
+    for _ in range(40):
+        x, target = dataset[0]
+        assert x.shape == (3, 64, 64)
+        for x1, y1, x2, y2 in target["boxes"].round().int().tolist():
+            assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 64
+            assert x[0, y1:y2, x1:x2].mean() > 0.9  # the box is on the bright bar
+            holding += 1
+        if not len(target["boxes"]):
+            assert x[0].sum() < 0.5 * 200  # less than half of the bar's 200 pixels
+    assert holding >= 15  # about half the windows are drawn around a box
+
+
+def test_tiled_boxes_report_a_defect_on_a_seam_once():
+    """Windows of 64 over a 64 x 160 image start at 0, 48 and 96: a square at x 50..60 is
+    in the first two. Each window's box moves to the image and the duplicate is merged."""
+    from defectkit.tasks.detect.deploy import tiled_boxes
+
+    image = torch.zeros(3, 64, 160)
+    image[:, 20:30, 50:60] = 1.0
+
+    def run(tiles):  # one location per window: the box around its bright pixels
+        boxes, scores = torch.zeros(len(tiles), 1, 4), torch.zeros(len(tiles), 1, 1)
+        for n, tile in enumerate(tiles):
+            ys, xs = torch.nonzero(tile[0] > 0.5, as_tuple=True)
+            if len(xs):
+                boxes[n, 0] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+                scores[n, 0, 0] = 0.9
+        return boxes, scores
+
+    boxes, scores, labels = tiled_boxes(run, image, 64, floor=0.05, nms_iou=0.5, most=10)
+    assert boxes.tolist() == [[50.0, 20.0, 60.0, 30.0]]
+    assert scores.tolist() == [pytest.approx(0.9)] and labels.tolist() == [0]
+
+
+def test_a_tiled_detector_gives_the_run_numbers_through_the_inspector(tmp_path):
+    root = make_box_set(tmp_path / "large", count=24, size=160)
+    run_dir, result = defectkit.train(
+        None,
+        [
+            *DETECT,
+            f"data.root={root}",
+            "data.resize=tile",
+            "data.image_size=64",
+            "train.epochs=2",
+            f"out_dir={tmp_path}",
+            "name=tiled",
+        ],
+    )
+    evaluated = evaluate_bundle(run_dir, root, split_manifest=run_dir / "split.json")
+    for key in ("map_50", "box_recall", "ng_recall"):
+        assert evaluated[key] == pytest.approx(result[key], rel=1e-6, abs=1e-9), key
+    prediction = next(Inspector(run_dir).predict(sorted(root.glob("JPEGImages/*.png"))[:1]))
+    assert all(b.x >= 0 and b.x + b.width <= 160.05 for b in prediction.boxes)
+
+
+def test_warm_start_from_a_detect_run_keeps_what_it_learned(detect_run, parts, tmp_path):
+    """train.init_from=<detect run>: one epoch at a tiny rate starts from the learned boxes
+    (a fresh model scores about nothing after one epoch)."""
+    run_dir, before = detect_run
+    _, after = defectkit.train(
+        None,
+        [
+            *DETECT,
+            f"data.root={parts}",
+            f"train.init_from={run_dir}",
+            "train.epochs=1",
+            "train.lr=0.00001",
+            "train.warmup_epochs=0",
+            f"out_dir={tmp_path}",
+            "name=warm",
+        ],
+    )
+    assert "classes kept" in after["weights"]["warm_start"]
+    assert after["map_50"] >= 0.8 * before["map_50"]
+    with pytest.raises(ValueError, match="backbone"):
+        defectkit.train(
+            None,
+            [
+                *DETECT,
+                f"data.root={parts}",
+                f"train.init_from={run_dir}",
+                "model.backbone=resnet18",
+                "model.pretrained=false",
+                f"out_dir={tmp_path}",
+                "name=other",
+            ],
+        )

@@ -218,3 +218,29 @@ def test_contiguous_shares_are_the_items_again_in_rank_order(monkeypatch):
         monkeypatch.setattr(distributed, "world_size", lambda: 3)
         shares.append(distributed.contiguous_share(items))
     assert shares == [[0, 1, 2], [3, 4], [5, 6]]
+
+
+def test_a_detect_run_trains_on_two_processes(tmp_path):
+    from defectkit.data.synthetic import make_box_set
+
+    parts = make_box_set(tmp_path / "boxes", count=24, size=64)
+    _torchrun(
+        2,
+        _sets(
+            "task=detect",
+            f"data.root={parts}",
+            "data.image_size=64",
+            "train.epochs=2",
+            "train.batch_size=4",
+            "train.threads=1",
+            f"out_dir={tmp_path}",
+            "name=det",
+        ),
+        tmp_path,
+    )
+    run = tmp_path / "det"
+    assert len(_history(run)) == 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2 and 0.0 <= metrics["map_50"] <= 1.0
+    assert (run / "bundle" / "bundle.json").is_file()
+    assert len(list((run / "tensorboard").iterdir())) == 1  # rank 0 alone wrote

@@ -8,6 +8,7 @@ from PIL import Image
 
 from defectkit.data.formats import detect_format, read_dataset
 from defectkit.data.samples import DatasetError
+from defectkit.data.segmentation import read_mask
 from defectkit.data.synthetic import make_mask_set
 
 
@@ -75,6 +76,12 @@ def test_yolo_boxes_and_polygons(tmp_path):
     )
     assert b.label == "crack"
     assert (b.boxes[0].x1, b.boxes[0].y2) == pytest.approx((10, 30))
+    # the segment keeps its points in pixels: a mask is the triangle, not its box
+    points = [v for point in b.boxes[0].polygon for v in point]
+    assert points == pytest.approx([10, 10, 30, 10, 30, 30])
+    assert a.boxes[0].polygon == ()
+    mask = read_mask(b)
+    assert mask[12, 28] and not mask[28, 12]
 
 
 def test_image_mask_magnetic_tile_layout(tmp_path):
@@ -139,3 +146,20 @@ def test_unknown_layout_says_what_was_found_and_expected(tmp_path):
 def test_missing_folder():
     with pytest.raises(DatasetError, match="does not exist"):
         read_dataset("/no/such/folder")
+
+
+def test_images_and_masks_with_an_empty_mask_read_as_ok(tmp_path):
+    """images/ + masks/: an all-zero mask is a defect-free image, so the anomaly task finds
+    its good class and classify sees two; faint mask noise (<= 127) is not a defect."""
+    from PIL import Image
+
+    for name, peak in (("a", 255), ("b", 0), ("c", 90)):
+        _image(tmp_path / "images" / f"{name}.jpg", (32, 32))
+        mask = np.zeros((32, 32), dtype=np.uint8)
+        mask[4:8, 4:8] = peak
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{name}.png")
+    data = read_dataset(tmp_path)
+    assert data.layout == "image_mask"
+    assert {s.image.stem: s.label for s in data.samples} == {"a": "defect", "b": "ok", "c": "ok"}
+    assert data.classes == ("defect", "ok")

@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from defectkit.config import RECIPES_DIR, load_config
-from defectkit.data.synthetic import make_classify_set, make_mask_set, make_paired_set
+from defectkit.data.synthetic import (
+    make_box_set,
+    make_classify_set,
+    make_mask_set,
+    make_paired_set,
+)
 from defectkit.runtime.inspector import Inspector
 from defectkit.tasks import get_task
 
@@ -45,6 +50,9 @@ def _synthetic_data(recipe: str, root: Path) -> list[str]:
             "data.label_mode=default",
             "split.stratify_by=label",
         ]
+    if config.task == "detect":
+        make_box_set(root, count=24, size=64)
+        return [f"data.root={root}", "data.format=voc", "split.stratify_by=label"]
     if config.segment.reference:
         make_paired_set(root, count=16, size=64)
         return [f"data.root={root}"]

@@ -1,7 +1,9 @@
 """Images with boxes for the detect task: each image resized (or padded) to the input size
-with its boxes moved along, box-aware augmentation (flips, quarter turns, brightness and
-contrast), an aligned reference stacked as extra channels, and the way back from input
-pixels to the image's own pixels."""
+with its boxes moved along, or (data.resize=tile) a window of the image at its own
+resolution with the boxes it holds, as SAHI does for small objects on large images;
+box-aware augmentation (scale jitter, flips, quarter turns, brightness and contrast), an
+aligned reference stacked as extra channels, and the way back from input pixels to the
+image's own pixels."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
-from defectkit.data.images import image_tensor
+from defectkit.data.images import image_tensor, require_references, with_reference
 from defectkit.data.samples import DatasetError, Sample
+from defectkit.data.tiles import pad_to
 from defectkit.data.transforms import content_box, resize_transform
 
 Target = dict[str, torch.Tensor]
@@ -55,16 +58,17 @@ class DetectionDataset(torch.utils.data.Dataset):
         interpolation: str = "bilinear",
         reference: bool = False,
         augment: bool = False,
+        scale_jitter: float = 0.0,
         cache: bool = True,
         seed: int = 0,
     ):
-        if resize not in ("squash", "pad"):
-            raise ValueError(f"detect takes data.resize squash or pad, not {resize!r}")
+        if resize not in ("squash", "pad", "tile"):
+            raise ValueError(f"detect takes data.resize squash, pad or tile, not {resize!r}")
         self.samples, self.size, self.resize = list(samples), size, resize
         # the Inspector's resize (runtime/inspector.py), so a run scores what the bundle sees
         self.to_size = resize_transform(size, interpolation, resize)
         self.index = {name: i for i, name in enumerate(classes)}
-        self.reference, self.augment = reference, augment
+        self.reference, self.augment, self.scale_jitter = reference, augment, scale_jitter
         channels = 6 if reference else 3
         self.mean = torch.tensor(list(mean) * (channels // 3))[:, None, None]
         self.std = torch.tensor(list(std) * (channels // 3))[:, None, None]
@@ -77,13 +81,7 @@ class DetectionDataset(torch.utils.data.Dataset):
                 f"{list(classes)}: label them with a known class or train on them"
             )
         if reference:
-            missing = [s.image for s in self.samples if s.reference is None]
-            if missing:
-                raise DatasetError(
-                    f"detect.reference needs an aligned reference image, but {len(missing)} "
-                    f"image(s) have none, e.g. {missing[0]}: use a layout with templates "
-                    "(deeppcb)"
-                )
+            require_references(self.samples, "detect.reference")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -98,14 +96,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         sample = self.samples[i]
         image = image_tensor(sample.image)
         if self.reference:
-            reference = image_tensor(sample.reference)
-            if reference.shape != image.shape:
-                raise DatasetError(
-                    f"{sample.reference} is {tuple(reference.shape[1:])} pixels, "
-                    f"{sample.image} is {tuple(image.shape[1:])}: a reference must be aligned "
-                    "with its image at the same size"
-                )
-            image = torch.cat([image, reference])
+            image = with_reference(sample, image)
         if self.cache is not None:
             self.cache[i] = image
         return image
@@ -119,13 +110,69 @@ class DetectionDataset(torch.utils.data.Dataset):
             "labels": torch.tensor([self.index[b.label] for b in boxes], dtype=torch.int64),
         }
 
+    def full(self, i: int) -> torch.Tensor:
+        """The whole image (and reference) normalised at its own size, (C, H, W): what
+        tiled inference slides its windows over."""
+        return (self.raw(i).float() / 255 - self.mean) / self.std
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Target]:
         image = self.raw(i)
-        target = self.target(i, *image.shape[-2:])
-        x = self.to_size(image.float() / 255)
+        if self.resize == "tile":
+            x, target = self._window(i, image)
+        else:
+            target = self.target(i, *image.shape[-2:])
+            x = self.to_size(image.float() / 255)
         if self.augment:
+            if self.scale_jitter and self.rng.random() < 0.5:
+                x, target = self._zoom(x, target)
             x, target["boxes"] = self._augment(x, target["boxes"])
         return (x - self.mean) / self.std, target
+
+    def _window(self, i: int, image: torch.Tensor) -> tuple[torch.Tensor, Target]:
+        """A size x size window at the image's own resolution (padded when smaller): half
+        of the time, for an image with boxes, one holding a random box; its boxes shifted
+        into it, clipped, and kept where at least half of a box is inside."""
+        target = self.target(i, *image.shape[-2:])
+        image = pad_to(image, self.size)
+        height, width = image.shape[-2:]
+        top = self.rng.randint(0, height - self.size)
+        left = self.rng.randint(0, width - self.size)
+        boxes = target["boxes"]
+        if len(boxes) and self.rng.random() < 0.5:
+            x1, y1, x2, y2 = boxes[self.rng.randrange(len(boxes))].tolist()
+            left = _start_around(x1, x2, width, self.size, self.rng)
+            top = _start_around(y1, y2, height, self.size, self.rng)
+        window = image[:, top : top + self.size, left : left + self.size].float() / 255
+        shifted = boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype)
+        clipped = shifted.clamp(0, self.size)
+        area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+        keep = area(clipped) >= 0.5 * area(shifted).clamp(min=1e-6)
+        return window, {"boxes": clipped[keep], "labels": target["labels"][keep]}
+
+    def _zoom(self, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        """Scale jitter: the input zoomed by 1 -/+ scale_jitter about a random point, cropped
+        (in) or edge-padded (out) back to size x size, the boxes along; a box left with less
+        than half of its area is dropped."""
+        size, jitter = self.size, self.scale_jitter
+        scaled = max(8, round(size * self.rng.uniform(1 - jitter, 1 + jitter)))
+        z = scaled / size
+        x = torch.nn.functional.interpolate(
+            x[None], size=(scaled, scaled), mode="bilinear", antialias=True
+        )[0]
+        if scaled >= size:
+            top, left = self.rng.randint(0, scaled - size), self.rng.randint(0, scaled - size)
+            x = x[:, top : top + size, left : left + size]
+            shift = torch.tensor([-left, -top, -left, -top], dtype=torch.float32)
+        else:
+            top, left = self.rng.randint(0, size - scaled), self.rng.randint(0, size - scaled)
+            padding = (left, size - scaled - left, top, size - scaled - top)
+            x = torch.nn.functional.pad(x[None], padding, mode="replicate")[0]
+            shift = torch.tensor([left, top, left, top], dtype=torch.float32)
+        moved = target["boxes"] * z + shift
+        clipped = moved.clamp(0, size)
+        area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+        keep = area(clipped) >= 0.5 * area(moved).clamp(min=1e-6)
+        return x.contiguous(), {"boxes": clipped[keep], "labels": target["labels"][keep]}
 
     def _augment(self, x: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flips and quarter turns move the image and its boxes together; brightness and
@@ -143,6 +190,19 @@ class DetectionDataset(torch.utils.data.Dataset):
         gain, shift = 1 + rng.uniform(-0.2, 0.2), rng.uniform(-0.1, 0.1)
         x = ((x - 0.5) * gain + 0.5 + shift).clamp(0, 1)
         return x.contiguous(), boxes.reshape(-1, 4)
+
+
+def _start_around(low: float, high: float, length: int, size: int, rng: random.Random) -> int:
+    """A window start in 0..length-size whose window holds low..high where it fits."""
+    earliest = max(0, int(high) - size)
+    latest = min(int(low), length - size)
+    if earliest > latest:  # the box is larger than a window: a window inside it
+        earliest, latest = (
+            min(int(low), length - size),
+            max(0, min(int(high) - size, length - size)),
+        )
+        earliest, latest = min(earliest, latest), max(earliest, latest)
+    return rng.randint(earliest, latest)
 
 
 def collate(batch: list[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, list[Target]]:

@@ -134,3 +134,26 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.raw(i)), self.index[self.samples[i].label]
+
+
+def require_references(samples: Sequence[Sample], setting: str) -> None:
+    """A model that takes each image with its aligned reference (`setting`=true) needs one
+    for every sample."""
+    missing = [s.image for s in samples if s.reference is None]
+    if missing:
+        raise DatasetError(
+            f"{setting}=true but {len(missing)} image(s) have no reference image, e.g. "
+            f"{missing[0]}: use a layout with templates (deeppcb) or set {setting}=false"
+        )
+
+
+def with_reference(sample: Sample, image: torch.Tensor) -> torch.Tensor:
+    """The uint8 image (C, H, W) with its aligned reference stacked after it (2C, H, W)."""
+    reference = image_tensor(sample.reference)
+    if reference.shape != image.shape:
+        raise DatasetError(
+            f"{sample.reference} is {tuple(reference.shape[1:])} pixels, {sample.image} is "
+            f"{tuple(image.shape[1:])}: a reference must be aligned with its image at the "
+            "same size"
+        )
+    return torch.cat([image, reference])

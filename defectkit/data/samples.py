@@ -14,13 +14,16 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Box:
-    """An axis-aligned box in pixels of the original image, with its class name."""
+    """An axis-aligned box in pixels of the original image, with its class name; a box
+    read from a polygon (COCO, labelme, CVAT, YOLO segments) keeps the polygon's (x, y)
+    points, and masks are drawn from them."""
 
     x1: float
     y1: float
     x2: float
     y2: float
     label: str = "defect"
+    polygon: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,13 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def key(self, name: str) -> str:
-        """A stratification key: "label" or a meta field."""
-        return str(self.label) if name == "label" else str(self.meta.get(name, ""))
+        """A stratification key: "label", "name_prefix" (the file name before its last "_",
+        NEU's class), or a meta field."""
+        if name == "label":
+            return str(self.label)
+        if name == "name_prefix":
+            return self.image.stem.rsplit("_", 1)[0]
+        return str(self.meta.get(name, ""))
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from defectkit.data.images import image_tensor
+from defectkit.data.images import image_tensor, require_references, with_reference
 from defectkit.data.samples import DatasetError, Sample
 from defectkit.data.tiles import random_window
 from defectkit.data.transforms import content_box
@@ -21,8 +21,8 @@ from defectkit.data.transforms import content_box
 
 def read_mask(sample: Sample) -> np.ndarray:
     """The defect mask at the image's own size: a mask file (value > 127 is defect; masks
-    carry JPEG-like noise), else the sample's boxes filled, else empty (size read from the
-    image header)."""
+    carry JPEG-like noise), else the sample's polygons and boxes filled, else empty (size
+    read from the image header)."""
     if sample.mask is not None:
         try:
             with Image.open(sample.mask) as mask:
@@ -33,9 +33,16 @@ def read_mask(sample: Sample) -> np.ndarray:
                 "remove the image from the dataset"
             ) from None
     with Image.open(sample.image) as image:
-        mask = np.zeros((image.height, image.width), dtype=bool)
+        size = image.size
+    drawn = Image.new("1", size)
+    pen = ImageDraw.Draw(drawn)
     for box in sample.boxes:
-        mask[int(box.y1) : int(np.ceil(box.y2)), int(box.x1) : int(np.ceil(box.x2))] = True
+        if len(box.polygon) >= 3:
+            pen.polygon(list(box.polygon), fill=1)
+    mask = np.asarray(drawn, dtype=bool).copy()
+    for box in sample.boxes:
+        if len(box.polygon) < 3:
+            mask[int(box.y1) : int(np.ceil(box.y2)), int(box.x1) : int(np.ceil(box.x2))] = True
     return mask
 
 
@@ -85,13 +92,7 @@ class SegmentationDataset(Dataset):
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
         self.rng = random.Random(seed)
         if reference:
-            missing = [s.image for s in self.samples if s.reference is None]
-            if missing:
-                raise DatasetError(
-                    f"segment.reference=true but {len(missing)} image(s) have no reference "
-                    f"image, e.g. {missing[0]}: use a layout with templates (deeppcb) or "
-                    "set segment.reference=false"
-                )
+            require_references(self.samples, "segment.reference")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -111,14 +112,7 @@ class SegmentationDataset(Dataset):
         sample = self.samples[i]
         image = image_tensor(sample.image)
         if self.reference:
-            reference = image_tensor(sample.reference)
-            if reference.shape != image.shape:
-                raise DatasetError(
-                    f"{sample.reference} is {tuple(reference.shape[1:])} pixels, "
-                    f"{sample.image} is {tuple(image.shape[1:])}: a reference must be aligned "
-                    "with its image at the same size"
-                )
-            image = torch.cat([image, reference])
+            image = with_reference(sample, image)
         mask = torch.from_numpy(read_mask(sample))
         if mask.shape != image.shape[1:]:
             raise DatasetError(

@@ -117,11 +117,34 @@ def summarize(dataset: SampleSet) -> dict[str, Any]:
         "modes": dict(modes),
         "with_masks": sum(s.mask is not None for s in dataset.samples),
         "with_boxes": sum(bool(s.boxes) for s in dataset.samples),
+        "boxes": box_summary(dataset),
         "with_reference": sum(s.reference is not None for s in dataset.samples),
         "broken": broken,
         "exact_duplicates": exact,
         "look_alike_groups": sorted(groups, key=len, reverse=True),
         "look_alike_compared": compare,
+    }
+
+
+def box_summary(dataset: SampleSet) -> dict[str, Any]:
+    """Box counts per class, polygons among them, COCO's size buckets (area under 32x32,
+    up to 96x96, above) and width / height percentiles in the image's pixels."""
+    boxes = [b for s in dataset.samples for b in s.boxes]
+    if not boxes:
+        return {}
+    widths = np.array([b.x2 - b.x1 for b in boxes])
+    heights = np.array([b.y2 - b.y1 for b in boxes])
+    area = widths * heights
+    return {
+        "count": len(boxes),
+        "per_class": dict(Counter(b.label for b in boxes).most_common()),
+        "polygons": sum(bool(b.polygon) for b in boxes),
+        "small": int((area < 32**2).sum()),
+        "medium": int(((area >= 32**2) & (area < 96**2)).sum()),
+        "large": int((area >= 96**2).sum()),
+        "width_p5_p50_p95": [float(v) for v in np.percentile(widths, [5, 50, 95])],
+        "height_p5_p50_p95": [float(v) for v in np.percentile(heights, [5, 50, 95])],
+        "most_per_image": max(len(s.boxes) for s in dataset.samples),
     }
 
 
@@ -160,6 +183,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"reference images: {summary['with_reference']}",
         f"unreadable files: {len(summary['broken'])}",
     ]
+    boxes = summary.get("boxes")
+    if boxes:
+        w, h = boxes["width_p5_p50_p95"], boxes["height_p5_p50_p95"]
+        lines += [
+            f"boxes: {boxes['count']} ({boxes['polygons']} polygons), up to "
+            f"{boxes['most_per_image']} per image: "
+            + ", ".join(f"{k} {v}" for k, v in boxes["per_class"].items()),
+            f"  box sizes (COCO): small {boxes['small']}, medium {boxes['medium']}, large "
+            f"{boxes['large']}; width p5/p50/p95 {w[0]:.0f}/{w[1]:.0f}/{w[2]:.0f} px, height "
+            f"{h[0]:.0f}/{h[1]:.0f}/{h[2]:.0f} px",
+        ]
     lines += [f"  {b.get('file', b['image'])}: {b['error']}" for b in summary["broken"]]
     groups = summary["look_alike_groups"]
     lines.append(f"exact duplicates: {len(summary['exact_duplicates'])} group(s)")

@@ -34,6 +34,24 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def trunk_and_head_groups(
+    model: nn.Module, trunk: list[nn.Parameter], config: TrainConfig
+) -> list[dict]:
+    """Two parameter groups: the pretrained trunk at train.lr, everything else (decoder,
+    pyramid, heads) at lr x head_lr_mult; weight decay on both."""
+    ids = {id(p) for p in trunk}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) in ids], "lr": config.lr},
+        {
+            "params": [p for p in model.parameters() if id(p) not in ids],
+            "lr": config.lr * config.head_lr_mult,
+        },
+    ]
+    for group in groups:
+        group["weight_decay"] = config.weight_decay
+    return groups
+
+
 def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)

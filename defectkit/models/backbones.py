@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -336,3 +337,45 @@ def create_backbone(
     if pretrained or weights:
         info = {"pretrained": True, **load_pretrained(model, name, weights, weights_sha256)}
     return model, info
+
+
+def load_trunk_weights(encoder: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Copy the pretrained trunk into the encoder by name; a first convolution with another
+    channel count gets the RGB filters repeated over the channels and scaled by 3 / channels
+    (timm's adapt_input_conv), so a stacked image + reference starts as the mean response
+    of both instead of from random filters."""
+    from timm.models import adapt_input_conv
+
+    target = encoder.state_dict()
+    loaded, adapted = {}, []
+    for name, tensor in target.items():
+        if name not in state:
+            continue
+        weight = state[name]
+        if weight.shape != tensor.shape and weight.ndim == 4 and weight.shape[1] == 3:
+            weight = adapt_input_conv(tensor.shape[1], weight)
+            adapted.append(name)
+        if weight.shape == tensor.shape:
+            loaded[name] = weight
+    if not loaded:
+        raise ValueError("no pretrained weight matched the trunk (another backbone?)")
+    encoder.load_state_dict(loaded, strict=False)
+    return {"encoder_tensors_loaded": len(loaded), "first_conv_adapted": adapted}
+
+
+def pretrained_trunk(
+    model_config: Any, trunk: nn.Module, pretrained: bool
+) -> tuple[dict[str, Any], nn.Module | None]:
+    """The backbone's ImageNet weights (resolved and checked as for a classifier) copied
+    into `trunk`, a segmenter's encoder or a detector's feature extractor of the same timm
+    model. Returns (what was loaded, the source model for its preprocessing, or None)."""
+    if not pretrained:
+        return {"pretrained": False}, None
+    source, info = create_backbone(
+        model_config.backbone,
+        0,
+        pretrained=True,
+        weights=model_config.weights,
+        weights_sha256=model_config.weights_sha256,
+    )
+    return {**info, **load_trunk_weights(trunk, source.state_dict())}, source

@@ -22,10 +22,9 @@ from defectkit.config import DetectConfig, ModelConfig
 from defectkit.models.backbones import (
     Preprocessing,
     check_backbone_name,
-    create_backbone,
     preprocessing_for,
+    pretrained_trunk,
 )
-from defectkit.models.segmenter import load_encoder_weights
 
 ARCHS = ("fcos", "retinanet")
 # FCOS: one point per location; its sizes are the pyramid strides (they set which level
@@ -82,17 +81,7 @@ def build_detector(
         out_indices=(2, 3, 4),
         in_chans=in_channels,
     )
-    info: dict[str, Any] = {"pretrained": False}
-    source = None
-    if pretrained:
-        source, info = create_backbone(
-            model_config.backbone,
-            0,
-            pretrained=True,
-            weights=model_config.weights,
-            weights_sha256=model_config.weights_sha256,
-        )
-        info = {**info, **load_encoder_weights(trunk, source.state_dict())}
+    info, source = pretrained_trunk(model_config, trunk, pretrained)
     backbone = PyramidBackbone(trunk, trunk.feature_info.channels(), config.fpn_channels)
     common = {
         # the images arrive resized to size x size and normalised (the Inspector's input):

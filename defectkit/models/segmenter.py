@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from defectkit.config import ModelConfig, SegmentConfig
-from defectkit.models.backbones import Preprocessing, create_backbone, preprocessing_for
+from defectkit.models.backbones import Preprocessing, preprocessing_for, pretrained_trunk
 
 ARCHS = {
     "unet": "Unet",
@@ -64,39 +64,5 @@ def build_segmenter(
         aux_params={"classes": 1, "dropout": 0.2} if config.gate else None,
         **options,
     )
-    info: dict[str, Any] = {"pretrained": False}
-    source = None
-    if pretrained:
-        source, info = create_backbone(
-            model_config.backbone,
-            0,
-            pretrained=True,
-            weights=model_config.weights,
-            weights_sha256=model_config.weights_sha256,
-        )
-        info = {**info, **load_encoder_weights(net.encoder.model, source.state_dict())}
+    info, source = pretrained_trunk(model_config, net.encoder.model, pretrained)
     return Segmenter(net, config.gate), info, preprocessing_for(model_config.backbone, source)
-
-
-def load_encoder_weights(encoder: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Copy the pretrained trunk into the encoder by name; a first convolution with another
-    channel count gets the RGB filters repeated over the channels and scaled by 3 / channels
-    (timm's adapt_input_conv), so a stacked image + reference starts as the mean response
-    of both instead of from random filters."""
-    from timm.models import adapt_input_conv
-
-    target = encoder.state_dict()
-    loaded, adapted = {}, []
-    for name, tensor in target.items():
-        if name not in state:
-            continue
-        weight = state[name]
-        if weight.shape != tensor.shape and weight.ndim == 4 and weight.shape[1] == 3:
-            weight = adapt_input_conv(tensor.shape[1], weight)
-            adapted.append(name)
-        if weight.shape == tensor.shape:
-            loaded[name] = weight
-    if not loaded:
-        raise ValueError("no pretrained encoder weight matched the segmenter's encoder")
-    encoder.load_state_dict(loaded, strict=False)
-    return {"encoder_tensors_loaded": len(loaded), "first_conv_adapted": adapted}

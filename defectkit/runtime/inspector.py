@@ -17,7 +17,6 @@ from torchvision.transforms.v2 import functional as TF
 from defectkit.bundle import read_meta
 from defectkit.data.images import is_image, load_image
 from defectkit.data.samples import DatasetError
-from defectkit.data.tiles import slide
 from defectkit.data.transforms import RESIZE_MODES, eval_transform
 from defectkit.predictions import Prediction, Region
 from defectkit.runtime.graph import InspectionGraph, load_model, onnx_path
@@ -126,17 +125,17 @@ class Inspector:
             batch = torch.stack([self._input(image, ref) for image, ref in pairs])
         return self.handler.decide(self, names, self._run(batch), images)
 
-    def _tiled(
-        self, name: str, image: Image.Image, reference: Image.Image | None, batch_size: int = 16
-    ) -> Prediction:
-        """A segmenter trained on windows: overlapping windows over the whole image, their
-        probabilities averaged, the gate the most confident window's."""
+    def _tiled(self, name: str, image: Image.Image, reference: Image.Image | None) -> Prediction:
+        """A model trained on windows: its task slides them over the whole image."""
+        if self.handler.tiled is None:
+            raise ValueError(f"{self.task} models do not take data.resize=tile")
         with torch.inference_mode():
             x = self._input(image, reference)
-        probability, gate = slide(x, self.size, self._run, batch_size)
-        # the probabilities cover the whole image (content_box is the image when tiled)
-        outputs = [probability.numpy()[None], np.array([gate], dtype=np.float32)]
-        return self.handler.decide(self, [name], outputs, [image])[0]
+            return self.handler.tiled(self, name, x, image)
+
+    def run_graph(self, batch: torch.Tensor) -> list[np.ndarray]:
+        """The inference graph's outputs for a batch of normalised inputs (either backend)."""
+        return self._run(batch)
 
     def predict(
         self,

@@ -45,6 +45,9 @@ class Task:
     checkpoint: str = "last.pt"
     # the config sections the task reads (report.html and `config show` show these)
     sections: tuple[str, ...] = ("data", "split", "model", "train", "eval")
+    # data.resize=tile models: one whole image (normalised, C x H x W) -> its Prediction,
+    # by sliding the graph's windows over it (inspector.run_graph); None: the task does not tile
+    tiled: Callable[[Any, str, Any, Any], Any] | None = None
 
     def __call__(self, config: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         return self.run(config, run_dir, resume)
@@ -60,11 +63,12 @@ def register_task(task: Task) -> Task:
 def task_from(name: str, run: Callable[[RunConfig, Path, bool], dict], deploy: Any) -> Task:
     """A task from its run and its deploy module, which defines load_model, OUTPUTS, graph,
     decide, score_names, evaluate_bundle, summary, eval_summary and, where they differ
-    from the defaults, shown_threshold, CHECKPOINT and SECTIONS."""
+    from the defaults, shown_threshold, CHECKPOINT, SECTIONS and tiled."""
     optional = {
         "shown_threshold": "shown_threshold",
         "checkpoint": "CHECKPOINT",
         "sections": "SECTIONS",
+        "tiled": "tiled",
     }
     return Task(
         name=name,

@@ -28,8 +28,10 @@ from defectkit.engine.train import (
     mixed_precision,
     optimizer_steps,
     train_one_epoch,
+    trunk_and_head_groups,
 )
 from defectkit.metrics import choose_threshold
+from defectkit.models.backbones import load_trunk_weights
 from defectkit.models.classifier import keep_frozen_bn_in_eval
 from defectkit.models.detector import build_detector, dense_outputs, trunk_parameters
 from defectkit.predictions import Prediction, PredictionWriter, decide_detect
@@ -57,6 +59,8 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
         config.model, dc, len(classes), size, in_channels, pretrained=config.model.pretrained
     )
     prep = prep.for_data(config.data)
+    if tc.init_from:
+        weights_info["warm_start"] = warm_start(model, tc.init_from, config.model.backbone, classes)
     model.to(device)
     model = sync_batchnorm(model, tc.sync_batchnorm, device)
     options = {
@@ -69,7 +73,12 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
         "cache": config.data.cache_images,
     }
     train_set = DetectionDataset(
-        split.train, classes, augment=config.data.augment != "none", seed=tc.seed, **options
+        split.train,
+        classes,
+        augment=config.data.augment != "none",
+        scale_jitter=dc.scale_jitter,
+        seed=tc.seed,
+        **options,
     )
     val_set = DetectionDataset(split.val, classes, **options)
     test_set = DetectionDataset(split.test, classes, **options)
@@ -94,16 +103,7 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
         num_workers=config.data.num_workers,
         collate_fn=collate,
     )
-    trunk = {id(p) for p in trunk_parameters(model)}
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) in trunk], "lr": tc.lr},
-        {
-            "params": [p for p in model.parameters() if id(p) not in trunk],
-            "lr": tc.lr * tc.head_lr_mult,
-        },
-    ]
-    for group in groups:
-        group["weight_decay"] = tc.weight_decay
+    groups = trunk_and_head_groups(model, trunk_parameters(model), tc)
     optimizer = make_optimizer(groups, tc)
     schedule = make_schedule(optimizer, tc, optimizer_steps(len(train_loader), tc.accumulate))
     amp_dtype, scaler = mixed_precision(tc.amp, device)
@@ -202,6 +202,39 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
     return result
 
 
+def warm_start(model: nn.Module, source: str, backbone: str, classes: list[str]) -> str:
+    """Start from an earlier run's weights: a detect run's whole model (its class layer only
+    when the classes match), or a classify run's trunk (a classifier trained on the same
+    defects knows their texture)."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "checkpoints" / "best.pt"
+        if not path.exists():
+            path = path.with_name("last.pt")
+    checkpoint = load_checkpoint(path)
+    theirs = checkpoint["config"]["model"]["backbone"]
+    if theirs != backbone:
+        raise ValueError(
+            f"{path} was trained with backbone {theirs}, this run uses {backbone}: set "
+            f"model.backbone={theirs} to warm start from it"
+        )
+    if checkpoint["task"] == "classify":
+        loaded = load_trunk_weights(model.backbone.trunk, checkpoint["model"])
+        return f"{path} (classify trunk: {loaded['encoder_tensors_loaded']} tensors)"
+    if checkpoint["task"] != "detect":
+        raise ValueError(
+            f"{path} is a {checkpoint['task']} checkpoint: a detector warm-starts from a "
+            "detect run (all of it) or a classify run (its trunk)"
+        )
+    own = model.state_dict()
+    state = {k: v for k, v in checkpoint["model"].items() if k in own and v.shape == own[k].shape}
+    same_classes = list(checkpoint.get("classes", ())) == list(classes)
+    if not same_classes:
+        state = {k: v for k, v in state.items() if "classification_head.cls_logits" not in k}
+    model.load_state_dict(state, strict=False)
+    return f"{path} ({len(state)} tensors{', classes kept' if same_classes else ', new classes'})"
+
+
 @torch.inference_mode()
 def predict(
     model: nn.Module,
@@ -217,6 +250,28 @@ def predict(
     dc = config.detect
     model.eval()
     decisions = []
+    classes_args = (classes, threshold)
+    if dataset.resize == "tile":  # windows slid over each whole image, as the Inspector does
+        for i, sample in enumerate(dataset.samples):
+            boxes, scores, labels = deploy.tiled_boxes(
+                lambda chunk: dense_outputs(model, chunk.to(device)),
+                dataset.full(i),
+                dataset.size,
+                dc.score_floor,
+                dc.nms_iou,
+                dc.max_boxes,
+                batch_size,
+            )
+            decisions.append(
+                decide_detect(
+                    str(sample.image),
+                    boxes.cpu().numpy(),
+                    scores.cpu().numpy(),
+                    labels.cpu().numpy(),
+                    *classes_args,
+                )
+            )
+        return decisions
     for start in range(0, len(dataset), batch_size):
         indices = range(start, min(start + batch_size, len(dataset)))
         images = torch.stack([dataset[i][0] for i in indices]).to(device)
@@ -233,8 +288,7 @@ def predict(
                     in_image.numpy(),
                     kept_scores.numpy(),
                     labels.numpy(),
-                    classes,
-                    threshold,
+                    *classes_args,
                 )
             )
     return decisions

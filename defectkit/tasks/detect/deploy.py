@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -106,6 +105,59 @@ def keep_boxes(
     return chosen[keep], chosen_scores[keep], labels[keep]
 
 
+def tiled_boxes(
+    run: Any,
+    x: torch.Tensor,
+    size: int,
+    floor: float,
+    nms_iou: float,
+    most: int,
+    batch_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A whole image (C, H, W) as overlapping size x size windows through `run` (a window
+    batch -> boxes, class scores): each window's kept boxes moved to the image, then NMS
+    within each class across the windows (a defect on a seam is seen twice), the `most`
+    best, clipped to the image. SAHI's slicing, with the graph's own box rules."""
+    from torchvision.ops import batched_nms
+
+    from defectkit.data.tiles import split_tiles
+
+    height, width = x.shape[-2:]
+    tiles, origins = split_tiles(x, size)
+    found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for start in range(0, len(tiles), batch_size):
+        boxes, scores = run(tiles[start : start + batch_size])
+        here = origins[start : start + batch_size]
+        for b, s, (top, left) in zip(boxes, scores, here, strict=True):
+            kept, kept_scores, labels = keep_boxes(
+                torch.as_tensor(b), torch.as_tensor(s), floor, nms_iou, most
+            )
+            shift = torch.tensor([left, top, left, top], dtype=kept.dtype, device=kept.device)
+            found.append((kept + shift, kept_scores, labels))
+    boxes = torch.cat([f[0] for f in found])
+    scores = torch.cat([f[1] for f in found])
+    labels = torch.cat([f[2] for f in found])
+    keep = batched_nms(boxes, scores, labels, nms_iou)[:most]
+    limits = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
+    return torch.minimum(boxes[keep].clamp(min=0), limits), scores[keep], labels[keep]
+
+
+def tiled(inspector, name: str, x: torch.Tensor, image: Any) -> Prediction:
+    """A detector trained on windows (data.resize=tile): its boxes over the whole image."""
+    meta = inspector.meta
+    boxes, scores, labels = tiled_boxes(
+        inspector.run_graph,
+        x,
+        inspector.size,
+        meta["score_floor"],
+        meta["nms_iou"],
+        meta["max_boxes"],
+    )
+    return decide_detect(
+        name, boxes.numpy(), scores.numpy(), labels.numpy(), inspector.classes, inspector.threshold
+    )
+
+
 def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]) -> list:
     meta = inspector.meta
     decisions: list[Prediction] = []
@@ -176,7 +228,3 @@ def eval_summary(result: dict[str, Any]) -> str:
         f"{_maybe(result['box_recall'])}  NG recall {_maybe(result['ng_recall'])}  "
         f"OK specificity {_maybe(result['ok_specificity'])} on {result['images']} images"
     )
-
-
-def as_numpy(values: Any) -> np.ndarray:
-    return values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)

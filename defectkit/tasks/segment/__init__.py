@@ -30,6 +30,7 @@ from defectkit.engine.train import (
     mixed_precision,
     optimizer_steps,
     train_one_epoch,
+    trunk_and_head_groups,
 )
 from defectkit.metrics import (
     SegmentationScores,
@@ -208,16 +209,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         train_set, tc.batch_size, config.data.num_workers, rank_sampler, shuffle=True
     )
 
-    encoder = {id(p) for p in model.encoder_parameters()}
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) in encoder], "lr": tc.lr},
-        {
-            "params": [p for p in model.parameters() if id(p) not in encoder],
-            "lr": tc.lr * tc.head_lr_mult,
-        },
-    ]
-    for group in groups:
-        group["weight_decay"] = tc.weight_decay
+    groups = trunk_and_head_groups(model, model.encoder_parameters(), tc)
     optimizer = make_optimizer(groups, tc)
     schedule = make_schedule(optimizer, tc, optimizer_steps(len(train_loader), tc.accumulate))
     mask_loss = MaskLoss(

@@ -16,6 +16,7 @@ from torch import nn
 from defectkit.bundle import load_weights, write_bundle
 from defectkit.config import RunConfig
 from defectkit.data.segmentation import read_mask
+from defectkit.data.tiles import slide
 from defectkit.data.transforms import to_image_size
 from defectkit.metrics import SegmentationScores
 from defectkit.models.backbones import Preprocessing
@@ -104,6 +105,15 @@ def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]
             )
         )
     return decisions
+
+
+def tiled(inspector, name: str, x: torch.Tensor, image: Any) -> Prediction:
+    """A segmenter trained on windows: overlapping windows over the whole image, their
+    probabilities averaged, the gate the most confident window's."""
+    probability, gate = slide(x, inspector.size, inspector.run_graph, 16)
+    # the probabilities cover the whole image (content_box is the image when tiled)
+    outputs = [probability.numpy()[None], np.array([gate], dtype=np.float32)]
+    return decide(inspector, [name], outputs, [image])[0]
 
 
 def score_names(meta: dict[str, Any]) -> list[str]:
