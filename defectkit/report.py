@@ -171,6 +171,18 @@ def fit_text(fit: dict[str, Any]) -> str:
     return ", ".join(f"{key.replace('_', ' ')} {show(value)}" for key, value in fit.items())
 
 
+def timing_section(rows: list[list[Any]], result: dict[str, Any]) -> list[str]:
+    """The report's closing "Timing and memory" table (the task's rows, then the device and
+    epochs) and, for a trained network, where its weights came from."""
+    rows = [*rows, ["device", result.get("device", "")]]
+    if "epochs_run" in result:
+        rows.append(["epochs", result["epochs_run"]])
+    parts = ["<h2>Timing and memory</h2>", table(rows, ["what", "value"])]
+    if "weights" in result:
+        parts.append(f"<p>{html.escape(weights_text(result['weights']))}</p>")
+    return parts
+
+
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right}th{background:#f3f3f3}h2{border-bottom:2px solid #eee;margin-top:1.6em}

@@ -24,6 +24,7 @@ from defectkit.report import (
     save_figure,
     seconds_text,
     table,
+    timing_section,
     write_page,
 )
 from defectkit.tasks.anomaly import deploy
@@ -114,7 +115,6 @@ def write_anomaly_report(
         ["inference", f"{result['ms_per_image']:.1f} ms per image"],
         ["peak memory (RSS)", megabytes_text(result["peak_rss_mb"])],
         ["model state (memory bank, Gaussians)", megabytes_text(result["model_mb"])],
-        ["device", result["device"]],
     ]
     parts = [
         f"<h1>defectkit anomaly: {html.escape(run_dir.name)}</h1>",
@@ -146,7 +146,6 @@ def write_anomaly_report(
         embed(plot_heatmaps(heat_items(missed), plots / "heat_missed.png", vmax)),
         "<h2>Defect-free images with the highest scores (false alarms first)</h2>",
         embed(plot_heatmaps(heat_items(false_alarms), plots / "heat_false_alarms.png", vmax)),
-        "<h2>Timing and memory</h2>",
-        table(timing, ["what", "value"]),
+        *timing_section(timing, result),
     ]
     return write_page(run_dir, config, parts, deploy.SECTIONS)

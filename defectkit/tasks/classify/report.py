@@ -16,7 +16,7 @@ from defectkit.report import (
     plot_roc_pr,
     seconds_text,
     table,
-    weights_text,
+    timing_section,
     write_page,
 )
 from defectkit.tasks.classify import deploy
@@ -117,14 +117,8 @@ def write_classify_report(
         ["whole run", seconds_text(result.get("total_seconds", 0.0))],
         ["inference", f"{result.get('images_per_second', 0.0):,.0f} images/s"],
         ["peak memory (RSS)", megabytes_text(result.get("peak_rss_mb", 0.0))],
-        ["device", result.get("device", "")],
-        ["epochs", result.get("epochs_run", 0)],
     ]
-    parts += [
-        "<h2>Timing and memory</h2>",
-        table(timing, ["what", "value"]),
-        f"<p>{html.escape(weights_text(result.get('weights', {})))}</p>",
-    ]
+    parts += timing_section(timing, result)
     return write_page(run_dir, config, parts, deploy.SECTIONS)
 
 

@@ -26,7 +26,7 @@ from defectkit.report import (
     save_figure,
     seconds_text,
     table,
-    weights_text,
+    timing_section,
     write_page,
 )
 from defectkit.tasks.detect import deploy
@@ -143,12 +143,6 @@ def write_detect_report(
         ["inference (batch 16)", f"{result['ms_per_image']:.1f} ms per image"],
         ["peak memory (RSS)", megabytes_text(result["peak_rss_mb"])],
         ["model", megabytes_text(result["model_mb"])],
-        ["device", result["device"]],
-        ["epochs", result.get("epochs_run", 0)],
     ]
-    parts += [
-        "<h2>Timing and memory</h2>",
-        table(timing, ["what", "value"]),
-        f"<p>{html.escape(weights_text(result.get('weights', {})))}</p>",
-    ]
+    parts += timing_section(timing, result)
     return write_page(run_dir, config, parts, deploy.SECTIONS)
