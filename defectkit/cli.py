@@ -1,4 +1,5 @@
-"""The `defectkit` command: data, train, eval, predict, export, serve, demo, backbones."""
+"""The `defectkit` command: data, train, eval, predict, export, serve, baseline, review,
+demo, backbones."""
 
 from __future__ import annotations
 
@@ -53,6 +54,86 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run_dir, result = defectkit.train(args.config, args.set, resume=resume)
     if result:  # under torchrun, rank 0 reports
         _print_result(result, run_dir, _task_of(run_dir))
+        _run_baseline(run_dir)
+    return 0
+
+
+def _run_baseline(run_dir: Path) -> None:
+    """The monitoring baseline of a finished run (its validation scores and training image
+    statistics) into its bundle; a run is never failed for it."""
+    from defectkit.runtime.inspector import Inspector
+    from defectkit.runtime.monitor import baseline_images, build_baseline, write_baseline
+
+    try:
+        calibration, training, references = baseline_images(run_dir)
+        inspector = Inspector(run_dir / "bundle")
+        baseline = build_baseline(inspector, calibration, training, references)
+        path = write_baseline(run_dir / "bundle", baseline)
+        print(f"monitoring baseline ({baseline['calibration_images']} calibration images): {path}")
+    except Exception as error:  # the model is trained: say what is missing
+        log.warning(
+            "no monitoring baseline written (%s); `defectkit baseline %s` writes it", error, run_dir
+        )
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    """The drift baseline of a bundle: from a run folder's split, or from given folders."""
+    from defectkit.bundle import read_meta
+    from defectkit.runtime.inspector import Inspector, expand_inputs
+    from defectkit.runtime.monitor import baseline_images, build_baseline, write_baseline
+
+    target = Path(args.bundle)
+    if args.calibration:
+        calibration = list(expand_inputs(args.calibration))
+        training = list(expand_inputs(args.training or args.calibration))
+        calibration, references = with_references(calibration, args.reference_from)
+    elif (target / "split.json").is_file():
+        calibration, training, references = baseline_images(target)
+    else:
+        raise ValueError(
+            f"{target} is not a run folder with a split.json: give --calibration IMAGES "
+            "(labelled validation images as served) and --training IMAGES"
+        )
+    inspector = Inspector(target)
+    baseline = build_baseline(inspector, calibration, training, references)
+    path = write_baseline(Path(read_meta(target)["folder"]), baseline)
+    print(
+        f"baseline of {baseline['calibration_images']} calibration and "
+        f"{baseline['training_images']} training images -> {path}"
+    )
+    return 0
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    """What operators said: overturned calls per model label; optionally as a dataset."""
+    from defectkit.runtime.feedback import FeedbackStore, export_dataset, summarise
+
+    folder = Path(args.store)
+    if not (folder / "feedback.db").is_file():
+        raise FileNotFoundError(
+            f"{folder / 'feedback.db'} does not exist: give the feedback folder of a service "
+            "(default: feedback/ beside the served bundle)"
+        )
+    store = FeedbackStore(folder)
+    summary = summarise(store)
+    print(
+        f"{summary['answers']} operator answer(s), {summary['overturned']} overturned the "
+        f"model; {summary['shadow_disagreements']} shadow disagreement(s)"
+    )
+    for label, counts in summary["per_model_label"].items():
+        said = ", ".join(f"{k[3:]} {v}" for k, v in counts.items() if k.startswith("-> "))
+        print(
+            f"  model said {label:12s} {counts.get('overturned', 0):4d} of "
+            f"{counts['answered']:4d} overturned" + (f" (operators: {said})" if said else "")
+        )
+    if args.export:
+        result = export_dataset(store, args.export)
+        print(f"{result['images']} image(s) -> {result['folder']} ({result['layout']})")
+        if result["left_out"]:
+            print(
+                f"{len(result['left_out'])} NG answer(s) without a box left out "
+                f"(listed in {Path(result['folder']) / 'needs_boxes.txt'})"
+            )
     return 0
 
 
@@ -202,6 +283,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         workers=args.workers,
         max_upload_mb=args.max_upload_mb,
+        feedback=args.feedback,
+        candidate=args.candidate,
+        drift_window=args.drift_window,
+        psi_limit=args.psi_limit,
     )
     return 0
 
@@ -221,6 +306,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo: {config.task} on {config.data.root}")
     run_dir, result = defectkit.train(config)
     _print_result(result, run_dir, config.task)
+    _run_baseline(run_dir)
     return 0
 
 
@@ -403,7 +489,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--workers", type=int, default=2, help="images inspected at once")
     serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest file accepted")
+    serve.add_argument(
+        "--feedback", metavar="DIR", help="feedback store (default: feedback/ beside the bundle)"
+    )
+    serve.add_argument(
+        "--candidate", metavar="BUNDLE", help="shadow mode: run this bundle too, log disagreements"
+    )
+    serve.add_argument(
+        "--drift-window", type=int, default=500, help="recent images compared with the baseline"
+    )
+    serve.add_argument("--psi-limit", type=float, default=0.25, help="drift warning above this PSI")
     serve.set_defaults(func=_cmd_serve)
+
+    baseline = _parser(
+        commands, "baseline", "write a bundle's drift baseline (training runs write their own)"
+    )
+    baseline.add_argument("bundle", help="a run folder (its split is used), or a bundle folder")
+    baseline.add_argument(
+        "--calibration", nargs="+", metavar="IMAGES", help="validation images or folders"
+    )
+    baseline.add_argument("--training", nargs="+", metavar="IMAGES", help="training images")
+    baseline.add_argument(
+        "--reference-from", metavar="OLD:NEW", help="models with a reference: as for predict"
+    )
+    baseline.set_defaults(func=_cmd_baseline)
+
+    review = _parser(commands, "review", "operator feedback: overturned calls, export a dataset")
+    review.add_argument("store", help="a feedback folder (feedback/ beside the served bundle)")
+    review.add_argument("--export", metavar="DIR", help="write the answers as a dataset here")
+    review.set_defaults(func=_cmd_review)
 
     demo = _parser(commands, "demo", "train on ELPV solar cells (pip) or synthetic data")
     demo.add_argument("--synthetic", action="store_true", help="procedural images, no download")

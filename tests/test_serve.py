@@ -333,3 +333,54 @@ def test_operator_page_hides_the_reference_picker_otherwise(live_service):
         page.wait_for_function("document.getElementById('model').textContent.includes('anomaly')")
         assert not page.locator("#reference").is_visible()
         browser.close()
+
+
+def test_operator_feedback_from_the_page_reaches_the_store(live_service, anomaly_bundle, tiles):
+    """On the page an operator overturns a call, once with a box drawn over the defect: each
+    answer is in the feedback store with the image and the model's call; the line monitor
+    counts the images."""
+    from playwright.sync_api import sync_playwright
+
+    from defectkit.runtime.feedback import FeedbackStore
+    from defectkit.serve.app import feedback_folder
+
+    store = FeedbackStore(feedback_folder(anomaly_bundle))
+    before = len(store.records("feedback"))
+    image = sorted(tiles.glob("MT_Spot/Imgs/*.jpg"))[1]
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page()
+        page.goto(live_service)
+        page.wait_for_function("document.getElementById('model').textContent.includes('anomaly')")
+        assert not page.locator("#feedback").is_visible()
+        page.set_input_files("#pick", [str(image)])
+        page.wait_for_function("document.querySelectorAll('#history tr').length === 1")
+        assert page.locator("#feedback").is_visible() and not page.locator("#fb-class").is_visible()
+        called_ok = page.locator("#verdict").inner_text() == "OK"
+        page.click("#fb-ng" if called_ok else "#fb-ok")
+        page.wait_for_function("document.getElementById('fb-status').textContent.includes('saved')")
+        assert "the model said" in page.locator("#fb-status").inner_text()  # overturned
+        # a box drawn over the middle of the picture, then NG
+        page.click("#fb-draw")
+        view = page.locator("#view").bounding_box()
+        page.mouse.move(view["x"] + view["width"] * 0.25, view["y"] + view["height"] * 0.25)
+        page.mouse.down()
+        page.mouse.move(view["x"] + view["width"] * 0.75, view["y"] + view["height"] * 0.5)
+        page.mouse.up()
+        assert "1 box(es) drawn" in page.locator("#fb-status").inner_text()
+        page.click("#fb-ng")
+        page.wait_for_function(
+            "document.getElementById('fb-status').textContent.includes('saved as record')"
+            " && !document.getElementById('fb-status').textContent.includes('box(es)')"
+        )
+        page.wait_for_function("document.getElementById('monitor').textContent.includes('last')")
+        assert "NG" in page.locator("#monitor").inner_text()
+        browser.close()
+    records = store.records("feedback")[before:]
+    assert [r["image"] for r in records] == [image.name, image.name]
+    assert records[0]["model_ok"] is called_ok and records[0]["answer"]["ok"] is not called_ok
+    (box,) = records[1]["answer"]["boxes"]
+    side = Image.open(image).size
+    assert box["x"] == pytest.approx(side[0] * 0.25, rel=0.1)
+    assert box["width"] == pytest.approx(side[0] * 0.5, rel=0.1)
+    assert box["height"] == pytest.approx(side[1] * 0.25, rel=0.15)
