@@ -1,5 +1,5 @@
-"""The `defectkit` command: data, train, eval, predict, export, serve, baseline, review,
-demo, backbones."""
+"""The `defectkit` command: data, train, eval, predict, export, serve, baseline, compare,
+review, demo, backbones."""
 
 from __future__ import annotations
 
@@ -101,6 +101,31 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
         f"baseline of {baseline['calibration_images']} calibration and "
         f"{baseline['training_images']} training images -> {path}"
     )
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Two bundles on one labelled set: metrics, McNemar, speed, flipped verdicts."""
+    from defectkit.runtime.compare import compare_bundles
+
+    result = compare_bundles(
+        args.bundle_a,
+        args.bundle_b,
+        args.data,
+        args.out,
+        args.format,
+        args.label_mode,
+        args.split_manifest,
+        args.part,
+        args.backend,
+    )
+    right, test, ms = result["decision_accuracy"], result["mcnemar"], result["ms_per_image_batch1"]
+    print(
+        f"{result['images']} images: right decisions A {right['a']:.4f}, B {right['b']:.4f}; "
+        f"{result['flipped']} flipped; McNemar {test['only_a']} only A vs {test['only_b']} only "
+        f"B, exact p = {test['p_exact']:.4g}; batch-1 ms A {ms['a']:.1f}, B {ms['b']:.1f}"
+    )
+    print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
 
@@ -513,6 +538,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference-from", metavar="OLD:NEW", help="models with a reference: as for predict"
     )
     baseline.set_defaults(func=_cmd_baseline)
+
+    compare = _parser(commands, "compare", "two bundles on one labelled set, side by side")
+    compare.add_argument("bundle_a", help="the current model (a bundle or run folder)")
+    compare.add_argument("bundle_b", help="the candidate")
+    compare.add_argument("--data", required=True, help="the labelled (golden) dataset folder")
+    compare.add_argument("--format", default="auto", help="its layout, or auto-detect")
+    compare.add_argument("--label-mode", default="default", help="reader-specific label mode")
+    compare.add_argument("--split-manifest", help="a run's split.json, to use one part of it")
+    compare.add_argument("--part", default="test", choices=("train", "val", "test"))
+    compare.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    compare.add_argument("--out", default="compare", help="folder for report.html, compare.json")
+    compare.set_defaults(func=_cmd_compare)
 
     review = _parser(commands, "review", "operator feedback: overturned calls, export a dataset")
     review.add_argument("store", help="a feedback folder (feedback/ beside the served bundle)")

@@ -320,3 +320,22 @@ class SegmentationScores:
             "per_label_iou": {k: iou(*v) for k, v in sorted(self.per_label.items()) if v[0] + v[2]},
             "images": len(self.image_true),
         }
+
+
+def mcnemar(only_a: int, only_b: int) -> dict[str, float]:
+    """McNemar's test of two models' paired decisions on the same images: `only_a` images
+    only model A got right, `only_b` only B. The exact two-sided binomial p-value (what to
+    read with few disagreements) and the continuity-corrected chi-square statistic."""
+    from scipy.stats import binomtest, chi2
+
+    n = only_a + only_b
+    if n == 0:
+        return {"only_a": 0, "only_b": 0, "p_exact": 1.0, "chi2": 0.0, "p_chi2": 1.0}
+    statistic = (abs(only_a - only_b) - 1) ** 2 / n
+    return {
+        "only_a": only_a,
+        "only_b": only_b,
+        "p_exact": float(binomtest(min(only_a, only_b), n, 0.5).pvalue),
+        "chi2": float(statistic),
+        "p_chi2": float(chi2.sf(statistic, 1)),
+    }

@@ -209,13 +209,17 @@ def write_page(
             table(rows, ["file", "why"]),
         ]
     parts = [*parts, "<h2>Configuration</h2>", f"<pre>{html.escape(config_text)}</pre>"]
-    page = (
-        f"<!doctype html><meta charset=utf-8><title>{html.escape(run_dir.name)}</title>"
+    path = run_dir / "report.html"
+    path.write_text(html_page(run_dir.name, parts))
+    return path
+
+
+def html_page(title: str, parts: Sequence[str]) -> str:
+    """A self-contained page of the given sections, in the reports' style."""
+    return (
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style>" + "\n".join(parts)
     )
-    path = run_dir / "report.html"
-    path.write_text(page)
-    return path
 
 
 def image_row(count: int) -> tuple[plt.Figure, list]:

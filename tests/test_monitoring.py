@@ -319,3 +319,65 @@ def test_the_store_keeps_every_acknowledged_record_when_the_service_is_killed(
             hashlib.sha256(data).hexdigest() == record["image_sha256"]
             and record["image_sha256"] in sent
         )
+
+
+def test_mcnemar_matches_hand_worked_values():
+    from defectkit.metrics import mcnemar
+
+    # 8 images only A gets right, 2 only B: exact p = 2 P(X <= 2 | n=10, 1/2)
+    test = mcnemar(8, 2)
+    assert test["p_exact"] == pytest.approx(2 * (1 + 10 + 45) / 1024, rel=1e-9)
+    assert test["chi2"] == pytest.approx((6 - 1) ** 2 / 10, rel=1e-12)
+    assert mcnemar(0, 0)["p_exact"] == 1.0
+
+
+def test_compare_pairs_two_bundles_decisions_on_the_same_images(
+    classify_bundle, synthetic_root, tmp_path
+):
+    from defectkit.cli import main
+    from defectkit.runtime.inspector import Inspector
+    from tests.conftest import _train
+
+    other = _train(
+        "classify",
+        None,
+        tmp_path / "other",
+        [f"data.root={synthetic_root}", "data.image_size=64", "train.epochs=2", "split.seed=3"],
+    )
+    out = tmp_path / "compare"
+    assert (
+        main(
+            [
+                "compare",
+                str(classify_bundle),
+                str(other),
+                "--data",
+                str(synthetic_root),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = json.loads((out / "compare.json").read_text())
+    paths = sorted(synthetic_root.rglob("*.png"))
+    assert result["images"] == len(paths)
+    # by hand: each model's calls through its own Inspector
+    calls = [
+        {p.image: p.label for p in Inspector(bundle).predict(paths)}
+        for bundle in (classify_bundle, other)
+    ]
+    truth = {str(p): p.parent.name for p in paths}
+    only_a = sum(calls[0][i] == t != calls[1][i] for i, t in truth.items())
+    only_b = sum(calls[1][i] == t != calls[0][i] for i, t in truth.items())
+    assert (result["mcnemar"]["only_a"], result["mcnemar"]["only_b"]) == (only_a, only_b)
+    assert result["flipped"] == sum(calls[0][i] != calls[1][i] for i in truth)
+    accuracy = result["metrics"]["a"]["accuracy"]
+    assert result["decision_accuracy"]["a"] == pytest.approx(accuracy, rel=1e-9)
+    assert result["deltas"]["accuracy"]["delta"] == pytest.approx(
+        result["metrics"]["b"]["accuracy"] - accuracy, abs=1e-12
+    )
+    assert "per_class.spot.recall" in result["deltas"]
+    assert all(v > 0 for v in result["ms_per_image_batch1"].values())
+    page = (out / "report.html").read_text()
+    assert "McNemar" in page and ("flips" in page or "No decision flips" in page)
