@@ -1,8 +1,11 @@
 """Service under load (PROTOCOLS.md `serve-load`): `defectkit serve` with the default classify
 model (NEU-6) on loopback, N concurrent clients for S seconds, each sending real NEU test
 images one per request, with malformed uploads mixed in (non-images, truncated files, huge
-dimensions, a wrong field name, empty files). Every malformed upload must get a 4xx and
-every good one a 200; anything else (5xx, timeouts, refused connections) is an error.
+dimensions, a wrong field name, empty files), operator feedback on a share of the inspected
+images (POST /feedback, into a feedback store in a temporary folder) and a scraper reading
+/metrics (parsed with the Prometheus client's parser) and /monitor once a second. Every
+malformed upload must get a 4xx and every good request a 200; anything else (5xx,
+timeouts, refused connections, an unparsable scrape) is an error.
 
     python benchmarks/serve_load.py [--backends onnx,torch] [--clients 20] [--seconds 60]
 
@@ -18,6 +21,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -28,6 +32,7 @@ from PIL import Image
 
 BUNDLE = RUNS / "neu6-default" / "bundle"
 MALFORMED_SHARE = 0.15
+FEEDBACK_SHARE = 0.1  # of the inspected images, answered by an "operator"
 
 
 def malformed_uploads(good: bytes) -> dict[str, dict]:
@@ -51,7 +56,9 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def client(url: str, stop: float, goods: list[bytes], bad: dict, seed: int, log: list) -> None:
+def client(
+    url: str, stop: float, goods: list[bytes], bad: dict, seed: int, log: list, share: float
+) -> None:
     rng = random.Random(seed)
     with httpx.Client(timeout=30) as session:
         while time.time() < stop:
@@ -61,16 +68,49 @@ def client(url: str, stop: float, goods: list[bytes], bad: dict, seed: int, log:
             else:
                 kind, payload = "image", {"files": [("files", ("part.jpg", rng.choice(goods)))]}
             tick = time.perf_counter()
+            answer = None
             try:
-                status = session.post(url + "/inspect", **payload).status_code
+                answer = session.post(url + "/inspect", **payload)
+                status = answer.status_code
             except httpx.HTTPError as error:
                 status = type(error).__name__
             log.append((kind, status, 1000 * (time.perf_counter() - tick)))
+            if kind == "image" and status == 200 and rng.random() < share:
+                result = answer.json()["results"][0]
+                tick = time.perf_counter()
+                try:
+                    said = session.post(
+                        url + "/feedback", json={"id": result["id"], "label": result["label"]}
+                    ).status_code
+                except httpx.HTTPError as error:
+                    said = type(error).__name__
+                log.append(("feedback", said, 1000 * (time.perf_counter() - tick)))
 
 
-def run(backend: str, clients: int, seconds: float, port: int) -> dict:
+def scraper(url: str, stop: float, log: list) -> None:
+    """/metrics and /monitor once a second, as Prometheus and the operator page would."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with httpx.Client(timeout=30) as session:
+        while time.time() < stop:
+            try:
+                response = session.get(url + "/metrics")
+                families = list(text_string_to_metric_families(response.text))
+                ok = response.status_code == 200 and any(
+                    f.name == "defectkit_inspections" for f in families
+                )
+                ok = ok and session.get(url + "/monitor").status_code == 200
+            except (httpx.HTTPError, ValueError):
+                ok = False
+            log.append(("scrape", 200 if ok else "failed", 0.0))
+            time.sleep(1)
+
+
+def run(backend: str, clients: int, seconds: float, port: int, plain: bool = False) -> dict:
+    """plain: inspect requests only (no feedback, no scrapes), to see what those cost."""
     goods = [p.read_bytes() for p in test_images(RUNS / "neu6-default")[:64]]
     bad = malformed_uploads(goods[0])
+    store = tempfile.mkdtemp(prefix="serve-load-feedback-")
     server = subprocess.Popen(
         [
             sys.executable,
@@ -82,6 +122,8 @@ def run(backend: str, clients: int, seconds: float, port: int) -> dict:
             str(port),
             "--backend",
             backend,
+            "--feedback",
+            store,
         ],
         cwd=REPO,
     )
@@ -96,9 +138,12 @@ def run(backend: str, clients: int, seconds: float, port: int) -> dict:
         log: list = []
         stop = time.time() + seconds
         threads = [
-            threading.Thread(target=client, args=(url, stop, goods, bad, i, log))
+            threading.Thread(
+                target=client,
+                args=(url, stop, goods, bad, i, log, 0.0 if plain else FEEDBACK_SHARE),
+            )
             for i in range(clients)
-        ]
+        ] + ([] if plain else [threading.Thread(target=scraper, args=(url, stop, log))])
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -108,20 +153,30 @@ def run(backend: str, clients: int, seconds: float, port: int) -> dict:
     finally:
         server.terminate()
         server.wait(30)
+    from defectkit.runtime.feedback import FeedbackStore
+
+    stored = FeedbackStore(store).count()
     good = [(s, ms) for kind, s, ms in log if kind == "image"]
-    malformed = [(kind, s) for kind, s, _ in log if kind != "image"]
-    errors = sum(s != 200 for s, _ in good) + sum(
-        not (isinstance(s, int) and 400 <= s < 500) for _, s in malformed
+    feedback = [s for kind, s, _ in log if kind == "feedback"]
+    scrapes = [s for kind, s, _ in log if kind == "scrape"]
+    malformed = [(kind, s) for kind, s, _ in log if kind in bad]
+    errors = (
+        sum(s != 200 for s, _ in good)
+        + sum(not (isinstance(s, int) and 400 <= s < 500) for _, s in malformed)
+        + sum(s != 200 for s in feedback + scrapes)
     )
     latencies = [ms for s, ms in good if s == 200]
     return {
-        "name": backend,
+        "name": backend + ("_plain" if plain else ""),
         "backend": backend,
         "clients": clients,
         "seconds": seconds,
         "requests": len(log),
         "images_inspected": len(latencies),
         "requests_per_second": len(log) / seconds,
+        "feedback_sent": len(feedback),
+        "feedback_stored": stored,
+        "metrics_scrapes": len(scrapes),
         "errors": errors,
         "p50_ms": statistics.median(latencies),
         "p95_ms": percentile(latencies, 0.95),
@@ -141,6 +196,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--plain", action="store_true", help="also a run per backend without feedback / scrapes"
+    )
     args = parser.parse_args()
     if not (BUNDLE / "model.onnx").is_file():
         from defectkit.runtime.export import export_onnx
@@ -148,17 +206,18 @@ def main() -> None:
         export_onnx(BUNDLE)
     runs = []
     for backend in args.backends.split(","):
-        result = run(backend, args.clients, args.seconds, args.port)
-        print(result, flush=True)
-        runs.append(result)
+        for plain in (False, True) if args.plain else (False,):
+            result = run(backend, args.clients, args.seconds, args.port, plain)
+            print(result, flush=True)
+            runs.append(result)
     command = (
         f"python benchmarks/serve_load.py --backends {args.backends} --clients {args.clients} "
-        f"--seconds {args.seconds:g}"
+        f"--seconds {args.seconds:g}" + (" --plain" if args.plain else "")
     )
     payload = save_results("serve-load", runs, command)
     rows = [
         [
-            r["backend"],
+            r["name"],
             str(r["clients"]),
             f"{r['seconds']:g}",
             str(r["requests"]),
@@ -168,6 +227,8 @@ def main() -> None:
             f"{r['p95_ms']:.0f}",
             f"{r['peak_rss_mb']:.0f}",
             f"{r['malformed_rejected']}/{r['malformed_sent']}",
+            f"{r.get('feedback_stored', '–')}/{r.get('feedback_sent', '–')}",
+            str(r.get("metrics_scrapes", "–")),
         ]
         for r in payload["runs"]
     ]
@@ -182,15 +243,18 @@ def main() -> None:
 Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`.
 `defectkit serve` with the NEU-6 default bundle (2 inference workers, 1 thread each) on
 loopback; the clients run on the same 2 cores. Each request is one real NEU test image or,
-15% of the time, a malformed upload. Latency is per good request, client side, queueing
-included; errors count any good request without a 200 and any malformed one without a 4xx.
+15% of the time, a malformed upload; 10% of the inspected images get an operator answer
+(POST /feedback, stored in SQLite with the image), and a scraper reads /metrics (parsed by
+the Prometheus client) and /monitor every second. Latency is per good inspect request,
+client side, queueing included; errors count any good request (inspect, feedback, scrape)
+without a 200 and any malformed upload without a 4xx.
 Malformed uploads got: {statuses}.
 
 {
             table(
                 rows,
                 [
-                    "backend",
+                    "run",
                     "clients",
                     "seconds",
                     "requests",
@@ -200,6 +264,8 @@ Malformed uploads got: {statuses}.
                     "p95 ms",
                     "peak service MB",
                     "malformed rejected (4xx)",
+                    "feedback stored",
+                    "/metrics scrapes",
                 ],
             )
         }""",

@@ -47,11 +47,77 @@ def _cmd_data_formats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    """The run's config and, where the data was read for it, the dataset and the notes on
+    what was drawn from it: with --data, defaults from the data (tasks/defaults.py) under
+    the recipe (if any) and --set; without, the recipe and --set as given."""
+    from defectkit.data.formats import read_dataset
+    from defectkit.tasks.defaults import draw_defaults
+
+    if not args.data:
+        if args.task:
+            raise ValueError("--task needs --data PATH: the dataset folder to train on")
+        config = load_config(args.config, args.set)
+        return config, None, []
+    recipe_task = load_config(args.config).task if args.config else None
+    task = args.task or recipe_task
+    if task is None:
+        raise ValueError("--data needs --task classify|segment|anomaly|detect (or a recipe)")
+    if recipe_task and task != recipe_task:
+        raise ValueError(f"--task {task} but recipe {args.config} is a {recipe_task} recipe")
+    given = [f"task={task}", *args.set, f"data.root={args.data}"]
+    first = load_config(args.config, given)  # the reader's options, the device
+    dataset = read_dataset(args.data, first.data.format, first.data.label_mode)
+    base, notes = draw_defaults(task, dataset, first.train.device)
+    return load_config(args.config, given, base), dataset, notes
+
+
+def _dry_run(config, dataset, notes: list[str]) -> int:
+    """What a run would use: the data, the values drawn from it, every setting checked."""
+    import yaml
+
+    from defectkit.config import config_to_dict
+    from defectkit.data.formats import read_dataset
+    from defectkit.tasks import get_task
+    from defectkit.tasks.defaults import summary_lines
+    from defectkit.tasks.settings import check_settings
+
+    if dataset is None:
+        d = config.data
+        dataset = read_dataset(d.root, d.format, d.label_mode)
+    check_settings(config, dataset)
+    print("\n".join(summary_lines(dataset)))
+    if notes:
+        print("\ndrawn from the data (a recipe or --set overrides any of them):")
+        print("\n".join(f"  {note}" for note in notes))
+    sections = get_task(config.task).sections
+    values = {
+        k: v for k, v in config_to_dict(config).items() if not isinstance(v, dict) or k in sections
+    }
+    print("\nthe run's settings (every one checked against the data):")
+    print(yaml.safe_dump(values, sort_keys=False).rstrip())
+    print("\ndry run: nothing trained (drop --dry-run to train)")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import defectkit
 
     resume = Path(args.resume) if args.resume else None
-    run_dir, result = defectkit.train(args.config, args.set, resume=resume)
+    if resume is not None:
+        if args.task or args.data or args.dry_run:
+            raise ValueError(
+                "--resume continues a run with its own data and settings: drop "
+                "--task, --data and --dry-run"
+            )
+        run_dir, result = defectkit.train(args.config, args.set, resume=resume)
+    else:
+        config, dataset, notes = _train_config(args)
+        if args.dry_run:
+            return _dry_run(config, dataset, notes)
+        for note in notes:
+            log.info("drawn from the data: %s", note)
+        run_dir, result = defectkit.train(config)
     if result:  # under torchrun, rank 0 reports
         _print_result(result, run_dir, _task_of(run_dir))
         _run_baseline(run_dir)
@@ -219,6 +285,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from defectkit.predictions import CocoWriter, PredictionWriter
     from defectkit.runtime.inspector import Inspector, expand_inputs
 
+    if args.engine == "ray":
+        return _predict_on_ray(args)
     inspector = Inspector(args.bundle, backend=args.backend)
     out = Path(args.out)
     errors: list[dict[str, str]] = []
@@ -265,6 +333,41 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if coco is not None:
         coco.close()
         print(f"boxes of {count} image(s) -> {args.coco} (COCO JSON)")
+    return 0
+
+
+def _predict_on_ray(args: argparse.Namespace) -> int:
+    """`predict --engine ray`: the same rows, from a pool of Inspector actors on Ray."""
+    from defectkit.runtime.cluster import predict_with_ray
+    from defectkit.runtime.inspector import expand_inputs
+
+    unsupported = [o for o in ("overlays", "masks", "coco") if getattr(args, o)]
+    if unsupported:
+        raise ValueError(
+            f"--{unsupported[0]} is written by the local engine only: drop it, or run "
+            "without --engine ray"
+        )
+    paths, references = with_references(expand_inputs(args.inputs), args.reference_from)
+    result = predict_with_ray(
+        args.bundle,
+        paths,
+        args.out,
+        references,
+        address=args.address,
+        actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
+        gpus_per_actor=args.gpus_per_actor,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        progress=True,
+    )
+    if result["format"] == "parquet":
+        print(f"{result['images']} image(s) -> {result['output']} (Parquet files)")
+    else:
+        print(
+            f"{result['inspected']} image(s) -> {result['output']}; {result['skipped']} skipped "
+            "(their rows give the reason)"
+        )
     return 0
 
 
@@ -429,6 +532,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--config", help="a YAML file or a shipped recipe name (`defectkit recipes` lists them)"
     )
+    train.add_argument(
+        "--task",
+        choices=("classify", "segment", "anomaly", "detect"),
+        help="with --data and no recipe: settings drawn from the data and the device",
+    )
+    train.add_argument(
+        "--data", metavar="PATH", help="the dataset folder (sizes, classes, epochs drawn from it)"
+    )
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the data summary and the resolved, checked settings; train nothing",
+    )
     _set_option(train)
     train.add_argument(
         "--resume",
@@ -472,7 +588,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("bundle", help="a bundle folder, or a run folder holding bundle/")
     predict.add_argument("inputs", nargs="+", help="image files and folders (walked recursively)")
     predict.add_argument(
-        "--out", default="predictions.csv", help=".csv or .jsonl; one row per input"
+        "--out",
+        default="predictions.csv",
+        help=".csv or .jsonl; one row per input (--engine ray: or a folder for Parquet files)",
+    )
+    predict.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="ray: a pool of Inspector actors on a Ray cluster (pip install 'defectkit[ray]')",
+    )
+    predict.add_argument(
+        "--address", help="--engine ray: the cluster (e.g. auto, ray://head:10001); default local"
+    )
+    predict.add_argument("--actors", type=int, default=2, help="--engine ray: Inspector actors")
+    predict.add_argument(
+        "--cpus-per-actor", type=float, default=1, help="--engine ray: CPUs (threads) per actor"
+    )
+    predict.add_argument(
+        "--gpus-per-actor", type=float, default=0, help="--engine ray: GPUs per actor (CUDA)"
     )
     predict.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     predict.add_argument(
@@ -546,8 +680,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--format", default="auto", help="its layout, or auto-detect")
     compare.add_argument("--label-mode", default="default", help="reader-specific label mode")
     compare.add_argument("--split-manifest", help="a run's split.json, to use one part of it")
-    compare.add_argument("--part", default="test", choices=("train", "val", "test"))
-    compare.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    compare.add_argument(
+        "--part", default="test", choices=("train", "val", "test"), help="with --split-manifest"
+    )
+    compare.add_argument(
+        "--backend", default="torch", choices=("torch", "onnx"), help="onnx: run `export` first"
+    )
     compare.add_argument("--out", default="compare", help="folder for report.html, compare.json")
     compare.set_defaults(func=_cmd_compare)
 

@@ -259,8 +259,13 @@ def resolve_recipe(name_or_path: str) -> Path:
     raise ConfigError(f"config {name_or_path!r} is neither a file nor a shipped recipe ({names})")
 
 
-def load_config(source: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults <- YAML recipe <- `--set` overrides, checked against the dataclasses."""
+def load_config(
+    source: str | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults <- `base` (values drawn from the data) <- YAML recipe <- `--set` overrides,
+    checked against the dataclasses."""
     values: dict[str, Any] = {}
     if source:
         path = resolve_recipe(source)
@@ -268,7 +273,7 @@ def load_config(source: str | None = None, overrides: list[str] | None = None) -
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         values = loaded
-    values = _merge(values, parse_overrides(overrides or []))
+    values = _merge(_merge(base or {}, values), parse_overrides(overrides or []))
     return _build(RunConfig, values, "")
 
 

@@ -17,7 +17,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-OK_NAMES = ("ok", "good", "free", "normal", "pass")
+from defectkit.data.samples import ok_class
+
 MAX_REGIONS = 20
 
 
@@ -112,9 +113,9 @@ def decide_class(
         negatives = [c for c in classes if c != positive]
         label = positive if is_ng else max(negatives, key=scores.__getitem__)
         return Prediction(name, label, scores, not is_ng, ng_score, threshold)
-    ok_class = next((c for c in classes if c.lower() in OK_NAMES), None)
-    ok = None if ok_class is None else label == ok_class
-    ng_score = None if ok_class is None else 1.0 - scores[ok_class]
+    good = ok_class(classes)
+    ok = None if good is None else label == good
+    ng_score = None if good is None else 1.0 - scores[good]
     return Prediction(name, label, scores, ok, ng_score)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,16 @@ class Sample:
         if name == "name_prefix":
             return self.image.stem.rsplit("_", 1)[0]
         return str(self.meta.get(name, ""))
+
+
+# class names that mean "defect-free" (any case): a classifier's OK class, the anomaly task's
+# good images; an image + mask layout calls its empty-mask images "ok"
+OK_NAMES = ("ok", "good", "free", "normal", "pass", "defect-free", "defect_free", "no_defect")
+
+
+def ok_class(classes: Sequence[str]) -> str | None:
+    """The defect-free class among `classes`, by name; None when none is named so."""
+    return next((c for c in classes if c.lower() in OK_NAMES), None)
 
 
 @dataclass(frozen=True)

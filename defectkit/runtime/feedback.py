@@ -26,6 +26,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from defectkit.data.samples import ok_class
+
 DB_FILE = "feedback.db"
 IMAGES = "images"
 KINDS = ("feedback", "shadow")
@@ -178,13 +180,13 @@ def check_answer(
     """An operator's answer, checked and in one shape: {"label", "ok", "boxes"}. Classify
     answers name a class; the others say OK or NG, optionally with boxes drawn on the image
     (x, y, width, height in image pixels, an optional class label)."""
-    ok_classes = [c for c in classes if c.lower() in ("ok", "good", "free", "normal", "pass")]
+    good = ok_class(classes)
     label = answer.get("label")
     ok = answer.get("ok")
     if task == "classify":
         if label not in classes:
             raise FeedbackError(f"answer label {label!r} is not a class of this model: {classes}")
-        ok = (label in ok_classes) if ok_classes else None
+        ok = None if good is None else label == good
     else:
         if not isinstance(ok, bool):
             raise FeedbackError('say whether the image is OK: {"ok": true} or {"ok": false}')

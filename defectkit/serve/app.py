@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import re
+import sqlite3
 import threading
 import time
 import uuid
@@ -182,7 +183,14 @@ def create_app(
     slots = threading.BoundedSemaphore(workers + queue)
     max_bytes = int(max_upload_mb * 2**20)
     counters = {"inspected": 0, "rejected": 0, "started": time.time(), "shadow_skipped": 0}
-    store = FeedbackStore(feedback or feedback_folder(bundle))
+    store_folder = Path(feedback or feedback_folder(bundle))
+    try:
+        store = FeedbackStore(store_folder)
+    except (OSError, sqlite3.Error) as error:
+        raise ValueError(
+            f"cannot keep the feedback store in {store_folder} ({error}): give a writable "
+            "folder with --feedback DIR"
+        ) from None
     held = HeldImages()
     monitor = DriftMonitor(
         read_baseline(Path(inspector.meta["folder"])),

@@ -139,14 +139,19 @@ def open_run(
 
 
 def read_data(config: RunConfig, run_dir: Path):
-    """The run's dataset with every file checked (data.on_bad_image); samples left out for
-    a bad file are listed in the run's left_out.json (and its report)."""
-    from defectkit.data.checks import read_checked
+    """The run's dataset, every setting held against it (tasks/settings.py), then every file
+    checked (data.on_bad_image); samples left out for a bad file are listed in the run's
+    left_out.json (and its report)."""
+    from defectkit.data.checks import check_dataset
+    from defectkit.data.formats import read_dataset
     from defectkit.engine.distributed import is_main
     from defectkit.runs import write_json
+    from defectkit.tasks.settings import check_settings
 
     d = config.data
-    dataset = read_checked(d.root, d.format, d.label_mode, d.on_bad_image)
+    dataset = read_dataset(d.root, d.format, d.label_mode)
+    check_settings(config, dataset)  # before a single image is decoded
+    dataset = check_dataset(dataset, d.on_bad_image)
     if dataset.left_out and is_main():
         write_json(run_dir / "left_out.json", [vars(b) for b in dataset.left_out])
         logging.getLogger("defectkit").warning(

@@ -22,14 +22,21 @@ class Reader:
     detect: Callable[[Path], bool]
     read: Callable[[Path, str], list[Sample]]  # (root, label_mode) -> samples
     priority: int  # lower is tried first: specific layouts before generic folders
+    label_modes: tuple[str, ...] = ("default",)  # data.label_mode values it understands
 
 
 _READERS: Registry[Reader] = Registry("dataset format")
 
 
-def register_format(name: str, layout: str, detect: Callable[[Path], bool], priority: int = 50):
+def register_format(
+    name: str,
+    layout: str,
+    detect: Callable[[Path], bool],
+    priority: int = 50,
+    label_modes: tuple[str, ...] = ("default",),
+):
     def decorator(read: Callable[[Path, str], list[Sample]]):
-        _READERS.add(name, Reader(name, layout, detect, read, priority))
+        _READERS.add(name, Reader(name, layout, detect, read, priority, label_modes))
         return read
 
     return decorator
@@ -133,6 +140,13 @@ def read_dataset(root: str | Path, format: str = "auto", label_mode: str = "defa
     name = detect_format(root) if format == "auto" else format
     if name not in _READERS:
         raise DatasetError(f"unknown dataset format {name!r}; known: {', '.join(_READERS)}")
+    modes = _READERS[name].label_modes
+    if label_mode not in modes:
+        raise DatasetError(
+            f"data.label_mode={label_mode!r} means nothing to the {name!r} layout of {root} "
+            f"(it reads: {', '.join(modes)}): drop the setting or --set data.label_mode="
+            f"{modes[0]}"
+        )
     samples = _READERS[name].read(root, label_mode)
     if not samples:
         raise DatasetError(

@@ -21,9 +21,11 @@ from defectkit.data.samples import DatasetError, Sample
     "labels.csv (path probability type) beside images/",
     lambda r: (r / "labels.csv").is_file(),
     priority=10,
+    label_modes=("default", "binary", "4class"),
 )
 def read_elpv(root: Path, label_mode: str) -> list[Sample]:
-    """Binary: defect probability >= 0.5 is "ng"; 4class: the probability itself (p0..p100)."""
+    """Binary (the default): defect probability >= 0.5 is "ng"; 4class: the probability
+    itself (p000, p033, p067, p100)."""
     labels = root / "labels.csv"
     samples = []
     for line_no, line in enumerate(labels.read_text().splitlines(), 1):

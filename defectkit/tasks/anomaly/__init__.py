@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.images import image_tensor
-from defectkit.data.samples import DatasetError, Sample, SampleSet
+from defectkit.data.samples import DatasetError, Sample, SampleSet, ok_class
 from defectkit.data.splits import Split
 from defectkit.data.transforms import content_box, eval_transform, require_whole_images
 from defectkit.engine.distributed import contiguous_share, gather_rows, is_main, launched
@@ -41,7 +41,6 @@ from defectkit.tasks.anomaly.deploy import ANOMALOUS, load_fitted_state, save_bu
 from defectkit.tasks.anomaly.evaluate import evaluate_anomaly
 
 log = logging.getLogger(__name__)
-GOOD_NAMES = ("good", "free", "ok", "normal")
 
 
 def good_label(dataset: SampleSet, requested: str) -> str:
@@ -52,9 +51,9 @@ def good_label(dataset: SampleSet, requested: str) -> str:
                 f"{dataset.root}; classes: {list(dataset.classes)}"
             )
         return requested
-    for name in dataset.classes:
-        if name.lower() in GOOD_NAMES:
-            return name
+    good = ok_class(dataset.classes)
+    if good is not None:
+        return good
     raise DatasetError(
         f"no defect-free class among {list(dataset.classes)} in {dataset.root}: "
         "name it with --set anomaly.good_label=NAME"

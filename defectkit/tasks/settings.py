@@ -1,0 +1,140 @@
+"""Every setting held against the data before any work is spent: the class names a config
+names (eval.positive, anomaly.good_label), the split's keys and whether each class has the
+images its parts need, the input size the model can take, and class folders without images.
+All problems are gathered into one error, each with the setting, what the data offers and
+the fix. (data.label_mode is checked by the reader: data/formats/base.py.)"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from defectkit.config import ConfigError, RunConfig
+from defectkit.data.images import is_image
+from defectkit.data.samples import SampleSet, ok_class
+
+SPLIT_KEYS = ("label", "name_prefix")  # besides the samples' own meta fields
+MIN_SIZE, MAX_SIZE = 32, 4096
+
+
+def _empty_class_folders(dataset: SampleSet) -> list[str]:
+    """Class folders of an image + mask layout with no image in them (the class_folders
+    reader refuses its own)."""
+    if dataset.layout != "image_mask":
+        return []
+    root = Path(dataset.root)
+    return sorted(
+        d.name
+        for d in root.iterdir()
+        if d.is_dir()
+        and not d.name.startswith(".")
+        and d.name not in ("images", "masks")
+        and not any(p.is_file() and is_image(p) for p in d.rglob("*"))
+    )
+
+
+def _too_small(dataset: SampleSet, config: RunConfig) -> list[str]:
+    """Classes of a classifier that the split cannot place in training, validation and test
+    (each class needs all three for its metrics to mean anything)."""
+    split = config.split
+    if config.task != "classify" or split.method not in ("stratified", "kfold"):
+        return []
+    if tuple(split.stratify_by) != ("label",):
+        return []  # strata finer than the class: their own rounding
+    problems = []
+    for label, n in sorted(dataset.counts().items()):
+        if split.method == "kfold":
+            test, train = n // split.folds, n - -(-n // split.folds)  # the thinnest fold
+        else:
+            train = int((1 - split.test_fraction) * n)
+            test = n - train
+        val = train - int((1 - split.val_fraction) * train) if split.val_fraction > 0 else None
+        if val is not None:
+            train -= val
+        if min(train, test, 1 if val is None else val) < 1:
+            parts = f"train {train}, " + ("" if val is None else f"validation {val}, ")
+            problems.append(
+                f"class {label!r} has {n} image(s): too few for split.test_fraction="
+                f"{split.test_fraction}, split.val_fraction={split.val_fraction} ({parts}test "
+                f"{test}); add images of it, merge it into another class, or leave it out"
+            )
+    return problems
+
+
+def _thin_strata(dataset: SampleSet, config: RunConfig) -> list[str]:
+    """stratify_by keys that cut the data into strata too small to reach the training part
+    (a key of one dataset's file names read on another's: every image its own stratum)."""
+    split = config.split
+    if config.task == "anomaly" or tuple(split.stratify_by) == ("label",):
+        return []  # the anomaly task splits its own way; classes are checked by _too_small
+    if split.method != "stratified" or not all(
+        k in SPLIT_KEYS or all(k in s.meta for s in dataset.samples) for k in split.stratify_by
+    ):
+        return []
+    strata = Counter(tuple(s.key(k) for k in split.stratify_by) for s in dataset.samples)
+    stranded = sum(n for n in strata.values() if int((1 - split.test_fraction) * n) < 1)
+    if stranded * 2 <= len(dataset):
+        return []
+    return [
+        f"split.stratify_by={list(split.stratify_by)} cuts the {len(dataset)} images of "
+        f"{dataset.root} into {len(strata)} groups, {stranded} images in groups too small to "
+        "give a training image (they would all be test images): --set split.stratify_by=label"
+    ]
+
+
+def check_settings(config: RunConfig, dataset: SampleSet) -> None:
+    """Raise one ConfigError listing every setting that does not fit `dataset`."""
+    problems: list[str] = []
+    classes = list(dataset.classes)
+    where = f"{dataset.root} ({dataset.layout})"
+    positive = config.eval.positive
+    if config.task == "classify" and positive and positive not in classes:
+        problems.append(
+            f"eval.positive={positive!r} is not a class of {where}; its classes: "
+            f"{classes}. Name the NG class (--set eval.positive=CLASS) or leave it empty "
+            '("ng" is used when there is one)'
+        )
+    if config.task == "anomaly":
+        good = config.anomaly.good_label
+        if good and good not in classes:
+            problems.append(
+                f"anomaly.good_label={good!r} is not a class of {where}; its classes: "
+                f"{classes}. --set anomaly.good_label=CLASS names the defect-free one"
+            )
+        elif not good and ok_class(classes) is None:
+            problems.append(
+                f"no class of {where} is named as defect-free (good, ok, free, normal, "
+                f"defect-free); its classes: {classes}. --set anomaly.good_label=CLASS names it"
+            )
+    meta_keys = sorted({k for s in dataset.samples for k in s.meta})
+    available = [*SPLIT_KEYS, *meta_keys]
+    for key in config.split.stratify_by:
+        if key not in SPLIT_KEYS and not all(key in s.meta for s in dataset.samples):
+            problems.append(
+                f"split.stratify_by names {key!r}, which the samples of {where} do not have; "
+                f"available: {available}. --set split.stratify_by=label"
+            )
+    problems += _thin_strata(dataset, config)
+    size = config.data.image_size
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        problems.append(
+            f"data.image_size={size} is outside {MIN_SIZE}..{MAX_SIZE} pixels: --set "
+            "data.image_size=N within them (a dry run shows the size drawn from the images)"
+        )
+    if config.task == "segment":
+        step = 2**config.segment.encoder_depth
+        if size % step:
+            problems.append(
+                f"data.image_size={size} is not a multiple of {step}, which a U-Net with "
+                f"segment.encoder_depth={config.segment.encoder_depth} needs: --set "
+                f"data.image_size={max(step, size // step * step)}"
+            )
+    for folder in _empty_class_folders(dataset):
+        problems.append(
+            f"class folder {folder!r} of {where} holds no images: add its images or remove "
+            "the folder (an empty class cannot be learnt or tested)"
+        )
+    problems += _too_small(dataset, config)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{len(problems)} setting(s) do not fit the data:\n{lines}")
