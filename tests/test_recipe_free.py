@@ -155,11 +155,14 @@ def test_anomaly_without_a_named_good_class_says_how_to_name_it(tiles, tmp_path,
     error = capsys.readouterr().err
     assert code == 2 and "no class of" in error and "'Clean'" in error
     assert "--set anomaly.good_label=CLASS" in error
-    assert _train(
-        tmp_path,
-        *("--task", "anomaly", "--data", str(data), "--dry-run"),
-        *("--set", "anomaly.good_label=Clean"),
-    ) == 0
+    assert (
+        _train(
+            tmp_path,
+            *("--task", "anomaly", "--data", str(data), "--dry-run"),
+            *("--set", "anomaly.good_label=Clean"),
+        )
+        == 0
+    )
 
 
 def test_segment_input_sizes_the_encoder_cannot_take_are_refused(tiles, tmp_path, capsys):
