@@ -29,8 +29,9 @@ RUNS_DEFINED = {
     ),
     "padim": (["anomaly.method=padim"], "PaDiM, same features, 100 random dims, 224 px"),
     "autoencoder": (
-        ["anomaly.method=autoencoder", "data.image_size=128", "anomaly.epochs=20"],
-        "convolutional autoencoder, 20 epochs, 128 px",
+        ["anomaly.method=autoencoder", "anomaly.epochs=20"],
+        "feature reconstruction autoencoder (1x1 convolutions on the same features), "
+        "20 epochs, 224 px",
     ),
 }
 

@@ -75,6 +75,43 @@ def train(
         raise
 
 
+def train_folds(config: RunConfig) -> tuple[Path, dict[str, Any]]:
+    """Every fold of split.method=kfold as its own run (<out_dir>/<name>/fold-<k>), then
+    kfold.json and report.html beside them: per-fold numbers, mean, standard deviation and
+    (classify) the pooled out-of-fold numbers."""
+    import time
+    from dataclasses import replace
+
+    from defectkit.runs import write_json
+    from defectkit.tasks.folds import summarise_folds, write_folds_report
+
+    if config.split.method != "kfold":
+        raise ValueError(
+            "--folds all trains every fold of split.method=kfold: add --set "
+            "split.method=kfold (and split.folds=K)"
+        )
+    if config.task == "anomaly":
+        raise ValueError("the anomaly task splits its good images its own way: no k-fold")
+    folder = Path(config.out_dir) / (
+        config.name or f"{config.task}-kfold-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    run_dirs, results = [], []
+    for fold in range(config.split.folds):
+        fold_config = replace(
+            config,
+            name=f"fold-{fold}",
+            out_dir=str(folder),
+            split=replace(config.split, fold=fold),
+        )
+        run_dir, result = train(fold_config)
+        run_dirs.append(run_dir)
+        results.append(result)
+    summary = summarise_folds(config.task, run_dirs, results)
+    write_json(folder / "kfold.json", summary)
+    write_folds_report(summary, folder)
+    return folder, summary
+
+
 def evaluate(bundle: str | Path, data: str | Path, **options: Any) -> dict[str, Any]:
     """Metrics of a bundle on a labelled dataset folder."""
     from defectkit.runtime.evaluate import evaluate_bundle
@@ -90,4 +127,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'defectkit' has no attribute {name!r}")
 
 
-__all__ = ["Inspector", "__version__", "evaluate", "load_dataset", "train"]
+__all__ = ["Inspector", "__version__", "evaluate", "load_dataset", "train", "train_folds"]

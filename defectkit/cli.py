@@ -47,6 +47,21 @@ def _cmd_data_formats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_folds(config) -> int:
+    import defectkit
+
+    folder, summary = defectkit.train_folds(config)
+    print(f"\n{summary['folds']}-fold cross-validation ({config.task}):")
+    for key, mean in summary["mean"].items():
+        pooled = summary.get("pooled", {}).get(key)
+        print(
+            f"  {key:18s} mean {mean:.4f} +- {summary['std'][key]:.4f}"
+            + (f"   pooled out-of-fold {pooled:.4f}" if pooled is not None else "")
+        )
+    print(f"report: {folder / 'report.html'}")
+    return 0
+
+
 def _train_config(args: argparse.Namespace):
     """The run's config and, where the data was read for it, the dataset and the notes on
     what was drawn from it: with --data, defaults from the data (tasks/defaults.py) under
@@ -117,6 +132,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return _dry_run(config, dataset, notes)
         for note in notes:
             log.info("drawn from the data: %s", note)
+        if args.folds == "all":
+            return _train_folds(config)
         run_dir, result = defectkit.train(config)
     if result:  # under torchrun, rank 0 reports
         _print_result(result, run_dir, _task_of(run_dir))
@@ -539,6 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--data", metavar="PATH", help="the dataset folder (sizes, classes, epochs drawn from it)"
+    )
+    train.add_argument(
+        "--folds",
+        choices=("one", "all"),
+        default="one",
+        help="all: with split.method=kfold, train every fold and report mean, std and pooled",
     )
     train.add_argument(
         "--dry-run",

@@ -47,6 +47,10 @@ class SplitConfig:
     # "label", "name_prefix" (file name before the last "_") and/or Sample.meta keys (ELPV "type")
     stratify_by: tuple[str, ...] = ("label",)
     manifest: str = ""  # method=manifest: path of a split.json (or a run folder) to reuse
+    # images of one physical part stay on one side of every split: "folder" (the image's
+    # folder), "regex:<pattern>" (the file name's first captured group, e.g.
+    # regex:^(part\d+)_), or "csv:<file>:<column>" (a CSV naming each image's group)
+    group_by: str = ""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ numpy arrays, so tests can check them against numbers worked out by hand."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -275,6 +275,7 @@ class SegmentationScores:
         self.image_true: list[bool] = []
         self.image_pred: list[bool] = []
         self.true_regions = self.found_regions = self.pred_regions = self.right_regions = 0
+        self.per_image: list[tuple[int, int, int, int]] = []  # tp, fp, fn, tn of each image
 
     def add(self, truth: np.ndarray, predicted: np.ndarray, label: str | None = None) -> float:
         """One image; returns its own defect IoU (1.0 when both are empty)."""
@@ -284,6 +285,7 @@ class SegmentationScores:
         fn = int((truth & ~predicted).sum())
         self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
         self.tn += truth.size - tp - fp - fn
+        self.per_image.append((tp, fp, fn, truth.size - tp - fp - fn))
         counts = self.per_label.setdefault(str(label), [0, 0, 0])
         counts[0], counts[1], counts[2] = counts[0] + tp, counts[1] + fp, counts[2] + fn
         self.image_true.append(bool(truth.any()))
@@ -321,6 +323,25 @@ class SegmentationScores:
             "images": len(self.image_true),
         }
 
+    def uncertainty(self) -> dict[str, Any]:
+        """Bootstrap intervals of defect IoU, Dice and mIoU, resampling whole images (their
+        pixel counts pooled as in `result`)."""
+        counts = np.array(self.per_image, dtype=np.int64).reshape(-1, 4)
+
+        def iou(tp: int, fp: int, fn: int) -> float:
+            return tp / (tp + fp + fn) if tp + fp + fn else 1.0
+
+        def statistic(i: np.ndarray) -> dict[str, float | None]:
+            tp, fp, fn, tn = counts[i].sum(0)
+            defect = iou(tp, fp, fn)
+            return {
+                "defect_iou": defect,
+                "dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0,
+                "miou": (defect + iou(tn, fn, fp)) / 2,
+            }
+
+        return uncertainty(statistic, len(counts), int(np.sum(self.image_true)))
+
 
 def mcnemar(only_a: int, only_b: int) -> dict[str, float]:
     """McNemar's test of two models' paired decisions on the same images: `only_a` images
@@ -339,3 +360,54 @@ def mcnemar(only_a: int, only_b: int) -> dict[str, float]:
         "chi2": float(statistic),
         "p_chi2": float(chi2.sf(statistic, 1)),
     }
+
+
+# ---------------------------------------------------------------- uncertainty
+BOOTSTRAP_ROUNDS = 1000
+FEW_NG = 30  # fewer NG test images than this: the report warns that the numbers are loose
+
+
+def bootstrap_intervals(
+    statistic: Callable[[np.ndarray], dict[str, float | None]],
+    n: int,
+    rounds: int = BOOTSTRAP_ROUNDS,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals: `statistic(indices)` gives named numbers of the test
+    images at `indices` (drawn with replacement, `rounds` times); each number's middle
+    `level` share of resampled values is its interval. A resample where a number is
+    undefined (an AUROC without NG images) is skipped for that number; a number defined in
+    fewer than half the resamples gets no interval."""
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for key, value in statistic(rng.integers(0, n, n)).items():
+            if value is not None and np.isfinite(value):
+                values.setdefault(key, []).append(float(value))
+    tail = 100 * (1 - level) / 2
+    return {
+        key: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
+        for key, v in values.items()
+        if len(v) >= rounds / 2
+    }
+
+
+def uncertainty(
+    statistic: Callable[[np.ndarray], dict[str, float | None]], n: int, ng_images: int
+) -> dict[str, Any]:
+    """What metrics.json says of how sure its numbers are: 95% bootstrap intervals over the
+    test images and, with few NG images, a warning."""
+    out: dict[str, Any] = {
+        "intervals": bootstrap_intervals(statistic, n),
+        "interval_method": f"95% percentile bootstrap over the {n} test images "
+        f"({BOOTSTRAP_ROUNDS} resamples)",
+        "ng_test_images": int(ng_images),
+    }
+    if ng_images < FEW_NG:
+        out["few_ng_warning"] = (
+            f"only {ng_images} NG image(s) in the test part (fewer than {FEW_NG}): one image "
+            f"moves NG recall by {1 / max(1, ng_images):.2f} and AUROC-type numbers swing with "
+            "the split; read the intervals, and add NG images before trusting a difference"
+        )
+    return out

@@ -171,6 +171,34 @@ def fit_text(fit: dict[str, Any]) -> str:
     return ", ".join(f"{key.replace('_', ' ')} {show(value)}" for key, value in fit.items())
 
 
+def with_interval(result: dict[str, Any], key: str, digits: int = 4) -> str:
+    """A headline number with its 95% bootstrap interval (metrics.uncertainty), as HTML."""
+    value = result
+    for part in key.split("."):
+        value = value[part]
+    text = f"{value:.{digits}f}"
+    low_high = result.get("intervals", {}).get(key)
+    if low_high:
+        text += f" <small>({low_high[0]:.{digits - 1}f}–{low_high[1]:.{digits - 1}f})</small>"
+    return text
+
+
+def uncertainty_note(result: dict[str, Any]) -> list[str]:
+    """What the intervals are, and a warning when the test part holds few NG images."""
+    parts = []
+    if "few_ng_warning" in result:
+        parts.append(
+            '<p style="color:#a33;font-weight:600">Few NG test images: '
+            f"{html.escape(result['few_ng_warning'])}.</p>"
+        )
+    if result.get("intervals"):
+        parts.append(
+            f"<p><small>In brackets: {html.escape(result['interval_method'])}; "
+            "another split of the same data could give any value in them.</small></p>"
+        )
+    return parts
+
+
 def timing_section(rows: list[list[Any]], result: dict[str, Any]) -> list[str]:
     """The report's closing "Timing and memory" table (the task's rows, then the device and
     epochs) and, for a trained network, where its weights came from."""

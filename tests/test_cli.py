@@ -191,7 +191,9 @@ def test_data_inspect_groups_look_alike_images(synthetic_root, tmp_path, capsys)
     summary = json.loads((tmp_path / "i" / "summary.json").read_text())
     names = [sorted(p.rsplit("/", 1)[1] for p in group) for group in summary["look_alike_groups"]]
     assert names == [["spot_2.png", "spot_2_dark.png", "spot_2_small.jpg"]]  # nothing else
-    assert "look-alike images: 1 group(s) holding 3 images" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "correlating above 0.99): 1 group(s) holding 3 images" in out
+    assert "the largest: 3 images (spot_2.png ~ spot_2_dark.png ~ spot_2_small.jpg)" in out
 
 
 def test_backbones_says_where_each_file_is_or_goes(capsys):

@@ -130,3 +130,34 @@ def test_f1_max_by_hand():
     best, threshold = f1_max(IS_NG, SCORE)
     assert best == pytest.approx(8 / 9)
     assert threshold == pytest.approx(0.4)
+
+
+def test_bootstrap_interval_of_an_accuracy_matches_the_binomial_one():
+    """80 of 100 right: the binomial 95% interval is 0.8 +- 1.96 sqrt(0.8 x 0.2 / 100)
+    = 0.722..0.878; the percentile bootstrap lands within a hundredth and a half of it."""
+    from defectkit.metrics import bootstrap_intervals, uncertainty
+
+    right = np.r_[np.ones(80), np.zeros(20)]
+    low, high = bootstrap_intervals(lambda i: {"accuracy": right[i].mean()}, 100)["accuracy"]
+    half = 1.96 * np.sqrt(0.8 * 0.2 / 100)
+    assert low == pytest.approx(0.8 - half, abs=0.015)
+    assert high == pytest.approx(0.8 + half, abs=0.015)
+    # a number undefined in most resamples gets no interval; few NG images get a warning
+    rare = np.r_[1, np.zeros(99)]
+    out = uncertainty(lambda i: {"x": 1.0 if rare[i].sum() > 3 else None}, 100, ng_images=1)
+    assert out["intervals"] == {} and "only 1 NG image" in out["few_ng_warning"]
+
+
+def test_segmentation_intervals_resample_whole_images():
+    from defectkit.metrics import SegmentationScores
+
+    scores = SegmentationScores()
+    truth = np.zeros((10, 10), bool)
+    truth[2:6, 2:6] = True
+    for shift in range(20):  # predictions from exact to one 4x4 square off by a few pixels
+        predicted = np.roll(truth, shift % 4, axis=1)
+        scores.add(truth, predicted)
+    result, extra = scores.result(), scores.uncertainty()
+    low, high = extra["intervals"]["defect_iou"]
+    assert low < result["defect_iou"] < high and low >= 0 and high <= 1
+    assert extra["ng_test_images"] == 20 and "few_ng_warning" in extra

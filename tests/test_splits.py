@@ -97,3 +97,61 @@ def test_grouped_split_keeps_near_duplicate_images_together(synthetic_root, tmp_
         split = make_split(data, SplitConfig(method="grouped", val_fraction=0, seed=seed))
         sides = {s.image.name: part for part, members in split.parts().items() for s in members}
         assert sides["ok_3.png"] == sides["ok_3_resaved.png"]
+
+
+def _parts_set(tmp_path=None) -> SampleSet:
+    """12 parts, 3 shots each (part07_a.png, part07_b.png, ...), labels alternating."""
+    samples = tuple(
+        Sample(
+            Path(f"/d/{'ok' if p % 2 else 'ng'}/part{p:02d}_{shot}.png"), "ok" if p % 2 else "ng"
+        )
+        for p in range(12)
+        for shot in "abc"
+    )
+    return SampleSet(Path("/d"), "class_folders", samples, ("ng", "ok"))
+
+
+def _sides(split) -> dict[str, set[str]]:
+    return {
+        part: {s.image.name.split("_")[0] for s in members}
+        for part, members in split.parts().items()
+    }
+
+
+@pytest.mark.parametrize("method", ["stratified", "kfold"])
+def test_group_by_a_file_name_pattern_keeps_every_part_on_one_side(method):
+    data = _parts_set()
+    config = SplitConfig(method=method, group_by=r"regex:^(part\d+)_", val_fraction=0.2, folds=4)
+    sides = _sides(make_split(data, config))
+    assert not (sides["train"] & sides["test"]) and not (sides["train"] & sides["val"])
+    assert not (sides["val"] & sides["test"])
+    assert sum(len(v) for v in sides.values()) == 12  # every part somewhere, once
+    # without groups, shots of one part straddle the cut
+    loose = _sides(make_split(data, SplitConfig(method=method, val_fraction=0.2, folds=4)))
+    assert loose["train"] & loose["test"]
+
+
+def test_group_by_a_csv_column_and_by_folder(tmp_path):
+    data = _parts_set()
+    table = tmp_path / "parts.csv"
+    rows = ["file,serial"] + [f"{s.image.name},S{s.image.name[4:6]}" for s in data.samples]
+    table.write_text("\n".join(rows) + "\n")
+    split = make_split(data, SplitConfig(group_by=f"csv:{table}:serial", val_fraction=0.0))
+    sides = _sides(split)
+    assert not (sides["train"] & sides["test"]) and len(split.test) % 3 == 0
+    shots = tuple(
+        Sample(Path(f"/d/part{p:02d}/{shot}.png"), "ok") for p in range(10) for shot in "abc"
+    )
+    folders = SampleSet(Path("/d"), "x", shots, ("ok",))
+    by_folder = make_split(folders, SplitConfig(group_by="folder", val_fraction=0.0))
+    sides = {p: {s.image.parent.name for s in m} for p, m in by_folder.parts().items()}
+    assert sides["test"] and not (sides["train"] & sides["test"])
+    assert len(sides["train"]) + len(sides["test"]) == 10
+
+
+def test_group_by_names_the_images_left_without_a_group():
+    data = _parts_set()
+    with pytest.raises(DatasetError, match=r"no group to 36 of 36 image\(s\), e\.g\. part00_a"):
+        make_split(data, SplitConfig(group_by=r"regex:^(board\d+)"))
+    with pytest.raises(DatasetError, match="use folder, regex:<pattern> or csv"):
+        make_split(data, SplitConfig(group_by="serial"))

@@ -94,12 +94,108 @@ def _official(samples: Sequence[Sample]) -> tuple[list[Sample], list[Sample]]:
     return train, test
 
 
+def _group_of_csv(spec: str, samples: Sequence[Sample], root: Path) -> dict[Path, str]:
+    import csv
+
+    try:
+        _, file, column = spec.split(":", 2)
+    except ValueError:
+        raise DatasetError(f"split.group_by={spec!r}: write csv:<file>:<column>") from None
+    path = Path(file) if Path(file).is_absolute() else root / file
+    if not path.is_file() and Path(file).is_file():
+        path = Path(file)
+    if not path.is_file():
+        raise DatasetError(f"split.group_by: {file} does not exist (relative to {root} or here)")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    header = list(rows[0]) if rows else []
+    name_column = next(
+        (c for c in header if c.lower() in ("image", "file", "path", "filename")), None
+    )
+    if column not in header or name_column is None:
+        raise DatasetError(
+            f"{path} needs a column naming the image (image, file, path or filename) and the "
+            f"column {column!r}; its columns: {header}"
+        )
+    by_name = {row[name_column].strip(): row[column].strip() for row in rows}
+    groups = {}
+    for sample in samples:
+        relative = _relative(sample, root)
+        group = by_name.get(relative, by_name.get(sample.image.name))
+        if group is not None:
+            groups[sample.image] = group
+    return groups
+
+
+def assign_groups(samples: Sequence[Sample], root: Path, group_by: str) -> tuple[Sample, ...]:
+    """Each sample's group from split.group_by (see SplitConfig); every image must get one."""
+    import re
+    from dataclasses import replace
+
+    if group_by == "folder":
+        groups = {s.image: _relative(Sample(s.image.parent), root) for s in samples}
+    elif group_by.startswith("regex:"):
+        try:
+            pattern = re.compile(group_by.removeprefix("regex:"))
+        except re.error as error:
+            raise DatasetError(
+                f"split.group_by={group_by!r}: not a regular expression ({error})"
+            ) from None
+        groups = {}
+        for s in samples:
+            found = pattern.search(s.image.name)
+            if found:
+                groups[s.image] = found.group(1) if pattern.groups else found.group(0)
+    elif group_by.startswith("csv:"):
+        groups = _group_of_csv(group_by, samples, root)
+    else:
+        raise DatasetError(
+            f"unknown split.group_by {group_by!r}; use folder, regex:<pattern> or "
+            "csv:<file>:<column>"
+        )
+    missing = [s.image for s in samples if s.image not in groups]
+    if missing:
+        shown = ", ".join(str(p.name) for p in missing[:8])
+        raise DatasetError(
+            f"split.group_by={group_by!r} gives no group to {len(missing)} of {len(samples)} "
+            f"image(s), e.g. {shown}: fix the pattern / CSV so every image has its group"
+        )
+    return tuple(replace(s, group=groups[s.image]) for s in samples)
+
+
+def grouped_kfold_split(
+    samples: Sequence[Sample], folds: int, fold: int, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """k-fold over whole groups: the i-th shuffled group lands in fold i % folds."""
+    if not 0 <= fold < folds:
+        raise DatasetError(f"split.fold={fold} is outside 0..{folds - 1}")
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        groups[sample.group or str(sample.image)].append(sample)
+    names = sorted(groups)
+    random.Random(seed).shuffle(names)
+    train, test = [], []
+    for i, name in enumerate(names):
+        (test if i % folds == fold else train).extend(groups[name])
+    return train, test
+
+
 def make_split(dataset: SampleSet, config: SplitConfig) -> Split:
-    """The split a config asks for; validation is always carved out of train only."""
+    """The split a config asks for; validation is always carved out of train only. With
+    split.group_by, whole groups go to one side of every cut (stratification gives way)."""
     samples = dataset.samples
     if config.method == "manifest":
         return load_manifest(dataset, Path(config.manifest))
-    if config.method == "stratified":
+    grouped = bool(config.group_by) or config.method == "grouped"
+    if config.group_by:
+        samples = assign_groups(samples, Path(dataset.root), config.group_by)
+        if config.method == "kfold":
+            train, test = grouped_kfold_split(samples, config.folds, config.fold, config.seed)
+        elif config.method == "official":
+            train, test = _official(samples)
+        else:
+            train, test = grouped_split(samples, 1 - config.test_fraction, config.seed)
+    elif config.method == "stratified":
         train, test = stratified_split(
             samples, 1 - config.test_fraction, config.seed, config.stratify_by
         )
@@ -122,7 +218,7 @@ def make_split(dataset: SampleSet, config: SplitConfig) -> Split:
         )
     val: list[Sample] = []
     if config.val_fraction > 0:
-        if config.method == "grouped":
+        if grouped:
             train, val = grouped_split(train, 1 - config.val_fraction, config.seed)
         else:
             train, val = stratified_split(

@@ -200,11 +200,18 @@ def format_summary(summary: dict[str, Any]) -> str:
     if not summary["look_alike_compared"]:
         lines.append("look-alike images: not compared (over 20,000 images)")
     elif groups:
+        largest = sorted(groups, key=len, reverse=True)[:3]
         lines.append(
-            f"look-alike images: {len(groups)} group(s) holding {sum(map(len, groups))} images "
-            "(the same part shot again, or re-saved / rescaled copies), e.g. "
-            + " ~ ".join(Path(p).name for p in groups[0][:3])
-            + "; split.method=grouped keeps each group on one side of the split"
+            f"look-alike images (64 px thumbnails correlating above {LOOK_ALIKE}): "
+            f"{len(groups)} group(s) holding {sum(map(len, groups))} images (the same part "
+            "shot again, or re-saved / rescaled copies); the largest: "
+            + "; ".join(
+                f"{len(g)} images ({' ~ '.join(Path(p).name for p in g[:3])}"
+                f"{' ~ ...' if len(g) > 3 else ''})"
+                for g in largest
+            )
+            + ". split.method=grouped keeps each group on one side of the split; "
+            "split.group_by names the groups when you know them"
         )
     else:
         lines.append("look-alike images: none")

@@ -62,6 +62,14 @@ def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.Optim
     raise ValueError(f"unknown train.optimizer {config.optimizer!r}; use adamw, adam or sgd")
 
 
+def lone_last_batch(dataset: Any, sampler: Any, batch_size: int) -> bool:
+    """Whether a training epoch would end on a batch of one image, which batch norm cannot
+    train on ("expected more than 1 value per channel"): the loaders drop that one batch
+    (and only then, so every other dataset trains on every image every epoch)."""
+    count = len(sampler) if sampler is not None else len(dataset)
+    return count > batch_size and count % batch_size == 1
+
+
 def optimizer_steps(batches: int, accumulate: int) -> int:
     """Optimiser steps in an epoch of `batches` when gradients add up over `accumulate`."""
     return -(-batches // max(1, accumulate))

@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from defectkit.data.checks import read_checked
 from defectkit.data.images import load_image
 from defectkit.data.samples import Sample
-from defectkit.data.splits import load_manifest
 from defectkit.metrics import mcnemar
+from defectkit.runtime.evaluate import labelled_samples
 from defectkit.runtime.inspector import Inspector
 from defectkit.tasks import get_task
 
@@ -118,12 +117,7 @@ def compare_bundles(
             f"the two classifiers have different classes ({a.classes} and "
             f"{b.classes}): their decisions cannot be paired"
         )
-    dataset = read_checked(data, format, label_mode)
-    samples = (
-        load_manifest(dataset, Path(split_manifest)).parts()[part]
-        if split_manifest
-        else dataset.samples
-    )
+    _, samples = labelled_samples(data, format, label_mode, split_manifest, part)
     task = get_task(a.task)
     recorded = [_Recording(a), _Recording(b)]
     metrics = [task.evaluate_bundle(r, samples, str(data)) for r in recorded]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from defectkit.config import ConfigError, RunConfig
 from defectkit.data.images import is_image
-from defectkit.data.samples import SampleSet, ok_class
+from defectkit.data.samples import DatasetError, SampleSet, ok_class
 
 SPLIT_KEYS = ("label", "name_prefix")  # besides the samples' own meta fields
 MIN_SIZE, MAX_SIZE = 32, 4096
@@ -115,6 +115,13 @@ def check_settings(config: RunConfig, dataset: SampleSet) -> None:
                 f"available: {available}. --set split.stratify_by=label"
             )
     problems += _thin_strata(dataset, config)
+    if config.split.group_by:
+        from defectkit.data.splits import assign_groups
+
+        try:
+            assign_groups(dataset.samples, Path(dataset.root), config.split.group_by)
+        except DatasetError as error:
+            problems.append(str(error))
     size = config.data.image_size
     if not MIN_SIZE <= size <= MAX_SIZE:
         problems.append(

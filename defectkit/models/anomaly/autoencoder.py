@@ -1,5 +1,14 @@
-"""A convolutional autoencoder baseline: trained to reconstruct defect-free images, it
-reconstructs defects badly, so the per-pixel reconstruction error is the anomaly map."""
+"""The `autoencoder` method: deep feature reconstruction (after Yang et al., "Unsupervised
+Anomaly Segmentation via Deep Feature Reconstruction", 2020). A frozen pretrained backbone
+describes each patch (the same patch features as PatchCore and PaDiM); a small autoencoder of
+1x1 convolutions with a narrow bottleneck learns to reconstruct the features of defect-free
+patches only, so a defect's features come back wrong, and the squared reconstruction error
+per patch is the anomaly map.
+
+An autoencoder on raw pixels (this method's first form) reconstructs defects nearly as well as
+texture and scored 0.50 image AUROC on magnetic tile; reconstructing features is what makes it
+a baseline worth reporting. It trains by gradient steps in the shared epoch loop (`loss`,
+checkpointed and resumable), exports and serves like the others."""
 
 from __future__ import annotations
 
@@ -8,54 +17,57 @@ from torch import nn
 from torch.nn import functional as F
 
 from defectkit.models.anomaly import register_method
+from defectkit.models.anomaly.features import PatchFeatures
 
 
-def _block(cin: int, cout: int, down: bool) -> nn.Sequential:
-    conv = (
-        nn.Conv2d(cin, cout, 4, stride=2, padding=1)
-        if down
-        else nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1)
-    )
-    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+def _conv(cin: int, cout: int, last: bool = False) -> nn.Sequential | nn.Conv2d:
+    if last:
+        return nn.Conv2d(cin, cout, 1)
+    return nn.Sequential(nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 @register_method("autoencoder")
-class AutoEncoder(nn.Module):
+class FeatureAutoEncoder(nn.Module):
     def __init__(
         self,
-        width: int = 32,
-        bottleneck: int = 64,
+        backbone: str = "tf_efficientnet_lite0",
+        layers: tuple[int, ...] = (2, 3),
+        bottleneck: int = 0,
+        pretrained: bool = True,
+        weights: str = "",
         lr: float = 1e-3,
         seed: int = 0,
     ):
+        """bottleneck: channels at the narrowest point; 0 = a quarter of the features'."""
         super().__init__()
         torch.manual_seed(seed)
-        self.encoder = nn.Sequential(
-            _block(3, width, True),
-            _block(width, width * 2, True),
-            _block(width * 2, width * 4, True),
-            nn.Conv2d(width * 4, bottleneck, 3, padding=1),
-        )
-        self.decoder = nn.Sequential(
-            _block(bottleneck, width * 4, False),
-            _block(width * 4, width * 2, False),
-            _block(width * 2, width, False),
-            nn.Conv2d(width, 3, 3, padding=1),
-        )
+        self.features = PatchFeatures(backbone, layers, pretrained=pretrained, weights=weights)
+        channels = self.features.channels
+        narrow = bottleneck or max(8, channels // 4)
+        middle = (channels + narrow) // 2
+        # the features' own scale per channel, learnt from the training batches (a running
+        # average over all of them: momentum=None) and frozen at inference
+        self.standardise = nn.BatchNorm2d(channels, affine=False, momentum=None)
+        self.encoder = nn.Sequential(_conv(channels, middle), _conv(middle, narrow))
+        self.decoder = nn.Sequential(_conv(narrow, middle), _conv(middle, channels, last=True))
         self.lr = lr
 
-    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(images))
+    def _targets(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the backbone is frozen; features are targets, not learnt
+            feats = self.features.combine(self.features.intermediates(images), 1)
+            return self.standardise(feats)
 
     def loss(self, images: torch.Tensor) -> torch.Tensor:
-        """The reconstruction loss of a batch: the anomaly task trains it over
-        anomaly.epochs in the shared epoch loop (engine/fit.py: checkpoints, resume,
+        """The reconstruction loss of a batch of defect-free images: the anomaly task trains
+        it over anomaly.epochs in the shared epoch loop (engine/fit.py: checkpoints, resume,
         history), with Adam at `lr`."""
-        return F.mse_loss(self.reconstruct(images), images)
+        targets = self._targets(images)
+        return F.mse_loss(self.decoder(self.encoder(targets)), targets)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if images.shape[-1] % 8 or images.shape[-2] % 8:
-            raise ValueError(f"input side {tuple(images.shape[-2:])} must be a multiple of 8")
-        maps = (self.reconstruct(images) - images).pow(2).mean(1)
+        """(image scores (B,), patch-level maps (B, h, w)): the squared reconstruction
+        error of each patch's standardised features, summed over channels."""
+        targets = self._targets(images)
+        maps = (self.decoder(self.encoder(targets)) - targets).pow(2).sum(1)
         return maps.flatten(1).max(1).values, maps

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from defectkit.data.samples import DatasetError, Sample
 from defectkit.data.segmentation import read_mask
-from defectkit.metrics import PixelRanking, f1_max, rates_at
+from defectkit.metrics import PixelRanking, f1_max, rates_at, uncertainty
 
 
 def evaluate_anomaly(
@@ -76,7 +76,21 @@ def evaluate_anomaly(
         rest = np.flatnonzero(~members)
         if any(has_pixels[i] for i in rest):
             per_class[name]["pixel_auroc_without"] = ranking.auroc(rest)
+
+    def statistic(i: np.ndarray) -> dict[str, float | None]:
+        bad = is_bad[i]
+        if bad.all() or not bad.any():
+            return {}
+        rates = rates_at(bad, scores[i], threshold)
+        return {
+            "image_auroc": float(roc_auc_score(bad, scores[i])),
+            "f1_calibrated": rates["ng_f1"],
+            "at_calibrated.ng_recall": rates["ng_recall"],
+            "at_calibrated.ok_specificity": rates["ok_specificity"],
+        }
+
     return {
+        **uncertainty(statistic, len(samples), int(is_bad.sum())),
         "image_auroc": float(roc_auc_score(is_bad, scores)),
         "pixel_auroc": ranking.auroc() if ranking else None,
         "aupro": ranking.aupro() if ranking else None,

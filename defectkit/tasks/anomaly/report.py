@@ -25,6 +25,8 @@ from defectkit.report import (
     seconds_text,
     table,
     timing_section,
+    uncertainty_note,
+    with_interval,
     write_page,
 )
 from defectkit.tasks.anomaly import deploy
@@ -92,10 +94,10 @@ def write_anomaly_report(
     false_alarms = [i for i in order if not is_bad[i]][:6]
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     headline = (
-        f"image AUROC <b>{result['image_auroc']:.4f}</b> · pixel AUROC "
+        f"image AUROC <b>{with_interval(result, 'image_auroc')}</b> · pixel AUROC "
         f"{fmt(result['pixel_auroc'])} · AUPRO(30% FPR) {fmt(result['aupro'])} · "
         f"F1-max {result['f1_max']:.4f} · F1 at the calibrated threshold "
-        f"{result['f1_calibrated']:.4f}"
+        f"{with_interval(result, 'f1_calibrated')}"
     )
     rates = [
         [
@@ -119,6 +121,7 @@ def write_anomaly_report(
     parts = [
         f"<h1>defectkit anomaly: {html.escape(run_dir.name)}</h1>",
         f"<p class=big>{headline}</p>",
+        *uncertainty_note(result),
         f"<p>fit: {html.escape(fit_text(result['fit']))}; threshold {threshold:.4f} calibrated on "
         f"{result['calibration_images']} held-out defect-free images for a "
         f"{100 * result['false_alarm_rate_target']:.1f}% false-alarm rate</p>",

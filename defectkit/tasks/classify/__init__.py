@@ -23,6 +23,7 @@ from defectkit.engine.losses import balanced_class_weights, make_loss
 from defectkit.engine.train import (
     generator_of,
     load_checkpoint,
+    lone_last_batch,
     make_optimizer,
     make_sampler,
     make_schedule,
@@ -107,6 +108,7 @@ def extract_features(
 
 
 def _loader(dataset, batch_size: int, config: RunConfig, sampler=None, shuffle=False):
+    """shuffle: a training loader (it never ends on a batch of one image)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -114,6 +116,7 @@ def _loader(dataset, batch_size: int, config: RunConfig, sampler=None, shuffle=F
         shuffle=shuffle and sampler is None,
         num_workers=config.data.num_workers,
         persistent_workers=config.data.num_workers > 0,
+        drop_last=shuffle and lone_last_batch(dataset, sampler, batch_size),
     )
 
 

@@ -14,8 +14,14 @@ from torch.utils.data import DataLoader
 
 from defectkit.config import RunConfig
 from defectkit.data.images import ImageDataset
+from defectkit.data.samples import ok_class
 from defectkit.engine.train import predict_logits
-from defectkit.metrics import binary_metrics, choose_threshold, classification_metrics
+from defectkit.metrics import (
+    binary_metrics,
+    choose_threshold,
+    classification_metrics,
+    uncertainty,
+)
 from defectkit.predictions import PredictionWriter, decide_class
 
 
@@ -89,6 +95,7 @@ def evaluate_classifier(
         result["at_0.5"] = classification_metrics(targets_np, argmax, classes)
     else:
         result["decided_by"] = "the likeliest class"
+    result.update(classify_uncertainty(targets_np, predicted, probs, classes, positive, threshold))
     with PredictionWriter(run_dir / "predictions.csv", classes, extra=["truth"]) as writer:
         for sample, decision in zip(test_set.samples, decisions, strict=True):
             writer.write(decision, truth=sample.label)
@@ -96,6 +103,42 @@ def evaluate_classifier(
         test_set, probs, targets_np, predicted, config.eval.worst_k
     )
     return result
+
+
+def classify_uncertainty(
+    targets: np.ndarray,
+    predicted: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    positive: str | None,
+    threshold: float | None,
+) -> dict[str, Any]:
+    """Bootstrap intervals of accuracy, balanced accuracy, macro F1 and, for an OK/NG model,
+    ROC AUC and NG recall / OK specificity at the bundle's threshold."""
+    from sklearn.metrics import roc_auc_score
+
+    k = classes.index(positive) if positive is not None and threshold is not None else None
+    good = ok_class(classes)
+    if k is not None:
+        ng_images = int((targets == k).sum())
+    elif good is not None:
+        ng_images = int((targets != classes.index(good)).sum())
+    else:  # defect types only: no OK / NG
+        ng_images = len(targets)
+
+    def statistic(i: np.ndarray) -> dict[str, float | None]:
+        m = classification_metrics(targets[i], predicted[i], classes)
+        out = {key: m[key] for key in ("accuracy", "balanced_accuracy", "macro_f1")}
+        if k is not None:
+            is_ng, score = targets[i] == k, probs[i, k]
+            if is_ng.any() and not is_ng.all():
+                called = score >= threshold
+                out["binary.auc"] = float(roc_auc_score(is_ng, score))
+                out["binary.ng_recall"] = float(called[is_ng].mean())
+                out["binary.ok_specificity"] = float((~called[~is_ng]).mean())
+        return out
+
+    return uncertainty(statistic, len(targets), ng_images)
 
 
 def worst_mistakes(

@@ -17,6 +17,8 @@ from defectkit.report import (
     seconds_text,
     table,
     timing_section,
+    uncertainty_note,
+    with_interval,
     write_page,
 )
 from defectkit.tasks.classify import deploy
@@ -31,9 +33,10 @@ def write_classify_report(
     classes = list(result["per_class"])
     parts = [
         f"<h1>defectkit classify: {html.escape(run_dir.name)}</h1>",
-        f"<p class=big>test accuracy <b>{result['accuracy']:.4f}</b> · balanced accuracy "
-        f"{result['balanced_accuracy']:.4f} · macro F1 {result['macro_f1']:.4f} · "
-        f"{result['split_size']} test images</p>",
+        f"<p class=big>test accuracy <b>{with_interval(result, 'accuracy')}</b> · balanced "
+        f"accuracy {with_interval(result, 'balanced_accuracy')} · macro F1 "
+        f"{with_interval(result, 'macro_f1')} · {result['split_size']} test images</p>",
+        *uncertainty_note(result),
         f"<p>Decided as the shipped bundle decides: {html.escape(result['decided_by'])}. "
         "predictions.csv holds each test image's decision in the columns of "
         "<code>defectkit predict</code>, with its true label.</p>",

@@ -23,6 +23,7 @@ from defectkit.engine.fit import Fit, fit
 from defectkit.engine.train import (
     generator_of,
     load_checkpoint,
+    lone_last_batch,
     make_optimizer,
     make_schedule,
     mixed_precision,
@@ -102,6 +103,7 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
         shuffle=rank_sampler is None,
         num_workers=config.data.num_workers,
         collate_fn=collate,
+        drop_last=lone_last_batch(train_set, rank_sampler, tc.batch_size),
     )
     groups = trunk_and_head_groups(model, trunk_parameters(model), tc)
     optimizer = make_optimizer(groups, tc)

@@ -25,6 +25,7 @@ from defectkit.engine.losses import MaskLoss
 from defectkit.engine.train import (
     generator_of,
     load_checkpoint,
+    lone_last_batch,
     make_optimizer,
     make_schedule,
     mixed_precision,
@@ -50,12 +51,14 @@ TRAIN_ON = ("all", "ng")
 
 
 def _loader(dataset, batch_size: int, num_workers: int = 0, sampler=None, shuffle=False):
+    """shuffle: a training loader (it never ends on a batch of one image)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         shuffle=shuffle and sampler is None,
         num_workers=num_workers,
+        drop_last=shuffle and lone_last_batch(dataset, sampler, batch_size),
     )
 
 
@@ -156,7 +159,8 @@ def evaluate_masks(
             "ok_specificity": float((~called[~truth]).mean()) if (~truth).any() else None,
         }
     headline = result["with_gate" if sc.gate else "without_gate"]
-    return {**headline, **result}, rows
+    intervals = (gated if sc.gate else plain).uncertainty()
+    return {**headline, **intervals, **result}, rows
 
 
 def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:

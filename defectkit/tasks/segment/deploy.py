@@ -149,7 +149,7 @@ def evaluate_bundle(inspector, samples: Sequence[Any], data: str) -> dict[str, A
         truth_ng.append(bool(truth.any()))
         called_ng.append(not prediction.ok)
     truth, called = np.array(truth_ng), np.array(called_ng)
-    result = scores.result()
+    result = {**scores.result(), **scores.uncertainty()}
     result["ng_recall"] = float(called[truth].mean()) if truth.any() else None
     result["ok_specificity"] = float((~called[~truth]).mean()) if (~truth).any() else None
     result["ok_ng_from"] = "gate" if inspector.meta.get("gate") else "mask not empty"

@@ -23,6 +23,8 @@ from defectkit.report import (
     seconds_text,
     table,
     timing_section,
+    uncertainty_note,
+    with_interval,
     write_page,
 )
 from defectkit.tasks.segment import deploy
@@ -91,10 +93,12 @@ def write_segment_report(
     per_label = result["without_gate"]["per_label_iou"]
     parts = [
         f"<h1>defectkit segment: {html.escape(run_dir.name)}</h1>",
-        f"<p class=big>defect IoU <b>{result['defect_iou']:.4f}</b> · mIoU {result['miou']:.4f}"
-        f" · Dice {result['dice']:.4f} · {result['test_images']} test images"
+        f"<p class=big>defect IoU <b>{with_interval(result, 'defect_iou')}</b> · mIoU "
+        f"{with_interval(result, 'miou')} · Dice {with_interval(result, 'dice')} · "
+        f"{result['test_images']} test images"
         + (" (with the OK/NG gate)" if "with_gate" in result else "")
         + "</p>",
+        *uncertainty_note(result),
         "<h2>Masks with and without the gate</h2>",
         table(table_rows, ["metric", *(c.replace("_", " ") for c in columns)]),
     ]
