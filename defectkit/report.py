@@ -183,6 +183,15 @@ def with_interval(result: dict[str, Any], key: str, digits: int = 4) -> str:
     return text
 
 
+def value_text(result: dict[str, Any], key: str) -> str:
+    """A number with its interval as plain text, for tables ("n/a" when undefined)."""
+    value = result.get(key)
+    if value is None:
+        return "n/a"
+    low_high = result.get("intervals", {}).get(key)
+    return f"{value:.4f}" + (f" ({low_high[0]:.3f}-{low_high[1]:.3f})" if low_high else "")
+
+
 def uncertainty_note(result: dict[str, Any]) -> list[str]:
     """What the intervals are, and a warning when the test part holds few NG images."""
     parts = []

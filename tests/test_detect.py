@@ -102,6 +102,11 @@ def test_a_detect_run_finds_the_drawn_boxes(detect_run):
     assert result["map_50"] >= 0.6  # spots and bars on a plain surface
     assert result["ap_50"]["spot"] >= 0.6
     assert result["box_recall"] >= 0.5
+    low, high = result["intervals"]["box_recall"]  # resampled test images
+    assert 0 <= low <= result["box_recall"] <= high <= 1
+    assert (
+        "map_50" not in result["intervals"] and "mAP has no interval" in result["interval_method"]
+    )
     assert (run_dir / "report.html").read_text().count("AP@0.5") >= 1
     predictions = (run_dir / "predictions.csv").read_text().splitlines()
     assert len(predictions) == result["images"] + 1

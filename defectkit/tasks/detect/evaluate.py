@@ -15,6 +15,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from defectkit.data.samples import Sample
+from defectkit.metrics import uncertainty
 from defectkit.predictions import Prediction, Region
 
 
@@ -131,7 +132,7 @@ def evaluate_detections(
     for mAP, Prediction.regions, the called boxes, for recall / precision and OK/NG)."""
     index = {c: k for k, c in enumerate(classes)}
     truths, detections = [], []
-    true_boxes = found_true = called = called_right = 0
+    per_image = []  # true boxes, found, called, called right: for the intervals
     for sample, prediction in zip(samples, predictions, strict=True):
         truths.append([(index[b.label], b.x1, b.y1, b.x2, b.y2) for b in sample.boxes])
         detections.append(
@@ -144,10 +145,9 @@ def evaluate_detections(
         found, right = match_boxes(
             truth, [b.label for b in sample.boxes], prediction.regions, match_iou
         )
-        true_boxes += len(sample.boxes)
-        found_true += found
-        called += len(prediction.regions)
-        called_right += right
+        per_image.append((len(sample.boxes), found, len(prediction.regions), right))
+    counts = np.array(per_image, dtype=np.int64).reshape(-1, 4)
+    true_boxes, found_true, called, called_right = (int(v) for v in counts.sum(0))
     result = coco_map(truths, detections, classes)
     is_ng = np.array([bool(s.boxes) for s in samples])
     ng_score = np.array([p.ng_score or 0.0 for p in predictions])
@@ -165,4 +165,21 @@ def evaluate_detections(
             "image_auroc": float(roc_auc_score(is_ng, ng_score)) if both else None,
         }
     )
+
+    def statistic(i: np.ndarray) -> dict[str, float | None]:
+        boxes, found, calls, right = counts[i].sum(0)
+        ng, flagged = is_ng[i], called_ng[i]
+        out = {
+            "box_recall": found / boxes if boxes else None,
+            "box_precision": right / calls if calls else None,
+            "ng_recall": float(flagged[ng].mean()) if ng.any() else None,
+            "ok_specificity": float((~flagged[~ng]).mean()) if (~ng).any() else None,
+        }
+        if ng.any() and (~ng).any():
+            out["image_auroc"] = float(roc_auc_score(ng, ng_score[i]))
+        return out
+
+    result.update(uncertainty(statistic, len(samples), int(is_ng.sum())))
+    # a COCO evaluation per resample would take minutes: mAP is reported without one
+    result["interval_method"] += "; mAP has no interval (a COCO evaluation per resample)"
     return result

@@ -27,6 +27,8 @@ from defectkit.report import (
     seconds_text,
     table,
     timing_section,
+    uncertainty_note,
+    value_text,
     write_page,
 )
 from defectkit.tasks.detect import deploy
@@ -100,17 +102,18 @@ def write_detect_report(
     worst_false = [i for i in np.argsort(false, kind="stable")[::-1][:6] if false[i]]
     per_class = [[name, cell(ap)] for name, ap in result["ap_50"].items()]
     called = [
-        ["box recall (true boxes found by a called box)", cell(result["box_recall"])],
-        ["box precision (called boxes on a true box)", cell(result["box_precision"])],
-        ["NG recall (images with a true box called NG)", cell(result["ng_recall"])],
-        ["OK specificity (images without one called OK)", cell(result["ok_specificity"])],
-        ["image AUROC (best box score)", cell(result["image_auroc"])],
+        ["box recall (true boxes found by a called box)", value_text(result, "box_recall")],
+        ["box precision (called boxes on a true box)", value_text(result, "box_precision")],
+        ["NG recall (images with a true box called NG)", value_text(result, "ng_recall")],
+        ["OK specificity (images without one called OK)", value_text(result, "ok_specificity")],
+        ["image AUROC (best box score)", value_text(result, "image_auroc")],
     ]
     parts = [
         f"<h1>defectkit detect: {html.escape(run_dir.name)}</h1>",
         f"<p class=big>mAP@0.5 <b>{result['map_50']:.4f}</b> · mAP@0.5:0.95 "
         f"{result['map']:.4f} · {result['images']} test images, {result['true_boxes']} true "
         "boxes</p>",
+        *uncertainty_note(result),
         "<p>COCO evaluation (pycocotools) of every box the bundle keeps (score >= "
         f"{config.detect.score_floor}, after NMS). The bundle calls a box, and the image NG, "
         f"at score >= {result['threshold']:.3f} (from {html.escape(result['threshold_from'])})"
