@@ -93,9 +93,11 @@ def predict_with_ray(
     `defectkit predict` writes them) or a folder for Parquet files (written by the cluster,
     one row per image with the prediction as JSON)."""
     ray = _ray()
-    from defectkit.runtime.inspector import Inspector
+    from defectkit.bundle import read_meta
+    from defectkit.tasks import get_task
 
-    score_names = Inspector(bundle, backend=backend).score_names()  # fails here, not remotely
+    meta = read_meta(Path(bundle))  # a damaged bundle fails here, not in every actor
+    score_names = get_task(meta["task"]).score_names(meta)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     context = ray.data.DataContext.get_current()

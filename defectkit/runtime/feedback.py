@@ -208,12 +208,18 @@ def check_answer(
     return {"label": label, "ok": ok, "boxes": boxes}
 
 
+def overturns(task: str, answer: dict[str, Any], label: str, ok: bool | None) -> bool:
+    """Whether an operator's answer differs from the model's call (its label, or OK/NG)."""
+    if task == "classify":
+        return answer.get("label") != label
+    return answer.get("ok") != ok
+
+
 def overturned(record: dict[str, Any]) -> bool:
-    """Whether the operator's answer differs from the model's call."""
-    answer = record["answer"] or {}
-    if record["task"] == "classify":
-        return answer.get("label") != record["model_label"]
-    return answer.get("ok") != record["model_ok"]
+    """Whether a stored record's answer overturned the model's call."""
+    return overturns(
+        record["task"], record["answer"] or {}, record["model_label"], record["model_ok"]
+    )
 
 
 def summarise(store: FeedbackStore) -> dict[str, Any]:

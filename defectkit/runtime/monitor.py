@@ -38,8 +38,10 @@ STATS_SIDE = 256  # image statistics on a copy at most this big (fast, and size-
 
 def image_stats(image: Image.Image) -> dict[str, float]:
     width, height = image.size
-    grey = image.convert("L")
-    grey.thumbnail((STATS_SIDE, STATS_SIDE))
+    scale = min(1.0, STATS_SIDE / max(width, height))
+    small = (max(1, round(width * scale)), max(1, round(height * scale)))
+    # shrink first, then grey: no full-size copy of a large image
+    grey = image.resize(small, reducing_gap=2.0).convert("L") if scale < 1 else image.convert("L")
     pixels = np.asarray(grey, dtype=np.float32) / 255.0
     return {
         "brightness": float(pixels.mean()),

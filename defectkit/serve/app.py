@@ -39,7 +39,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 
 from defectkit.data.images import MAX_PIXELS, oversized
-from defectkit.runtime.feedback import FeedbackError, FeedbackStore, check_answer, overturned
+from defectkit.runtime.feedback import FeedbackError, FeedbackStore, check_answer, overturns
 from defectkit.runtime.inspector import Inspector
 from defectkit.runtime.monitor import DriftMonitor, read_baseline
 
@@ -200,6 +200,16 @@ def create_app(
     )
     model_id = str(inspector.meta.get("weights_sha256", ""))
 
+    def inspect_and_watch(images, names, references):
+        """Inference, then the monitor's statistics of each image, on an inference thread
+        (never on the event loop: the image statistics of a large image take milliseconds)."""
+        tick = time.perf_counter()
+        predictions = inspector.predict_images(images, names, references)
+        seconds = (time.perf_counter() - tick) / max(1, len(predictions))
+        for prediction, image in zip(predictions, images, strict=True):
+            monitor.observe(prediction, image, seconds)
+        return predictions
+
     def run_shadow(images, references, items) -> None:
         """The candidate on the same images; each disagreement is stored."""
         try:
@@ -331,14 +341,7 @@ def create_app(
                 note=str(answer.get("note", ""))[:2000],
             ),
         )
-        changed = overturned(
-            {
-                "task": inspector.task,
-                "answer": checked,
-                "model_label": record["label"],
-                "model_ok": record["ok"],
-            }
-        )
+        changed = overturns(inspector.task, checked, record["label"], record["ok"])
         monitor.feedback.labels(str(changed).lower()).inc()
         return {"stored": stored, "overturned": changed, "answer": checked}
 
@@ -390,7 +393,7 @@ def create_app(
                 tick = time.perf_counter()
                 predictions = await asyncio.get_running_loop().run_in_executor(
                     pool,
-                    inspector.predict_images,
+                    inspect_and_watch,
                     [image for _, image, _ in decoded],
                     [names[i] for i, _, _ in decoded],
                     [ref for _, _, ref in decoded] if paired else None,
@@ -405,7 +408,6 @@ def create_app(
         results: list[dict[str, Any]] = [{} for _ in files]
         held_items = []
         for (index, image, _), prediction in zip(decoded, predictions, strict=True):
-            monitor.observe(prediction, image, elapsed / 1000 / len(predictions))
             output = prediction.to_dict()
             item = {"name": names[index], "data": raw[index], "output": output, "size": image.size}
             held_items.append(item)
