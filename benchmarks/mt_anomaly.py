@@ -28,6 +28,14 @@ RUNS_DEFINED = {
         "PatchCore, EfficientNet-Lite0 stages 2+3, 1% coreset, 224 px, aspect kept",
     ),
     "padim": (["anomaly.method=padim"], "PaDiM, same features, 100 random dims, 224 px"),
+    "lite1": (
+        ["model.backbone=tf_efficientnet_lite1"],
+        "the default (PatchCore + PaDiM) on EfficientNet-Lite1 stages 2+3, 224 px",
+    ),
+    "lite2": (
+        ["model.backbone=tf_efficientnet_lite2"],
+        "the default (PatchCore + PaDiM) on EfficientNet-Lite2 stages 2+3, 224 px",
+    ),
     "autoencoder": (
         ["anomaly.method=autoencoder", "anomaly.epochs=20"],
         "feature reconstruction autoencoder (1x1 convolutions on the same features), "

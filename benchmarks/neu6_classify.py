@@ -41,6 +41,16 @@ RUNS_DEFINED = {
         [f"train.init_from={RUNS / 'elpv-binary'}", "model.pretrained=false"],
         "EfficientNet-Lite0 warm-started from the ELPV OK/NG run, 8 epochs",
     ),
+    "lite1": (
+        "neu_classify",
+        ["model.backbone=tf_efficientnet_lite1"],
+        "EfficientNet-Lite1, fine-tune, 128 px, 8 epochs",
+    ),
+    "lite2": (
+        "neu_classify",
+        ["model.backbone=tf_efficientnet_lite2"],
+        "EfficientNet-Lite2, fine-tune, 128 px, 8 epochs",
+    ),
     "mobilenetv2": (
         "neu_classify",
         [

@@ -10,6 +10,8 @@ for p in inspector.predict(["part_0001.png"]):
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +36,6 @@ def train(
 ) -> tuple[Path, dict[str, Any]]:
     """Train and evaluate from a recipe name, a YAML path or a RunConfig; returns the run
     folder and its metrics. `resume` continues an interrupted run folder."""
-    import logging
 
     from defectkit.config import RunConfig, load_config
     from defectkit.engine.distributed import (
@@ -109,6 +110,55 @@ def train_folds(config: RunConfig) -> tuple[Path, dict[str, Any]]:
     summary = summarise_folds(config.task, run_dirs, results)
     write_json(folder / "kfold.json", summary)
     write_folds_report(summary, folder)
+    return folder, summary
+
+
+def learning_curve(
+    config: RunConfig, shots: list[int], repeats: int
+) -> tuple[Path, dict[str, Any]]:
+    """A classifier trained on k images per class (split.per_class=k, per_class_seed=r) for
+    every k in `shots` and r < `repeats`, each its own run (<out_dir>/<name>/k<k>-r<r>), then
+    curve.json, the plots and report.html beside them. Finished runs are kept and reused, an
+    interrupted one resumes from its checkpoint: run the same command again to go on."""
+    import time
+    from dataclasses import replace
+
+    from defectkit.runs import has_checkpoint, write_json
+    from defectkit.tasks.curve import run_name, run_record, summarise_curve, write_curve_report
+
+    if config.task != "classify":
+        raise ValueError(
+            f"learning-curve trains classifiers (k images per class); this config's task "
+            f"is {config.task}"
+        )
+    folder = Path(config.out_dir) / (config.name or "learning-curve")
+    records = []
+    for k in shots:
+        for repeat in range(repeats):
+            run_dir = folder / run_name(k, repeat)
+            if not (run_dir / "metrics.json").is_file():
+                run_config = replace(
+                    config,
+                    name=run_dir.name,
+                    out_dir=str(folder),
+                    split=replace(config.split, per_class=k, per_class_seed=repeat),
+                )
+                if has_checkpoint(run_dir):
+                    train(None, resume=run_dir)
+                else:
+                    train(run_config)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            records.append(run_record(run_dir, k, repeat, metrics["total_seconds"]))
+            logging.getLogger("defectkit").info(
+                "learning curve: k=%d repeat %d: accuracy %.4f (%s)",
+                k,
+                repeat,
+                records[-1]["accuracy"],
+                time.strftime("%H:%M:%S"),
+            )
+    summary = summarise_curve(records)
+    write_json(folder / "curve.json", summary)
+    write_curve_report(summary, folder)
     return folder, summary
 
 

@@ -62,6 +62,27 @@ def _train_folds(config) -> int:
     return 0
 
 
+def _cmd_learning_curve(args: argparse.Namespace) -> int:
+    import defectkit
+    from defectkit.tasks.curve import parse_shots
+
+    shots = parse_shots(args.shots)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats {args.repeats}: give 1 or more")
+    config, _, notes = _train_config(args)
+    for note in notes:
+        log.info("drawn from the data: %s", note)
+    folder, summary = defectkit.learning_curve(config, shots, args.repeats)
+    print(f"\nlearning curve ({args.repeats} run(s) per k):")
+    for point in summary["points"]:
+        print(
+            f"  k={point['k']:<4d} test accuracy {point['accuracy_mean']:.4f} +- "
+            f"{point['accuracy_std']:.4f}   {point['seconds_mean']:.1f} s per run"
+        )
+    print(f"report: {folder / 'report.html'}")
+    return 0
+
+
 def _train_config(args: argparse.Namespace):
     """The run's config and, where the data was read for it, the dataset and the notes on
     what was drawn from it: with --data, defaults from the data (tasks/defaults.py) under
@@ -576,6 +597,25 @@ def build_parser() -> argparse.ArgumentParser:
         "speed settings such as train.threads may change)",
     )
     train.set_defaults(func=_cmd_train)
+
+    curve = _parser(
+        commands,
+        "learning-curve",
+        "how many images do I need: accuracy against training images per class",
+        "Train a classifier on k images per class (nested subsets, --repeats seeds) for each "
+        "k, always on the same test images; plot test accuracy (mean, spread) against k and "
+        "each class's recall against its training images. Run it again to go on after an "
+        "interruption (finished runs are kept).",
+    )
+    curve.add_argument("--config", help="a classify recipe (e.g. neu_fewshot) or YAML file")
+    curve.add_argument(
+        "--task", choices=("classify",), help="with --data and no recipe: settings drawn from it"
+    )
+    curve.add_argument("--data", metavar="PATH", help="the dataset folder")
+    curve.add_argument("--shots", default="1,5,10,20,50", help="the k values, comma-separated")
+    curve.add_argument("--repeats", type=int, default=5, help="seeds (subsets) per k")
+    _set_option(curve)
+    curve.set_defaults(func=_cmd_learning_curve)
 
     recipes = _parser(commands, "recipes", "the shipped recipes, one line each")
     recipes.set_defaults(func=_cmd_recipes)

@@ -51,6 +51,11 @@ class SplitConfig:
     # folder), "regex:<pattern>" (the file name's first captured group, e.g.
     # regex:^(part\d+)_), or "csv:<file>:<column>" (a CSV naming each image's group)
     group_by: str = ""
+    # learning curves and few-shot checks: keep at most this many training images of each
+    # class (the name-sorted training list shuffled with per_class_seed, the first k; nested
+    # in k for one seed); 0 keeps them all. Validation, when asked for, is carved out first.
+    per_class: int = 0
+    per_class_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    strategy: str = "finetune"  # scratch | frozen | finetune | freeze_then_unfreeze
+    # scratch | frozen | finetune | freeze_then_unfreeze | fewshot (frozen features of
+    # every training image under `views`, a head started at the class means)
+    strategy: str = "finetune"
+    views: str = "dihedral"  # fewshot: none | flips (4) | dihedral (8: flips and 90° turns)
     unfreeze_epoch: int = 2  # freeze_then_unfreeze: epochs with the backbone frozen
     init_from: str = ""  # warm start: an earlier run folder or checkpoint of this task
     epochs: int = 10

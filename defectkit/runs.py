@@ -36,7 +36,7 @@ def new_run_dir(config: RunConfig) -> tuple[Path, bool]:
     """The run's folder and whether this call made it (a failed start removes only that)."""
     name = config.name or f"{config.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = Path(config.out_dir) / name
-    if _has_checkpoint(path) or (path / "metrics.json").exists():
+    if has_checkpoint(path) or (path / "metrics.json").exists():
         raise FileExistsError(
             f"run folder {path} already holds a run: resume it with "
             f"`defectkit train --resume {path}`, or choose another name with --set name=..."
@@ -50,7 +50,7 @@ def new_run_dir(config: RunConfig) -> tuple[Path, bool]:
 FAILED = "FAILED.txt"
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
+def has_checkpoint(run_dir: Path) -> bool:
     """A checkpoint a resume can start from (last.pt of an epoch, fitted.pt of a fit)."""
     folder = run_dir / "checkpoints"
     return folder.is_dir() and any(folder.glob("*.pt"))
@@ -62,7 +62,7 @@ def close_failed_start(run_dir: Path, made: bool, error: BaseException) -> str:
     was done, for the message."""
     import shutil
 
-    if _has_checkpoint(run_dir):
+    if has_checkpoint(run_dir):
         return f"resume with: defectkit train --resume {run_dir}"
     if made:
         shutil.rmtree(run_dir, ignore_errors=True)

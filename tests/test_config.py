@@ -51,6 +51,7 @@ def test_shipped_recipes_load():
     for name in (
         "neu_classify",
         "neu_frozen",
+        "neu_fewshot",
         "elpv_classify",
         "elpv_4class",
         "elpv_demo",

@@ -102,25 +102,43 @@ def test_unknown_backbone_suggests_names():
         create_backbone("resnet81", 2, pretrained=False)
 
 
-def test_default_backbone_weights_are_found_offline():
-    path, digest = find_weights_file("tf_efficientnet_lite0")
-    assert path is not None and digest.startswith("579344248a93")
+@pytest.mark.parametrize(
+    "name, prefix",
+    [
+        ("tf_efficientnet_lite0", "579344248a93"),
+        ("tf_efficientnet_lite1", "77cc7160d37b"),
+        ("tf_efficientnet_lite2", "9656183eaeaf"),
+    ],
+)
+def test_offline_backbone_weights_are_found_and_checked(name, prefix):
+    path, digest = find_weights_file(name)
+    assert path is not None and digest.startswith(prefix)
+    assert backbones.preprocessing_for(name).mean == (0.5, 0.5, 0.5)
 
 
 @pytest.mark.integration
-def test_imagenet_head_names_the_sample_photos():
-    """The default backbone's ImageNet weights really loaded: hog (341) and airliner (404)."""
+@pytest.mark.parametrize(
+    "name, side",
+    [
+        ("tf_efficientnet_lite0", 224),
+        ("tf_efficientnet_lite1", 240),
+        ("tf_efficientnet_lite2", 260),
+    ],
+)
+def test_imagenet_head_names_the_sample_photos(name, side):
+    """The offline ImageNet weights really loaded: hog (341) and airliner (404) at each
+    model's native side."""
     from torchvision.transforms import v2 as T
 
     from tests.conftest import shared
 
     samples = shared("imagenet-samples")
-    model, _ = create_backbone("tf_efficientnet_lite0", 1000, pretrained=True)
-    prep = backbones.preprocessing_for("tf_efficientnet_lite0")
+    model, _ = create_backbone(name, 1000, pretrained=True)
+    prep = backbones.preprocessing_for(name)
     transform = T.Compose(
         [
-            T.Resize(224, interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(224),
+            T.Resize(side, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(side),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(prep.mean, prep.std),
         ]

@@ -33,13 +33,14 @@ def _train(tmp_path, *extra: str) -> int:
     return main(["train", *extra, "--set", f"out_dir={tmp_path / 'runs'}", "--set", "name=run"])
 
 
-def test_long_images_keep_their_aspect_and_small_classes_train_frozen(tmp_path):
+def test_long_images_keep_their_aspect_and_small_classes_take_the_fewshot_path(tmp_path):
     dataset = read_dataset(_long_set(tmp_path / "long"))
     values, notes = draw_defaults("classify", dataset, "cpu")
     assert values["data"]["resize"] == "pad"  # 2.5:1 is never squashed
     assert values["data"]["image_size"] == 64  # the short side, above the 64 px floor
     assert values["eval"]["positive"] == "dent"  # beside the defect-free "good"
-    assert values["train"]["strategy"] == "frozen"  # 12 images per class
+    assert values["train"]["strategy"] == "fewshot"  # 12 images per class
+    assert values["train"]["epochs"] == 30  # of the head alone, not the image budget
     assert any("aspect ratio 2.50:1" in n for n in notes)
     anomaly, _ = draw_defaults("anomaly", dataset, "cpu")
     assert anomaly["anomaly"]["good_label"] == "good"

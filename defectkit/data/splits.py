@@ -224,7 +224,19 @@ def make_split(dataset: SampleSet, config: SplitConfig) -> Split:
             train, val = stratified_split(
                 train, 1 - config.val_fraction, config.seed, config.stratify_by
             )
+    if config.per_class:
+        train = per_class_subset(train, config.per_class, config.per_class_seed)
     return Split(tuple(train), tuple(val), tuple(test))
+
+
+def per_class_subset(samples: Sequence[Sample], k: int, seed: int) -> list[Sample]:
+    """At most k samples of each label: the name-sorted list shuffled with `seed`, the first
+    k, so the subsets of one seed are nested (k=5 is part of k=10: a learning curve adds
+    images instead of drawing new ones)."""
+    kept: list[Sample] = []
+    for members in _strata(samples, ("label",)).values():
+        kept += _shuffled(members, seed)[:k]
+    return kept
 
 
 def _relative(sample: Sample, root: Path) -> str:

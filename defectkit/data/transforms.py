@@ -13,6 +13,9 @@ from torchvision.transforms.v2 import functional as TF
 
 AUGMENT_PRESETS = ("default", "light", "none")
 RESIZE_MODES = ("squash", "pad", "tile")  # tile: segment only, see data/tiles.py
+# views of one image that a surface texture does not tell apart: how many of the eight
+# flips and quarter turns (the dihedral group) each name takes, in `view`'s numbering
+VIEWS = {"none": 1, "flips": 4, "dihedral": 8}
 
 
 def _interpolation(name: str) -> T.InterpolationMode:
@@ -126,6 +129,19 @@ def train_transform(
     return T.Compose(
         [*steps, T.ToDtype(torch.float32, scale=True), T.Normalize(mean=list(mean), std=list(std))]
     )
+
+
+def view(images: torch.Tensor, j: int) -> torch.Tensor:
+    """The j-th of the eight flips and quarter turns of (..., H, W) images: bit 0 flips left
+    to right, bit 1 top to bottom, bit 2 swaps height and width (with the flips, the turns
+    by 90 and 270 degrees). 0..3 are the flips alone."""
+    if j & 1:
+        images = images.flip(-1)
+    if j & 2:
+        images = images.flip(-2)
+    if j & 4:
+        images = images.transpose(-1, -2)
+    return images
 
 
 def to_image_size(

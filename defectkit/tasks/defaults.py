@@ -9,8 +9,10 @@ reason it was chosen. `defectkit train --task T --data PATH` starts from these; 
   segment, short side >= 2.5x the input side) are cut into windows at full resolution (tile);
 - epochs and batch size from the number of training images and the device (a CPU budget is
   smaller), the official split where the layout has one, always a validation part;
-- a frozen backbone when a class has under 20 images (fine-tuning would memorise them), the
-  aligned reference stacked where every image has one (DeepPCB templates)."""
+- the few-shot path (frozen features of every flip and quarter turn of each training image,
+  a head started at the class means) when a class has under 30 images, i.e. about 20 to
+  train on (fine-tuning would memorise them); the aligned reference stacked where every
+  image has one (DeepPCB templates)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from defectkit.data.samples import SampleSet, ok_class
 SIZES_READ = 200  # image headers read to learn the sizes
 LONG_ASPECT = 1.5  # median longer / shorter side from which images keep their aspect ratio
 TILE_FACTOR = 2.5  # short side over input side from which detect / segment tile
-FEW_IMAGES = 20  # a class with fewer images: frozen features, not fine-tuning
+FEW_IMAGES = 30  # a class with fewer images: the few-shot path, not fine-tuning
+FEWSHOT_EPOCHS = 30  # of the head on feature rows (8 per image): seconds, whatever the data
 
 # per task: (smallest, largest on CPU, largest on GPU) input side; training images x epochs
 # aimed at (bounded); epochs (least, most on CPU, most on GPU); batch size
@@ -120,9 +123,9 @@ def draw_defaults(task: str, dataset: SampleSet, device: str = "auto") -> tuple[
             notes.append(f"eval.positive={positive}: the class beside the defect-free {good!r}")
         fewest = min(counts.values()) if counts else 0
         if fewest < FEW_IMAGES:
-            train["strategy"] = "frozen"
+            train["strategy"] = "fewshot"
             notes.append(
-                f"train.strategy=frozen: the smallest class has {fewest} images (< "
+                f"train.strategy=fewshot: the smallest class has {fewest} images (< "
                 f"{FEW_IMAGES}); fine-tuning would memorise them"
             )
     if task in ("segment", "detect") and all(s.reference for s in dataset.samples):
@@ -148,6 +151,12 @@ def draw_defaults(task: str, dataset: SampleSet, device: str = "auto") -> tuple[
             f"train.epochs={epochs}, train.batch_size={BATCH[task]}: about {n_train} training "
             f"images, {EPOCH_BUDGET[task]} image passes aimed at, at most "
             f"{gpu_most if gpu else cpu_most} epochs on the {device}"
+        )
+    if train.get("strategy") == "fewshot":
+        train.update(epochs=FEWSHOT_EPOCHS, lr=1e-3, head_lr_mult=1.0)
+        notes.append(
+            f"train.epochs={FEWSHOT_EPOCHS}, lr=1e-3, head_lr_mult=1: the head alone trains, "
+            "on feature rows computed once"
         )
     if task == "detect":
         train.update(lr=5e-4, head_lr_mult=1.0, warmup_epochs=1)

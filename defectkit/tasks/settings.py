@@ -12,6 +12,7 @@ from pathlib import Path
 from defectkit.config import ConfigError, RunConfig
 from defectkit.data.images import is_image
 from defectkit.data.samples import DatasetError, SampleSet, ok_class
+from defectkit.data.transforms import VIEWS
 
 SPLIT_KEYS = ("label", "name_prefix")  # besides the samples' own meta fields
 MIN_SIZE, MAX_SIZE = 32, 4096
@@ -142,6 +143,16 @@ def check_settings(config: RunConfig, dataset: SampleSet) -> None:
             "the folder (an empty class cannot be learnt or tested)"
         )
     problems += _too_small(dataset, config)
+    if config.split.per_class < 0:
+        problems.append(
+            f"split.per_class={config.split.per_class} is negative: 0 keeps every training "
+            "image, k > 0 at most k of each class"
+        )
+    if config.task == "classify" and config.train.views not in VIEWS:
+        problems.append(
+            f"train.views={config.train.views!r} is not one of {sorted(VIEWS)} (the views "
+            "of each training image the fewshot strategy computes features of)"
+        )
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{len(problems)} setting(s) do not fit the data:\n{lines}")

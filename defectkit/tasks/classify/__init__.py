@@ -16,7 +16,13 @@ from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.images import ImageDataset
 from defectkit.data.samples import DatasetError
 from defectkit.data.splits import Split
-from defectkit.data.transforms import eval_transform, require_whole_images, train_transform
+from defectkit.data.transforms import (
+    VIEWS,
+    eval_transform,
+    require_whole_images,
+    train_transform,
+    view,
+)
 from defectkit.engine.distributed import is_main, mean_across_ranks, shard, sync_batchnorm, wrap
 from defectkit.engine.fit import Fit, fit
 from defectkit.engine.losses import balanced_class_weights, make_loss
@@ -35,6 +41,7 @@ from defectkit.engine.train import (
 from defectkit.models.classifier import (
     STRATEGIES,
     build_classifier,
+    head_at_class_means,
     head_of,
     keep_frozen_bn_in_eval,
     parameter_groups,
@@ -92,18 +99,22 @@ def _head_prefix(model: nn.Module) -> str:
 
 @torch.inference_mode()
 def extract_features(
-    model: nn.Module, loader: DataLoader, device: torch.device, description: str
+    model: nn.Module, loader: DataLoader, device: torch.device, description: str, views: int = 1
 ) -> TensorDataset:
     """Pooled backbone features, computed once: with a frozen backbone, every epoch would
-    recompute the same numbers (the seeds' "feature extraction")."""
+    recompute the same numbers (the seeds' "feature extraction"). views > 1: each image
+    also under the first `views` flips and quarter turns (data.transforms.view), as many
+    feature rows per image: the few-shot path's augmentation, paid once."""
     model.eval()
     features, targets = [], []
     for inputs, target in tqdm(
         loader, desc=description, leave=False, dynamic_ncols=True, disable=None
     ):
-        pooled = model.forward_head(model.forward_features(inputs.to(device)), pre_logits=True)
-        features.append(pooled.float().cpu())
-        targets.append(torch.as_tensor(target))
+        inputs = inputs.to(device)
+        for j in range(views):
+            pooled = model.forward_head(model.forward_features(view(inputs, j)), pre_logits=True)
+            features.append(pooled.float().cpu())
+            targets.append(torch.as_tensor(target))
     return TensorDataset(torch.cat(features), torch.cat(targets))
 
 
@@ -160,9 +171,8 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
         weights_info["warm_start"] = warm_start(model, tc.init_from, config.model.backbone, classes)
     model.to(device)
     model = sync_batchnorm(model, tc.sync_batchnorm, device)
-    frozen_now = tc.strategy == "frozen" or (
-        tc.strategy == "freeze_then_unfreeze" and tc.unfreeze_epoch > 0
-    )
+    on_features = tc.strategy in ("frozen", "fewshot")  # the head trains on features alone
+    frozen_now = on_features or (tc.strategy == "freeze_then_unfreeze" and tc.unfreeze_epoch > 0)
     set_backbone_trainable(model, not frozen_now)
 
     size = config.data.image_size
@@ -196,17 +206,18 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
     loss_fn = make_loss(
         tc.loss, weight=weight, label_smoothing=tc.label_smoothing, focal_gamma=tc.focal_gamma
     ).to(device)
-    sampler = make_sampler(tc.sampler, targets, tc.seed)
 
-    feature_seconds = 0.0  # frozen strategy: the one pass that computes the features
-    if tc.strategy == "frozen":
+    feature_seconds = 0.0  # frozen / fewshot: the one pass that computes the features
+    if on_features:
         # train the head alone on features computed once; the model keeps that head
         tick = time.perf_counter()
+        views = VIEWS[tc.views] if tc.strategy == "fewshot" else 1
         feature_train = extract_features(
             model,
             _loader(ImageDataset(split.train, classes, eval_tf, cache), 64, config),
             device,
             "features train",
+            views,
         )
         val_features = (
             extract_features(model, _loader(val_set, 64, config), device, "features val")
@@ -214,6 +225,8 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
             else None
         )
         feature_seconds = time.perf_counter() - tick
+        if tc.strategy == "fewshot":
+            head_at_class_means(head_of(model), *feature_train.tensors)
         trained: nn.Module = nn.Sequential(nn.Dropout(config.model.drop_rate), head_of(model))
         train_source = feature_train
         val_loader = _loader(val_features, 256, config) if val_features is not None else None
@@ -224,6 +237,12 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
         val_loader = _loader(val_set, 64, config) if len(val_set) else None
         before_step = keep_frozen_bn_in_eval
 
+    # the sampler draws rows of what trains: images, or feature rows (views per image)
+    sampler = make_sampler(
+        tc.sampler,
+        feature_train.tensors[1].tolist() if on_features else targets,
+        tc.seed,
+    )
     # under torchrun each rank draws its shard of every epoch (train.batch_size per rank)
     rank_sampler, epoch_setter = shard(sampler, train_source, tc.seed)
     train_loader = _loader(train_source, tc.batch_size, config, rank_sampler, shuffle=True)
