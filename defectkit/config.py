@@ -96,6 +96,9 @@ class TrainConfig:
     # batch_size x accumulate (x the processes under torchrun) within a small memory
     accumulate: int = 1
     amp: bool = True  # mixed precision on CUDA; ignored on the CPU
+    # channels-last memory layout of the images and convolution weights (segment): 1.35x
+    # faster training steps on this CPU's oneDNN kernels
+    channels_last: bool = False
     # torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)
     sync_batchnorm: bool = False
     device: str = "auto"  # auto | cpu | cuda
@@ -140,6 +143,9 @@ class SegmentConfig:
     train_on: str = "all"  # all | ng (the mask loss sees defect images only)
     balance: bool = True  # draw NG and OK images equally often
     freeze_epochs: int = 0  # encoder frozen for the first N epochs (the study: 5)
+    # the stem and the encoder's first N stages keep their ImageNet weights for the whole
+    # run: the backward pass through the high-resolution stages is most of a CPU step
+    frozen_stages: int = 0
     gate: bool = True  # an OK/NG head on the encoder; images it calls OK get an empty mask
     gate_weight: float = 0.2  # weight of the OK/NG head's loss
     mask_threshold: float = 0.5  # pixel probability for "defect"

@@ -157,7 +157,40 @@ def _segment(root: Path, out: Path, name: str, *extra: str):
 
 @pytest.fixture(scope="module")
 def segment_run(tiles, tmp_path_factory):
-    return _segment(tiles, tmp_path_factory.mktemp("seg"), "s", "segment.freeze_epochs=1")
+    return _segment(
+        tiles,
+        tmp_path_factory.mktemp("seg"),
+        "s",
+        "segment.freeze_epochs=1",
+        "segment.frozen_stages=2",
+        "train.channels_last=true",
+    )
+
+
+def test_frozen_stages_keep_their_imagenet_weights_and_statistics(segment_run):
+    """segment.frozen_stages=2: the stem and the first two stages end the run as loaded
+    (weights and batch-norm statistics), the stages after them trained."""
+    from defectkit.engine.train import load_checkpoint
+    from defectkit.models.segmenter import build_segmenter
+
+    run_dir, _ = segment_run
+    pretrained, _, _ = build_segmenter(
+        ModelConfig(), SegmentConfig(encoder_depth=3), 3, pretrained=True
+    )
+    before = pretrained.state_dict()
+    after = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    prefix = "net.encoder.model."
+    for name in (
+        "conv_stem.weight",
+        "bn1.running_mean",
+        "blocks.1.0.conv_pw.weight",
+        "blocks.1.1.bn3.running_var",
+    ):
+        assert torch.equal(after[prefix + name], before[prefix + name]), name
+    for name in ("blocks.2.0.conv_pw.weight", "blocks.2.1.bn3.running_var"):
+        assert not torch.equal(after[prefix + name], before[prefix + name]), name
+    with pytest.raises(ValueError, match="the encoder has 3 stages"):
+        pretrained.early_stage_parameters(3)
 
 
 def test_segment_run_finds_synthetic_defects(segment_run):

@@ -73,9 +73,12 @@ def balanced_sampler(is_ng: list[bool], seed: int) -> WeightedRandomSampler | No
     return WeightedRandomSampler(weights.tolist(), len(flags), generator=generator)
 
 
-def set_encoder_trainable(model: Segmenter, trainable: bool) -> None:
+def set_encoder_trainable(model: Segmenter, trainable: bool, frozen_stages: int = 0) -> None:
+    """The whole encoder on or off, its first `frozen_stages` stages always off."""
     for parameter in model.encoder_parameters():
         parameter.requires_grad = trainable
+    for parameter in model.early_stage_parameters(frozen_stages):
+        parameter.requires_grad = False
 
 
 @torch.inference_mode()
@@ -175,7 +178,10 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         config.model, sc, in_channels, pretrained=config.model.pretrained
     )
     prep = prep.for_data(config.data)
+    model.early_stage_parameters(sc.frozen_stages)  # a stage count the encoder has, or stop
     model.to(device)
+    if tc.channels_last:
+        model.to(memory_format=torch.channels_last)
     model = sync_batchnorm(model, tc.sync_batchnorm, device)
     options = {
         "size": config.data.image_size,
@@ -225,6 +231,8 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
     def step(model: Segmenter, batch: Any, device: torch.device):
         """Mask loss (on NG images only with train_on=ng), plus the gate's OK/NG loss."""
         x, y, ng = (part.to(device) for part in batch)
+        if tc.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         logits, gate = model(x)
         weights = ng if sc.train_on == "ng" else None
         loss = mask_loss(logits[:, None], y[:, None], weights)
@@ -234,7 +242,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
 
     def run_epoch(epoch: int) -> dict[str, float]:
         frozen = epoch < sc.freeze_epochs
-        set_encoder_trainable(model, not frozen)
+        set_encoder_trainable(model, not frozen, sc.frozen_stages)
         if epoch_setter is not None:
             epoch_setter.set_epoch(epoch)
         stats = train_one_epoch(
