@@ -34,6 +34,22 @@ def test_nearest_distance_matches_brute_force():
     assert torch.allclose(nearest_distance(queries, bank, chunk=64), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_the_autoencoder_reconstructs_local_patches_and_refuses_an_older_state():
+    """Its targets are the stages averaged over 3 x 3 patches; a saved state of the earlier
+    single-patch form (no patch_window) does not load into it silently."""
+    from defectkit.tasks.anomaly.deploy import load_fitted_state
+
+    model = create_method("autoencoder", layers=(2, 3), pretrained=False).eval()
+    images = torch.randn(2, 3, 64, 64)
+    stages = model.features.intermediates(images)
+    expected = model.standardise(model.features.combine(stages, 3))
+    assert torch.allclose(model._targets(images), expected)
+    state = {k: v for k, v in model.state_dict().items() if k != "patch_window"}
+    fresh = create_method("autoencoder", layers=(2, 3), pretrained=False)
+    with pytest.raises(RuntimeError, match="patch_window"):
+        load_fitted_state(fresh, state)
+
+
 def test_registry_lists_patchcore_and_refuses_unknown():
     assert {"patchcore", "padim", "autoencoder", "patchcore_padim"} <= set(list_methods())
     with pytest.raises(ValueError, match="unknown anomaly method 'magic'"):

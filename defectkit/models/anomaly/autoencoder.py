@@ -3,7 +3,9 @@ Anomaly Segmentation via Deep Feature Reconstruction", 2020). A frozen pretraine
 describes each patch (the same patch features as PatchCore and PaDiM); a small autoencoder of
 1x1 convolutions with a narrow bottleneck learns to reconstruct the features of defect-free
 patches only, so a defect's features come back wrong, and the squared reconstruction error
-per patch is the anomaly map.
+per patch is the anomaly map. Each stage's features are first averaged over a 3 x 3
+neighbourhood (PatchCore's locally aware patches): on magnetic tile that took the image AUROC
+from 0.676 to 0.80 (a single patch's features are too noisy a target on a texture).
 
 An autoencoder on raw pixels (this method's first form) reconstructs defects nearly as well as
 texture and scored 0.50 image AUROC on magnetic tile; reconstructing features is what makes it
@@ -18,6 +20,8 @@ from torch.nn import functional as F
 
 from defectkit.models.anomaly import register_method
 from defectkit.models.anomaly.features import PatchFeatures
+
+LOCAL = 3  # features averaged over local x local patches before they are reconstructed
 
 
 def _conv(cin: int, cout: int, last: bool = False) -> nn.Sequential | nn.Conv2d:
@@ -41,7 +45,12 @@ class FeatureAutoEncoder(nn.Module):
         """bottleneck: channels at the narrowest point; 0 = a quarter of the features'."""
         super().__init__()
         torch.manual_seed(seed)
-        self.features = PatchFeatures(backbone, layers, pretrained=pretrained, weights=weights)
+        self.features = PatchFeatures(
+            backbone, layers, pretrained=pretrained, weights=weights, local=LOCAL
+        )
+        # saved with the fitted state: a bundle of the earlier single-patch form (which
+        # lacks it) is refused at load instead of scoring with the wrong features
+        self.register_buffer("patch_window", torch.tensor(LOCAL))
         channels = self.features.channels
         narrow = bottleneck or max(8, channels // 4)
         middle = (channels + narrow) // 2
@@ -54,7 +63,7 @@ class FeatureAutoEncoder(nn.Module):
 
     def _targets(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # the backbone is frozen; features are targets, not learnt
-            feats = self.features.combine(self.features.intermediates(images), 1)
+            feats = self.features.combine(self.features.intermediates(images), LOCAL)
             return self.standardise(feats)
 
     def loss(self, images: torch.Tensor) -> torch.Tensor:
