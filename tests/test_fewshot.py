@@ -132,3 +132,35 @@ def test_learning_curve_trains_nested_subsets_and_goes_on_after_a_stop(synthetic
     assert (folder / "k1-r0" / "metrics.json").stat().st_mtime_ns == kept
     assert (folder / "k3-r1" / "metrics.json").is_file()
     assert again["points"][1]["accuracy_mean"] == pytest.approx(point["accuracy_mean"], abs=1e-9)
+
+
+def test_learning_curve_command_without_a_recipe(synthetic_root, tmp_path, capsys):
+    """--task and --data only: the settings are drawn from the data (16 images per class:
+    the few-shot path), and the command prints one line per k and the report."""
+    from defectkit.cli import main
+
+    code = main(
+        [
+            "learning-curve",
+            "--task",
+            "classify",
+            "--data",
+            str(synthetic_root),
+            "--shots",
+            "2",
+            "--repeats",
+            "1",
+            "--set",
+            f"out_dir={tmp_path}",
+            "--set",
+            "name=lc",
+            "--set",
+            "data.image_size=64",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "k=2" in printed and "report:" in printed
+    config = (tmp_path / "lc" / "k2-r0" / "config.yaml").read_text()
+    assert "strategy: fewshot" in config and "per_class: 2" in config
+    assert main(["learning-curve", "--config", "neu_fewshot", "--shots", "0"]) != 0

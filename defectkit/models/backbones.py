@@ -86,9 +86,9 @@ register_weights(
         by_order=True,
     )
 )
-for _lite, _sha256, _side in (
-    ("lite1", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", 240),
-    ("lite2", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", 260),
+for _lite, _sha256 in (
+    ("lite1", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+    ("lite2", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
 ):
     # Lite0's larger siblings, same author and key layout (native sides 240 / 260 px); Apache-2.0
     register_weights(
