@@ -10,7 +10,6 @@ for p in inspector.predict(["part_0001.png"]):
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,8 +146,7 @@ def learning_curve(
                     train(None, resume=run_dir)
                 else:
                     train(run_config)
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            records.append(run_record(run_dir, k, repeat, metrics["total_seconds"]))
+            records.append(run_record(run_dir, k, repeat))
             logging.getLogger("defectkit").info(
                 "learning curve: k=%d repeat %d: accuracy %.4f (%s)",
                 k,

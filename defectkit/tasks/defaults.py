@@ -136,7 +136,7 @@ def draw_defaults(task: str, dataset: SampleSet, device: str = "auto") -> tuple[
         values["segment"]["balance"] = False
         notes.append("segment.gate=false: every image shows a defect, nothing to tell OK from")
 
-    if task in EPOCH_BUDGET:
+    if task in EPOCH_BUDGET and train.get("strategy") != "fewshot":  # its own epochs below
         if split.get("method") == "official":
             n_train = sum(s.meta.get("split") == "train" for s in dataset.samples)
         else:
