@@ -126,6 +126,9 @@ class AnomalyConfig:
     false_alarm_rate: float = 0.01  # calibrated threshold: this share of good images flagged
     blur_sigma: float = 4.0  # Gaussian smoothing of the map, in pixels of the input size
     epochs: int = 20  # autoencoder only: reconstruction training epochs
+    # autoencoder only: each batch's loss is the mean error of its hardest patches, this
+    # share of them (1 = every patch, the plain mean); rare defect-free patches get learnt
+    hard_fraction: float = 0.02
 
 
 @dataclass(frozen=True)

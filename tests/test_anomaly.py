@@ -50,6 +50,27 @@ def test_the_autoencoder_reconstructs_local_patches_and_refuses_an_older_state()
         load_fitted_state(fresh, state)
 
 
+def test_the_autoencoder_loss_averages_the_hardest_patches_only():
+    """hard_fraction=1 is the plain mean squared error; a fraction keeps that share of the
+    batch's patches, those with the largest errors; a fraction outside (0, 1] is refused."""
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    model = create_method("autoencoder", layers=(2, 3), pretrained=False, hard_fraction=1.0)
+    model.train()
+    targets = model._targets(images)
+    reconstruction = model.decoder(model.encoder(targets))
+    assert torch.allclose(model.loss(images), F.mse_loss(reconstruction, targets), rtol=1e-5)
+    errors = (reconstruction - targets).pow(2).mean(1).flatten().sort(descending=True).values
+    model.hard_fraction = 0.25
+    expected = errors[: round(0.25 * len(errors))].mean()
+    assert torch.allclose(model.loss(images), expected, rtol=1e-5)
+    assert model.loss(images) > errors.mean() * 1.05  # the hard ones are above the mean
+    with pytest.raises(ValueError, match="hard_fraction=0"):
+        create_method("autoencoder", pretrained=False, hard_fraction=0.0)
+
+
 def test_registry_lists_patchcore_and_refuses_unknown():
     assert {"patchcore", "padim", "autoencoder", "patchcore_padim"} <= set(list_methods())
     with pytest.raises(ValueError, match="unknown anomaly method 'magic'"):
@@ -120,6 +141,22 @@ def test_anomaly_needs_a_good_class(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"good_label='Free' is not a class .* \['Ok', "):
         get_task("anomaly")(config, Path(tmp_path), False)
+
+
+def test_anomaly_refuses_a_hard_fraction_outside_zero_to_one(tmp_path):
+    root = make_mask_set(tmp_path / "t", per_class=2, size=32)
+    config = load_config(
+        "mt_anomaly",
+        [
+            f"data.root={root}",
+            f"out_dir={tmp_path}",
+            "anomaly.method=autoencoder",
+            "anomaly.hard_fraction=1.5",
+        ],
+    )
+    with pytest.raises(ConfigError, match=r"anomaly.hard_fraction=1.5 is outside \(0, 1\]"):
+        get_task("anomaly")(config, Path(tmp_path), False)
+    assert not (tmp_path / "bundle").exists()  # refused before any work
 
 
 def test_bundle_reproduces_the_run_scores_and_decisions(anomaly_run):

@@ -148,6 +148,12 @@ def check_settings(config: RunConfig, dataset: SampleSet) -> None:
             f"split.per_class={config.split.per_class} is negative: 0 keeps every training "
             "image, k > 0 at most k of each class"
         )
+    hard = config.anomaly.hard_fraction
+    if config.task == "anomaly" and not 0 < hard <= 1:
+        problems.append(
+            f"anomaly.hard_fraction={hard} is outside (0, 1]: the share of each batch's "
+            "patches the autoencoder's loss averages (1 = all of them; 0.02 the default)"
+        )
     if config.task == "classify" and config.train.views not in VIEWS:
         problems.append(
             f"train.views={config.train.views!r} is not one of {sorted(VIEWS)} (the views "

@@ -7,6 +7,14 @@ per patch is the anomaly map. Each stage's features are first averaged over a 3 
 neighbourhood (PatchCore's locally aware patches): on magnetic tile that took the image AUROC
 from 0.676 to 0.80 (a single patch's features are too noisy a target on a texture).
 
+The loss of a batch is the mean error of its hardest patches only (`hard_fraction`, 2% by
+default; online hard example mining). With the plain mean, the many ordinary patches of a
+texture dominate training and the rare defect-free ones (tile edges, chamfers, the odd
+grain) stay badly reconstructed, so every good image has a few patches that look like
+defects: on magnetic tile a plain mean tops out near 0.80 image AUROC whatever the
+bottleneck, depth, noise or schedule, and the hardest 2% take it to about 0.90 (PatchCore
+avoids the same trap by picking its memory bank to cover the rare patches).
+
 An autoencoder on raw pixels (this method's first form) reconstructs defects nearly as well as
 texture and scored 0.50 image AUROC on magnetic tile; reconstructing features is what makes it
 a baseline worth reporting. It trains by gradient steps in the shared epoch loop (`loss`,
@@ -16,7 +24,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from defectkit.models.anomaly import register_method
 from defectkit.models.anomaly.features import PatchFeatures
@@ -40,10 +47,14 @@ class FeatureAutoEncoder(nn.Module):
         pretrained: bool = True,
         weights: str = "",
         lr: float = 1e-3,
+        hard_fraction: float = 0.02,
         seed: int = 0,
     ):
-        """bottleneck: channels at the narrowest point; 0 = a quarter of the features'."""
+        """bottleneck: channels at the narrowest point; 0 = a quarter of the features'.
+        hard_fraction: the share of each batch's patches whose errors make its loss."""
         super().__init__()
+        if not 0 < hard_fraction <= 1:
+            raise ValueError(f"hard_fraction={hard_fraction} is outside (0, 1]")
         torch.manual_seed(seed)
         self.features = PatchFeatures(
             backbone, layers, pretrained=pretrained, weights=weights, local=LOCAL
@@ -59,7 +70,7 @@ class FeatureAutoEncoder(nn.Module):
         self.standardise = nn.BatchNorm2d(channels, affine=False, momentum=None)
         self.encoder = nn.Sequential(_conv(channels, middle), _conv(middle, narrow))
         self.decoder = nn.Sequential(_conv(narrow, middle), _conv(middle, channels, last=True))
-        self.lr = lr
+        self.lr, self.hard_fraction = lr, hard_fraction
 
     def _targets(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # the backbone is frozen; features are targets, not learnt
@@ -67,11 +78,14 @@ class FeatureAutoEncoder(nn.Module):
             return self.standardise(feats)
 
     def loss(self, images: torch.Tensor) -> torch.Tensor:
-        """The reconstruction loss of a batch of defect-free images: the anomaly task trains
-        it over anomaly.epochs in the shared epoch loop (engine/fit.py: checkpoints, resume,
+        """The reconstruction loss of a batch of defect-free images: the mean squared error
+        (per channel) of its hardest `hard_fraction` of patches. The anomaly task trains it
+        over anomaly.epochs in the shared epoch loop (engine/fit.py: checkpoints, resume,
         history), with Adam at `lr`."""
         targets = self._targets(images)
-        return F.mse_loss(self.decoder(self.encoder(targets)), targets)
+        errors = (self.decoder(self.encoder(targets)) - targets).pow(2).mean(1).flatten()
+        hardest = max(1, round(self.hard_fraction * errors.numel()))
+        return errors.topk(hardest, sorted=False).values.mean()
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -328,6 +328,7 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         pretrained=config.model.pretrained,
         weights=config.model.weights,
         epochs=ac.epochs,
+        hard_fraction=ac.hard_fraction,
         seed=config.train.seed,
     ).to(device)
     features = getattr(model, "features", None)
