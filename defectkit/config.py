@@ -86,8 +86,11 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warm-up before the schedule
     step_size: int = 5  # step schedule: epochs between decays
     gamma: float = 0.1  # step / exponential decay factor
-    loss: str = "ce"  # ce | focal
+    # ce | focal | ordinal (grades: classes in name order, cross-entropy + ordinal_weight x
+    # the squared earth mover's distance between predicted and true grade distributions)
+    loss: str = "ce"
     focal_gamma: float = 2.0
+    ordinal_weight: float = 1.0
     label_smoothing: float = 0.0
     class_weights: str = "none"  # none | balanced (inverse class frequency in the loss)
     sampler: str = "none"  # none | oversample | undersample

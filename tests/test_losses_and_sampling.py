@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from defectkit.config import TrainConfig
-from defectkit.engine.losses import FocalLoss, balanced_class_weights
+from defectkit.engine.losses import FocalLoss, OrdinalLoss, balanced_class_weights, make_loss
 from defectkit.engine.train import make_optimizer, make_sampler, make_schedule
 from defectkit.models.classifier import parameter_groups, set_backbone_trainable
 
@@ -23,6 +23,45 @@ def test_focal_down_weights_easy_examples():
     ce = nn.functional.cross_entropy(easy, torch.tensor([0])).item()
     p = torch.softmax(easy, 1)[0, 0].item()
     assert FocalLoss(2.0)(easy, torch.tensor([0])).item() == pytest.approx((1 - p) ** 2 * ce)
+
+
+def test_ordinal_loss_makes_a_neighbouring_grade_the_cheaper_mistake():
+    """Four grades; the same confidence on the wrong grade costs cross-entropy alike, the
+    ordinal loss more the farther that grade is, by the squared distance of the cumulative
+    sums worked out by hand."""
+    confident = 4.0
+    target = torch.tensor([1])
+    costs = []
+    for wrong in (0, 2, 3):
+        logits = torch.zeros(1, 4)
+        logits[0, wrong] = confident
+        ce = nn.functional.cross_entropy(logits, target).item()
+        p = torch.softmax(logits, 1)[0]
+        cdf, true = p.cumsum(0), torch.tensor([0.0, 1.0, 1.0, 1.0])
+        emd = float(((cdf - true)[:3] ** 2).sum())
+        loss = OrdinalLoss(0.5)(logits, target).item()
+        assert loss == pytest.approx(ce + 0.5 * emd, rel=1e-5)
+        costs.append(loss - ce)  # cross-entropy is the same for the three
+    below, above, two_away = costs  # grades 0, 2 and 3 for a true 1
+    assert two_away > 1.5 * max(below, above) > 0
+    # weight 0 is cross-entropy; a right, confident answer costs almost nothing
+    logits, targets = torch.randn(8, 4), torch.arange(8) % 4
+    assert OrdinalLoss(0.0)(logits, targets).item() == pytest.approx(
+        nn.functional.cross_entropy(logits, targets).item(), rel=1e-5
+    )
+    assert OrdinalLoss(1.0)(torch.eye(4)[targets] * 30, targets).item() < 1e-6
+
+
+def test_ordinal_loss_weights_classes_like_cross_entropy():
+    logits, targets = torch.randn(10, 3), torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2, 2])
+    weights = balanced_class_weights(targets.tolist(), 3)
+    weighted = make_loss(
+        "ordinal", weight=weights, label_smoothing=0.0, focal_gamma=2.0, ordinal_weight=0.0
+    )
+    expected = nn.functional.cross_entropy(logits, targets, weight=weights)
+    assert weighted(logits, targets).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="ce, focal, ordinal"):
+        make_loss("hinge", weight=None, label_smoothing=0.0, focal_gamma=2.0)
 
 
 def test_balanced_weights_by_hand():

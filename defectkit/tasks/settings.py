@@ -13,6 +13,7 @@ from defectkit.config import ConfigError, RunConfig
 from defectkit.data.images import is_image
 from defectkit.data.samples import DatasetError, SampleSet, ok_class
 from defectkit.data.transforms import VIEWS
+from defectkit.engine.losses import LOSSES
 
 SPLIT_KEYS = ("label", "name_prefix")  # besides the samples' own meta fields
 MIN_SIZE, MAX_SIZE = 32, 4096
@@ -153,6 +154,11 @@ def check_settings(config: RunConfig, dataset: SampleSet) -> None:
         problems.append(
             f"anomaly.hard_fraction={hard} is outside (0, 1]: the share of each batch's "
             "patches the autoencoder's loss averages (1 = all of them; 0.02 the default)"
+        )
+    if config.task == "classify" and config.train.loss not in LOSSES:
+        problems.append(
+            f"train.loss={config.train.loss!r} is not one of {list(LOSSES)} (ordinal: the "
+            "classes in name order are grades, e.g. p000 < p033 < p067 < p100)"
         )
     if config.task == "classify" and config.train.views not in VIEWS:
         problems.append(

@@ -204,7 +204,11 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
         else None
     )
     loss_fn = make_loss(
-        tc.loss, weight=weight, label_smoothing=tc.label_smoothing, focal_gamma=tc.focal_gamma
+        tc.loss,
+        weight=weight,
+        label_smoothing=tc.label_smoothing,
+        focal_gamma=tc.focal_gamma,
+        ordinal_weight=tc.ordinal_weight,
     ).to(device)
 
     feature_seconds = 0.0  # frozen / fewshot: the one pass that computes the features
