@@ -113,17 +113,24 @@ def train_folds(config: RunConfig) -> tuple[Path, dict[str, Any]]:
 
 
 def learning_curve(
-    config: RunConfig, shots: list[int], repeats: int
+    config: RunConfig, shots: list[int], repeats: int, keep_models: bool = False
 ) -> tuple[Path, dict[str, Any]]:
     """A classifier trained on k images per class (split.per_class=k, per_class_seed=r) for
     every k in `shots` and r < `repeats`, each its own run (<out_dir>/<name>/k<k>-r<r>), then
     curve.json, the plots and report.html beside them. Finished runs are kept and reused, an
-    interrupted one resumes from its checkpoint: run the same command again to go on."""
+    interrupted one resumes from its checkpoint: run the same command again to go on. A
+    finished run's bundle and checkpoints are removed unless `keep_models`."""
     import time
     from dataclasses import replace
 
     from defectkit.runs import has_checkpoint, write_json
-    from defectkit.tasks.curve import run_name, run_record, summarise_curve, write_curve_report
+    from defectkit.tasks.curve import (
+        drop_models,
+        run_name,
+        run_record,
+        summarise_curve,
+        write_curve_report,
+    )
 
     if config.task != "classify":
         raise ValueError(
@@ -146,6 +153,8 @@ def learning_curve(
                     train(None, resume=run_dir)
                 else:
                     train(run_config)
+            if not keep_models:
+                drop_models(run_dir)
             records.append(run_record(run_dir, k, repeat))
             logging.getLogger("defectkit").info(
                 "learning curve: k=%d repeat %d: accuracy %.4f (%s)",

@@ -72,7 +72,7 @@ def _cmd_learning_curve(args: argparse.Namespace) -> int:
     config, _, notes = _train_config(args)
     for note in notes:
         log.info("drawn from the data: %s", note)
-    folder, summary = defectkit.learning_curve(config, shots, args.repeats)
+    folder, summary = defectkit.learning_curve(config, shots, args.repeats, args.keep_models)
     print(f"\nlearning curve ({args.repeats} run(s) per k):")
     for point in summary["points"]:
         print(
@@ -614,6 +614,11 @@ def build_parser() -> argparse.ArgumentParser:
     curve.add_argument("--data", metavar="PATH", help="the dataset folder")
     curve.add_argument("--shots", default="1,5,10,20,50", help="the k values, comma-separated")
     curve.add_argument("--repeats", type=int, default=5, help="seeds (subsets) per k")
+    curve.add_argument(
+        "--keep-models",
+        action="store_true",
+        help="keep each run's bundle and checkpoints (removed once it has finished otherwise)",
+    )
     _set_option(curve)
     curve.set_defaults(func=_cmd_learning_curve)
 

@@ -122,6 +122,10 @@ def test_learning_curve_trains_nested_subsets_and_goes_on_after_a_stop(synthetic
         assert {row["train_images"] for row in run["per_class"].values()} == {run["k"]}
     for name in ("curve.json", "report.html", "accuracy.png", "per_class.png"):
         assert (folder / name).is_file()
+    for run in ("k1-r0", "k3-r1"):  # finished runs keep their results, not their models
+        assert (folder / run / "predictions.csv").is_file()
+        assert not (folder / run / "bundle").exists()
+        assert not (folder / run / "checkpoints").exists()
 
     # run again with one run lost: the others are reused as they are, that one trains again
     import shutil
@@ -142,6 +146,7 @@ def test_learning_curve_command_without_a_recipe(synthetic_root, tmp_path, capsy
     code = main(
         [
             "learning-curve",
+            "--keep-models",
             "--task",
             "classify",
             "--data",
@@ -163,4 +168,5 @@ def test_learning_curve_command_without_a_recipe(synthetic_root, tmp_path, capsy
     assert "k=2" in printed and "report:" in printed
     config = (tmp_path / "lc" / "k2-r0" / "config.yaml").read_text()
     assert "strategy: fewshot" in config and "per_class: 2" in config
+    assert (tmp_path / "lc" / "k2-r0" / "bundle" / "bundle.json").is_file()  # --keep-models
     assert main(["learning-curve", "--config", "neu_fewshot", "--shots", "0"]) != 0
