@@ -8,8 +8,12 @@ import logging
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from defectkit.config import ConfigError, load_config
+
+if TYPE_CHECKING:  # imported where used: it pulls in torch
+    from defectkit.runtime.evaluate import LabelledData
 
 log = logging.getLogger("defectkit")
 
@@ -208,20 +212,42 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labelled_data_options(parser: argparse.ArgumentParser, data_help: str) -> None:
+    """The options that say which labelled images a bundle is scored on (eval, compare)."""
+    parser.add_argument("--data", required=True, help=data_help)
+    parser.add_argument("--format", default="auto", help="its layout, or auto-detect")
+    parser.add_argument("--label-mode", default="default", help="reader-specific label mode")
+    parser.add_argument("--split-manifest", help="a run's split.json, to use one part of it")
+    parser.add_argument(
+        "--part", default="test", choices=("train", "val", "test"), help="with --split-manifest"
+    )
+    parser.add_argument(
+        "--on-bad-image",
+        default="error",
+        choices=("error", "skip"),
+        help="a file that cannot be read: stop naming every one, or leave it out and list it",
+    )
+
+
+def _labelled_data(args: argparse.Namespace) -> LabelledData:
+    from defectkit.runtime.evaluate import LabelledData
+
+    return LabelledData(
+        args.data,
+        args.format,
+        args.label_mode,
+        args.split_manifest,
+        args.part,
+        args.on_bad_image,
+    )
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     """Two bundles on one labelled set: metrics, McNemar, speed, flipped verdicts."""
     from defectkit.runtime.compare import compare_bundles
 
     result = compare_bundles(
-        args.bundle_a,
-        args.bundle_b,
-        args.data,
-        args.out,
-        args.format,
-        args.label_mode,
-        args.split_manifest,
-        args.part,
-        args.backend,
+        args.bundle_a, args.bundle_b, _labelled_data(args), args.out, args.backend
     )
     right, test, ms = result["decision_accuracy"], result["mcnemar"], result["ms_per_image_batch1"]
     print(
@@ -230,7 +256,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         f"B, exact p = {test['p_exact']:.4g}; batch-1 ms A {ms['a']:.1f}, B {ms['b']:.1f}"
     )
     print(f"report: {Path(args.out) / 'report.html'}")
+    _print_left_out(result)
     return 0
+
+
+def _print_left_out(result: dict) -> None:
+    """The unreadable files an evaluation left out (--on-bad-image skip), one line each."""
+    for bad in result.get("left_out", []):
+        print(f"left out {bad['file']}: {bad['reason']}", file=sys.stderr)
 
 
 def _cmd_review(args: argparse.Namespace) -> int:
@@ -285,20 +318,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from defectkit.runtime.evaluate import evaluate_bundle
     from defectkit.tasks import get_task
 
-    result = evaluate_bundle(
-        args.bundle,
-        args.data,
-        args.format,
-        args.label_mode,
-        args.split_manifest,
-        args.part,
-        args.on_bad_image,
-    )
+    result = evaluate_bundle(args.bundle, _labelled_data(args))
     out = Path(args.out)
     write_json(out, result)
     print(f"{get_task(result['task']).eval_summary(result)} -> {out}")
-    for bad in result.get("left_out", []):
-        print(f"left out {bad['file']}: {bad['reason']}", file=sys.stderr)
+    _print_left_out(result)
     return 0
 
 
@@ -636,19 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = _parser(commands, "eval", "evaluate a bundle on a labelled dataset")
     evaluate.add_argument("bundle", help="a bundle folder, or a run folder holding bundle/")
-    evaluate.add_argument("--data", required=True, help="the labelled dataset folder")
-    evaluate.add_argument("--format", default="auto", help="its layout, or auto-detect")
-    evaluate.add_argument("--label-mode", default="default", help="reader-specific label mode")
-    evaluate.add_argument("--split-manifest", help="a run's split.json, to score one part of it")
-    evaluate.add_argument(
-        "--part", default="test", choices=("train", "val", "test"), help="with --split-manifest"
-    )
-    evaluate.add_argument(
-        "--on-bad-image",
-        default="error",
-        choices=("error", "skip"),
-        help="a file that cannot be read: stop naming every one, or leave it out and list it",
-    )
+    _labelled_data_options(evaluate, "the labelled dataset folder")
     evaluate.add_argument("--out", default="eval.json", help="where the metrics go (JSON)")
     evaluate.set_defaults(func=_cmd_eval)
 
@@ -744,13 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = _parser(commands, "compare", "two bundles on one labelled set, side by side")
     compare.add_argument("bundle_a", help="the current model (a bundle or run folder)")
     compare.add_argument("bundle_b", help="the candidate")
-    compare.add_argument("--data", required=True, help="the labelled (golden) dataset folder")
-    compare.add_argument("--format", default="auto", help="its layout, or auto-detect")
-    compare.add_argument("--label-mode", default="default", help="reader-specific label mode")
-    compare.add_argument("--split-manifest", help="a run's split.json, to use one part of it")
-    compare.add_argument(
-        "--part", default="test", choices=("train", "val", "test"), help="with --split-manifest"
-    )
+    _labelled_data_options(compare, "the labelled (golden) dataset folder")
     compare.add_argument(
         "--backend", default="torch", choices=("torch", "onnx"), help="onnx: run `export` first"
     )

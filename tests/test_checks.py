@@ -142,6 +142,17 @@ def test_bomb_is_reported_by_inspect_predict_and_eval(
         defectkit.evaluate(classify_bundle, folder)
     result = defectkit.evaluate(classify_bundle, folder, on_bad_image="skip")
     assert result["images"] == 48 and result["left_out"][0]["file"].endswith("ok_bomb.png")
+    # compare: refused before either model scores an image, or compared without it
+    out = tmp_path / "compare"
+    compare = ["compare", str(classify_bundle), str(classify_bundle), "--data", str(folder)]
+    capsys.readouterr()
+    assert main([*compare, "--out", str(out)]) == 2
+    assert "ok_bomb.png" in capsys.readouterr().err and not out.exists()
+    assert main([*compare, "--out", str(out), "--on-bad-image", "skip"]) == 0
+    compared = json.loads((out / "compare.json").read_text())
+    assert compared["images"] == 48 and compared["left_out"][0]["file"].endswith("ok_bomb.png")
+    assert "left out" in capsys.readouterr().err
+    assert "ok_bomb.png" in (out / "report.html").read_text()
 
 
 def test_predict_on_only_bad_files_still_writes_its_output(classify_bundle, tmp_path):

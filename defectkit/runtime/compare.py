@@ -16,7 +16,7 @@ import numpy as np
 from defectkit.data.images import load_image
 from defectkit.data.samples import Sample
 from defectkit.metrics import mcnemar
-from defectkit.runtime.evaluate import labelled_samples
+from defectkit.runtime.evaluate import LabelledData, labelled_data
 from defectkit.runtime.inspector import Inspector
 from defectkit.tasks import get_task
 
@@ -95,16 +95,15 @@ def batch1_ms(inspectors: Sequence[Inspector], samples: Sequence[Sample]) -> lis
 def compare_bundles(
     bundle_a: str | Path,
     bundle_b: str | Path,
-    data: str | Path,
+    data: LabelledData | str | Path,
     out: str | Path,
-    format: str = "auto",
-    label_mode: str = "default",
-    split_manifest: str | Path | None = None,
-    part: str = "test",
     backend: str = "torch",
+    **options: Any,
 ) -> dict[str, Any]:
     """Evaluate both bundles on the same images (checked first), pair their decisions, and
-    write compare.json and report.html into `out`."""
+    write compare.json and report.html into `out`. `data`: LabelledData, or its folder with
+    LabelledData's other fields as options."""
+    data = labelled_data(data, **options)
     a = Inspector(bundle_a, backend=backend, raw_maps=True)
     b = Inspector(bundle_b, backend=backend, raw_maps=True)
     if a.task != b.task:
@@ -117,10 +116,10 @@ def compare_bundles(
             f"the two classifiers have different classes ({a.classes} and "
             f"{b.classes}): their decisions cannot be paired"
         )
-    _, samples = labelled_samples(data, format, label_mode, split_manifest, part)
+    dataset, samples = data.read()
     task = get_task(a.task)
     recorded = [_Recording(a), _Recording(b)]
-    metrics = [task.evaluate_bundle(r, samples, str(data)) for r in recorded]
+    metrics = [task.evaluate_bundle(r, samples, str(data.root)) for r in recorded]
     for r in recorded:
         if len(r.predictions) != len(samples):
             raise RuntimeError(f"{a.task} evaluation did not inspect every image once")
@@ -151,8 +150,9 @@ def compare_bundles(
     }
     result = {
         "task": a.task,
-        "data": str(data),
+        "data": str(data.root),
         "images": len(samples),
+        "left_out": [vars(bad) for bad in dataset.left_out],
         "bundles": {"a": str(bundle_a), "b": str(bundle_b)},
         "weights_sha256": {"a": a.meta.get("weights_sha256"), "b": b.meta.get("weights_sha256")},
         "decision_accuracy": {"a": float(right[0].mean()), "b": float(right[1].mean())},
@@ -188,6 +188,11 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
         "<h1>Model comparison</h1>",
         f"<p>A = {html.escape(names['a'])}<br>B = {html.escape(names['b'])}<br>"
         f"on {result['images']} images of {html.escape(result['data'])} ({result['task']})</p>",
+        *(
+            f"<p>Left out, unreadable: {html.escape(bad['file'])} "
+            f"({html.escape(bad['reason'])})</p>"
+            for bad in result.get("left_out", [])
+        ),
         "<h2>Decisions</h2>",
         table(
             [
