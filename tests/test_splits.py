@@ -48,6 +48,32 @@ def test_grouped_keeps_groups_together():
     assert 26 <= len(train) <= 30
 
 
+def _groups(*sizes: int) -> tuple[Sample, ...]:
+    return tuple(
+        Sample(Path(f"/d/g{g}_{i:03d}.png"), "ok", group=f"g{g}")
+        for g, size in enumerate(sizes)
+        for i in range(size)
+    )
+
+
+def test_grouped_never_leaves_a_side_empty_and_refuses_one_group(caplog):
+    # three parts of 10 images, 80% train: dealing "while train is short" put all 30 in
+    # train; each group now goes where it brings train nearer 24 images
+    for seed in range(5):
+        train, test = grouped_split(_groups(10, 10, 10), 0.8, seed)
+        assert (len(train), len(test)) == (20, 10)
+    # two large groups and 90% train: the nearer cut is 40 + 0; the smaller side gets one
+    train, val = grouped_split(_groups(20, 20), 0.9, 0, "train / val")
+    assert (len(train), len(val)) == (20, 20)
+    assert "train / val cut by whole groups puts 20 of 40 images (50%, asked 10%)" in caplog.text
+    with pytest.raises(DatasetError, match="all 12 images are one group .'g0'"):
+        grouped_split(_groups(12), 0.8, 0)
+    # many small groups: the asked fraction, nothing logged
+    caplog.clear()
+    train, test = grouped_split(_groups(*[2] * 50), 0.8, 1)
+    assert (len(train), len(test)) == (80, 20) and not caplog.text
+
+
 def test_kfold_partitions_every_sample_once():
     data = _set({"a": 10, "b": 5})
     seen = []

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from defectkit.config import SplitConfig
 from defectkit.data.samples import DatasetError, Sample, SampleSet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,20 +57,58 @@ def stratified_split(
 
 
 def grouped_split(
-    samples: Sequence[Sample], first_fraction: float, seed: int
+    samples: Sequence[Sample], first_fraction: float, seed: int, parts: str = "train / test"
 ) -> tuple[list[Sample], list[Sample]]:
-    """Whole groups go to one side, so near-duplicates never straddle train and test."""
+    """Whole groups go to one side, so near-duplicates never straddle train and test. The
+    shuffled groups are dealt in turn: each to the first part where that brings it nearer
+    `first_fraction` of the images, else to the rest. Neither side is left empty while there
+    are two groups (a few large groups could otherwise all land on one side); one group
+    cannot be cut, and a cut far from the asked fraction is logged. `parts` names the two
+    sides in those messages."""
     groups: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
         groups[sample.group or str(sample.image)].append(sample)
     names = sorted(groups)
     random.Random(seed).shuffle(names)
     target = first_fraction * len(samples)
-    first: list[Sample] = []
-    rest: list[Sample] = []
+    first: list[str] = []
+    rest: list[str] = []
+    size = 0
     for name in names:
-        (first if len(first) < target else rest).extend(groups[name])
-    return first, rest
+        if abs(size + len(groups[name]) - target) <= abs(size - target):
+            first.append(name)
+            size += len(groups[name])
+        else:
+            rest.append(name)
+    if 0 < first_fraction < 1 and not (first and rest):
+        if len(names) < 2:
+            raise DatasetError(
+                f"all {len(samples)} images are one group ({names[0]!r} with split.group_by "
+                f"or as near-duplicates): whole groups go to one side, so the {parts} cut "
+                "would leave one side empty; group by something finer, or make the cut with "
+                "split.method=manifest"
+            )
+        full, empty = (first, rest) if first else (rest, first)
+        smallest = min(full, key=lambda n: len(groups[n]))
+        full.remove(smallest)
+        empty.append(smallest)
+    first_samples = [s for name in first for s in groups[name]]
+    rest_samples = [s for name in rest for s in groups[name]]
+    share = len(rest_samples) / max(1, len(samples))
+    if abs(share - (1 - first_fraction)) > 0.5 * (1 - first_fraction):
+        log.warning(
+            "the %s cut by whole groups puts %d of %d images (%.0f%%, asked %.0f%%) on its "
+            "second side: %d groups of %d..%d images",
+            parts,
+            len(rest_samples),
+            len(samples),
+            100 * share,
+            100 * (1 - first_fraction),
+            len(names),
+            min(len(g) for g in groups.values()),
+            max(len(g) for g in groups.values()),
+        )
+    return first_samples, rest_samples
 
 
 def kfold_split(
@@ -219,7 +260,7 @@ def make_split(dataset: SampleSet, config: SplitConfig) -> Split:
     val: list[Sample] = []
     if config.val_fraction > 0:
         if grouped:
-            train, val = grouped_split(train, 1 - config.val_fraction, config.seed)
+            train, val = grouped_split(train, 1 - config.val_fraction, config.seed, "train / val")
         else:
             train, val = stratified_split(
                 train, 1 - config.val_fraction, config.seed, config.stratify_by
