@@ -53,6 +53,29 @@ RUNS_DEFINED = {
         4,
         "224 px",
     ),
+    # issue 16: the bigger offline backbones on the same CPU recipe
+    "lite1_cpu_budget": (
+        [
+            "model.backbone=tf_efficientnet_lite1",
+            "train.epochs=12",
+            "train.channels_last=true",
+            "segment.frozen_stages=2",
+        ],
+        "EfficientNet-Lite1, stem + 2 stages frozen, channels-last",
+        4,
+        "224 px",
+    ),
+    "lite2_cpu_budget": (
+        [
+            "model.backbone=tf_efficientnet_lite2",
+            "train.epochs=12",
+            "train.channels_last=true",
+            "segment.frozen_stages=2",
+        ],
+        "EfficientNet-Lite2, stem + 2 stages frozen, channels-last",
+        4,
+        "224 px",
+    ),
     "mobilenetv2_depth3_cpu_10epochs": (
         [*MOBILENET, "segment.encoder_depth=3", "train.epochs=10"],
         "MobileNetV2",
