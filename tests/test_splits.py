@@ -68,6 +68,7 @@ def test_grouped_never_leaves_a_side_empty_and_refuses_one_group(caplog):
     assert "train / val cut by whole groups puts 20 of 40 images (50%, asked 10%)" in caplog.text
     with pytest.raises(DatasetError, match="all 12 images are one group .'g0'"):
         grouped_split(_groups(12), 0.8, 0)
+    assert grouped_split((), 0.8, 0) == ([], [])
     # many small groups: the asked fraction, nothing logged
     caplog.clear()
     train, test = grouped_split(_groups(*[2] * 50), 0.8, 1)

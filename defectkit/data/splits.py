@@ -80,7 +80,7 @@ def grouped_split(
             size += len(groups[name])
         else:
             rest.append(name)
-    if 0 < first_fraction < 1 and not (first and rest):
+    if 0 < first_fraction < 1 and names and not (first and rest):
         if len(names) < 2:
             raise DatasetError(
                 f"all {len(samples)} images are one group ({names[0]!r} with split.group_by "
