@@ -69,6 +69,8 @@ def grouped_split(
     for sample in samples:
         groups[sample.group or str(sample.image)].append(sample)
     names = sorted(groups)
+    if not names:
+        return [], []
     random.Random(seed).shuffle(names)
     target = first_fraction * len(samples)
     first: list[str] = []
@@ -80,7 +82,7 @@ def grouped_split(
             size += len(groups[name])
         else:
             rest.append(name)
-    if 0 < first_fraction < 1 and names and not (first and rest):
+    if 0 < first_fraction < 1 and not (first and rest):
         if len(names) < 2:
             raise DatasetError(
                 f"all {len(samples)} images are one group ({names[0]!r} with split.group_by "
