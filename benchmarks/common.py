@@ -113,14 +113,19 @@ def trained_on(metrics: dict) -> str:
 
 
 def save_results(protocol: str, runs: list[dict], command: str) -> dict:
-    """Merge these runs into results/<protocol>.json (runs of other names are kept)."""
+    """Merge these runs into results/<protocol>.json (runs of other names are kept). Each
+    new run is stamped with the date its numbers were written and this machine (with
+    --reuse, a run trained earlier is read again today): a file merges runs of several
+    days, and its own date and command are those of the last merge."""
     path = HERE / "results" / f"{protocol}.json"
     old = json.loads(path.read_text())["runs"] if path.exists() else []
     names = {r["name"] for r in runs}
+    today, here = time.strftime("%Y-%m-%d"), machine()
+    runs = [{"date": today, "machine": here, **r} for r in runs]
     payload = {
         "protocol": protocol,
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
+        "date": today,
+        "machine": here,
         "command": command,
         "runs": [r for r in old if r["name"] not in names] + runs,
     }
