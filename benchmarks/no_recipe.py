@@ -5,7 +5,7 @@ results file, same machine unless marked GPU): the gap the recipe buys, and its 
 
     python benchmarks/no_recipe.py [--runs neu6_classify,mt_anomaly,mt_classify,deeppcb_segment]
 
-mt_segment is left out of the default list: 10 epochs of 256 px on this CPU take ~25 min.
+mt_segment is left out of the default list: the 10 epochs of 256 px it draws take ~35 min here.
 """
 
 from __future__ import annotations
