@@ -16,7 +16,7 @@ import numpy as np
 from defectkit.data.images import load_image
 from defectkit.data.samples import Sample
 from defectkit.metrics import mcnemar
-from defectkit.runtime.evaluate import LabelledData, labelled_data
+from defectkit.runtime.evaluate import LabelledData, labelled_data, left_out_of
 from defectkit.runtime.inspector import Inspector
 from defectkit.tasks import get_task
 
@@ -152,7 +152,7 @@ def compare_bundles(
         "task": a.task,
         "data": str(data.root),
         "images": len(samples),
-        "left_out": [vars(bad) for bad in dataset.left_out],
+        **left_out_of(dataset),
         "bundles": {"a": str(bundle_a), "b": str(bundle_b)},
         "weights_sha256": {"a": a.meta.get("weights_sha256"), "b": b.meta.get("weights_sha256")},
         "decision_accuracy": {"a": float(right[0].mean()), "b": float(right[1].mean())},

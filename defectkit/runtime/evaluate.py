@@ -36,6 +36,12 @@ class LabelledData:
         return dataset, dataset.samples
 
 
+def left_out_of(dataset: SampleSet) -> dict[str, Any]:
+    """{"left_out": the unreadable files, each with why} where on_bad_image="skip" left
+    any out; {} otherwise (a result's key, for eval.json and compare.json alike)."""
+    return {"left_out": [vars(b) for b in dataset.left_out]} if dataset.left_out else {}
+
+
 def labelled_data(data: LabelledData | str | Path, **options: Any) -> LabelledData:
     """`data` as LabelledData: a folder path with the options above, or one as it is."""
     if isinstance(data, LabelledData):
@@ -55,7 +61,6 @@ def evaluate_bundle(
     data = labelled_data(data, **options)
     inspector = Inspector(bundle, raw_maps=True)
     dataset, samples = data.read()
-    left_out = {"left_out": [vars(b) for b in dataset.left_out]} if dataset.left_out else {}
     task = get_task(inspector.task)
     scored = task.evaluate_bundle(inspector, samples, str(data.root))
-    return {"task": task.name, **scored, **left_out}
+    return {"task": task.name, **scored, **left_out_of(dataset)}
