@@ -38,8 +38,9 @@ RUNS_DEFINED = {
     ),
     "autoencoder": (
         ["anomaly.method=autoencoder", "anomaly.epochs=20"],
-        "feature reconstruction autoencoder (1x1 convolutions on the same features, 3x3 "
-        "averaged), loss on the hardest 2% of each batch's patches, 20 epochs, 224 px",
+        "feature inpainting autoencoder: each patch's features (3x3 averaged) reconstructed "
+        "from two rings of patches around it, loss on the hardest 2% of each batch's "
+        "patches, 20 epochs, 224 px",
     ),
 }
 

@@ -34,19 +34,30 @@ def test_nearest_distance_matches_brute_force():
     assert torch.allclose(nearest_distance(queries, bank, chunk=64), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_the_autoencoder_reconstructs_local_patches_and_refuses_an_older_state():
-    """Its targets are the stages averaged over 3 x 3 patches; a saved state of the earlier
-    single-patch form (no patch_window) does not load into it silently."""
+def test_the_autoencoder_reconstructs_each_patch_from_its_rings_never_from_itself():
+    """A patch's reconstruction depends on the patches 2 x RING and 4 x RING away and on no
+    patch nearer (itself included); its targets are the stages averaged over 3 x 3 patches;
+    a saved state of an earlier form (no context_ring) does not load into it silently."""
+    from defectkit.models.anomaly.autoencoder import RING
     from defectkit.tasks.anomaly.deploy import load_fitted_state
 
     model = create_method("autoencoder", layers=(2, 3), pretrained=False).eval()
-    images = torch.randn(2, 3, 64, 64)
+    images = torch.randn(2, 3, 192, 192)  # a 24 x 24 patch grid
     stages = model.features.intermediates(images)
-    expected = model.standardise(model.features.combine(stages, 3))
-    assert torch.allclose(model._targets(images), expected)
-    state = {k: v for k, v in model.state_dict().items() if k != "patch_window"}
+    context, targets = model._context_and_targets(images)
+    assert torch.allclose(targets, model.standardise(model.features.combine(stages, 3)))
+    assert torch.allclose(context, model.standardise_context(model.features.combine(stages, 1)))
+    with torch.no_grad():
+        before = model.reconstruct(context)
+        centre = context.shape[-1] // 2
+        for offset, seen in [(0, False), (RING - 1, False), (2 * RING, True), (4 * RING, True)]:
+            changed = context.clone()
+            changed[:, :, centre, centre + offset] += 10.0
+            moved = (model.reconstruct(changed) - before)[:, :, centre, centre].abs().max()
+            assert (moved > 1e-3) == seen, (offset, float(moved))
+    state = {k: v for k, v in model.state_dict().items() if k != "context_ring"}
     fresh = create_method("autoencoder", layers=(2, 3), pretrained=False)
-    with pytest.raises(RuntimeError, match="patch_window"):
+    with pytest.raises(RuntimeError, match="context_ring"):
         load_fitted_state(fresh, state)
 
 
@@ -58,9 +69,9 @@ def test_the_autoencoder_loss_averages_the_hardest_patches_only():
     torch.manual_seed(0)
     images = torch.randn(2, 3, 64, 64)
     model = create_method("autoencoder", layers=(2, 3), pretrained=False, hard_fraction=1.0)
-    model.train()
-    targets = model._targets(images)
-    reconstruction = model.decoder(model.encoder(targets))
+    model.eval()  # batch statistics frozen: every loss below sees the same targets
+    context, targets = model._context_and_targets(images)
+    reconstruction = model.reconstruct(context)
     assert torch.allclose(model.loss(images), F.mse_loss(reconstruction, targets), rtol=1e-5)
     errors = (reconstruction - targets).pow(2).mean(1).flatten().sort(descending=True).values
     model.hard_fraction = 0.25
@@ -132,6 +143,27 @@ def test_anomaly_run_separates_synthetic_defects(anomaly_run):
         "plots/score_histogram.png",
     ):
         assert (run_dir / name).is_file(), name
+
+
+@pytest.mark.parametrize("anomaly_run", ["autoencoder"], indirect=True)
+def test_the_trained_autoencoder_exports_to_onnx_with_the_same_decisions(
+    anomaly_run, tiles, tmp_path
+):
+    """The ring convolutions (masked weights) export like any convolution: the ONNX graph
+    scores the images as PyTorch does (the parity check) and decides the same."""
+    import shutil
+
+    from defectkit.runtime.export import check_export, export_onnx
+
+    run_dir, result = anomaly_run
+    assert result["method"] == "autoencoder"
+    bundle = tmp_path / "bundle"
+    shutil.copytree(run_dir / "bundle", bundle)
+    export_onnx(bundle)
+    images = sorted(tiles.glob("MT_*/Imgs/*.jpg"))[::4]
+    check = check_export(bundle, images)
+    assert check["passed"], check
+    assert check["images"] == len(images) and check["decisions_disagree"] == []
 
 
 def test_anomaly_needs_a_good_class(tmp_path):
