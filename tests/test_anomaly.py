@@ -1,5 +1,6 @@
 """The anomaly task on tiny synthetic magnetic-tile-style data, and its building blocks."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,31 @@ def test_the_trained_autoencoder_exports_to_onnx_with_the_same_decisions(
     check = check_export(bundle, images)
     assert check["passed"], check
     assert check["images"] == len(images) and check["decisions_disagree"] == []
+
+
+@pytest.mark.parametrize("anomaly_run", ["autoencoder"], indirect=True)
+def test_an_autoencoder_bundle_of_an_earlier_form_is_refused_naming_the_fix(anomaly_run, tmp_path):
+    """A bundle whose state lacks the ring network (written by the 1 x 1 form) is refused
+    at load with a BundleError that says to retrain, not a bare state-dict error."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from defectkit.bundle import BundleError
+    from defectkit.runs import sha256_of
+    from defectkit.runtime.inspector import Inspector
+
+    run_dir, _ = anomaly_run
+    bundle = tmp_path / "bundle"
+    shutil.copytree(run_dir / "bundle", bundle)
+    weights = bundle / "model.safetensors"
+    state = {k: v for k, v in load_file(str(weights)).items() if k != "context_ring"}
+    save_file(state, str(weights))
+    meta = json.loads((bundle / "bundle.json").read_text())  # an intact old bundle: its
+    meta["weights_sha256"] = sha256_of(weights)  # checksum matches its weights
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"autoencoder state does not fit .* of .* retrain"):
+        Inspector(bundle)
 
 
 def test_anomaly_needs_a_good_class(tmp_path):

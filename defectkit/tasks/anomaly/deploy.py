@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from defectkit.bundle import load_weights, write_bundle
+from defectkit._version import __version__
+from defectkit.bundle import BundleError, load_weights, write_bundle
 from defectkit.config import RunConfig
 from defectkit.data.transforms import content_box, to_image_size
 from defectkit.models.anomaly import smooth_maps
@@ -70,7 +71,16 @@ def load_model(folder: Path, meta: dict[str, Any]) -> nn.Module:
     model = create_method(
         meta["method"], backbone=meta["backbone"], layers=tuple(options["layers"]), pretrained=False
     )
-    load_fitted_state(model, load_weights(meta))
+    try:
+        load_fitted_state(model, load_weights(meta))
+    except RuntimeError as error:  # keys or shapes of another form of the method
+        written = meta.get("versions", {}).get("defectkit", "an unknown version")
+        raise BundleError(
+            f"{folder}: its {meta['method']} state does not fit the {meta['method']} of "
+            f"this defectkit {__version__} (the bundle was written by defectkit {written}, "
+            "with another form of the method): retrain it (`defectkit train` with the run's "
+            f"config.yaml), or serve it with the defectkit that wrote it. {error}"
+        ) from error
     return model.eval()
 
 
