@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from defectkit.config import ModelConfig
+from defectkit.data.transforms import view
 from defectkit.models.backbones import Preprocessing, create_backbone, preprocessing_for
 
 STRATEGIES = ("scratch", "frozen", "finetune", "freeze_then_unfreeze", "fewshot")
@@ -24,6 +25,16 @@ def build_classifier(
         drop_rate=config.drop_rate,
     )
     return model, info, preprocessing_for(config.backbone, model)
+
+
+def class_probabilities(model: nn.Module, images: torch.Tensor, views: int = 1) -> torch.Tensor:
+    """Softmax class probabilities of (B, C, S, S) images; with views > 1 (test-time
+    augmentation) the mean over the first `views` flips and quarter turns of each image
+    (data.transforms.view: 4 = the flips, 8 = with the quarter turns)."""
+    total = model(images).float().softmax(1)
+    for j in range(1, views):
+        total = total + model(view(images, j)).float().softmax(1)
+    return total / views
 
 
 def head_of(model: nn.Module) -> nn.Module:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from defectkit.bundle import META_FILE, BundleError, read_meta
+from defectkit.data.transforms import VIEWS
 from defectkit.runs import sha256_of
 from defectkit.tasks import get_task
 
@@ -39,18 +40,24 @@ class InspectionGraph(nn.Module):
     model (class probabilities; the smoothed anomaly map and its maximum; pixel and gate
     probabilities). Both backends run it and ONNX export writes it."""
 
-    def __init__(self, model: nn.Module, task: str, size: int, blur_sigma: float = 0.0):
+    def __init__(
+        self, model: nn.Module, task: str, size: int, blur_sigma: float = 0.0, views: int = 1
+    ):
+        """views: a classifier's test-time augmentation (its bundle's `tta`), 1 = none."""
         super().__init__()
-        self.model, self.size, self.sigma = model, size, blur_sigma
+        self.model, self.size, self.sigma, self.views = model, size, blur_sigma, views
         self.head = get_task(task).graph
 
     @classmethod
     def from_meta(cls, model: nn.Module, meta: dict[str, Any]) -> InspectionGraph:
         sigma = meta.get("method_options", {}).get("blur_sigma", 0.0)
-        return cls(model, meta["task"], meta["input_size"][0], sigma)
+        views = VIEWS[meta.get("tta", "none")]
+        return cls(model, meta["task"], meta["input_size"][0], sigma, views)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        return self.head(self.model, images, size=self.size, blur_sigma=self.sigma)
+        return self.head(
+            self.model, images, size=self.size, blur_sigma=self.sigma, views=self.views
+        )
 
 
 def onnx_path(meta: dict[str, Any]) -> Path:

@@ -165,6 +165,16 @@ def check_settings(config: RunConfig, dataset: SampleSet) -> None:
             f"train.views={config.train.views!r} is not one of {sorted(VIEWS)} (the views "
             "of each training image the fewshot strategy computes features of)"
         )
+    if config.eval.tta not in VIEWS:
+        problems.append(
+            f"eval.tta={config.eval.tta!r} is not one of {sorted(VIEWS)} (the views of each "
+            "image whose class probabilities the shipped classifier averages)"
+        )
+    elif config.eval.tta != "none" and config.task != "classify":
+        problems.append(
+            f"eval.tta={config.eval.tta} averages a classifier's class probabilities: a "
+            f"{config.task} model has none (leave eval.tta=none)"
+        )
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{len(problems)} setting(s) do not fit the data:\n{lines}")

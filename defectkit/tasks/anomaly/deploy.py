@@ -97,7 +97,7 @@ def load_fitted_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def graph(
-    model: nn.Module, images: torch.Tensor, *, size: int, blur_sigma: float = 0.0
+    model: nn.Module, images: torch.Tensor, *, size: int, blur_sigma: float = 0.0, **options: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     _, patch_maps = model(images)
     maps = smooth_maps(patch_maps.float(), size, blur_sigma)

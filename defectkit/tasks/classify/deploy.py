@@ -17,6 +17,7 @@ from defectkit.bundle import load_weights, write_bundle
 from defectkit.config import RunConfig
 from defectkit.metrics import binary_metrics, classification_metrics
 from defectkit.models.backbones import Preprocessing
+from defectkit.models.classifier import class_probabilities
 from defectkit.predictions import Prediction, decide_class
 
 OUTPUTS = ("probabilities",)
@@ -45,6 +46,8 @@ def save_bundle(
             "positive_class": positive,
             # NG probability at or above this is NG; without a binary problem, argmax decides
             "threshold": threshold,
+            # test-time augmentation: the graph averages the probabilities of these views
+            "tta": config.eval.tta,
         },
     )
 
@@ -55,8 +58,9 @@ def load_model(folder: Path, meta: dict[str, Any]) -> nn.Module:
     return model.eval()
 
 
-def graph(model: nn.Module, images: torch.Tensor, **options: Any) -> torch.Tensor:
-    return model(images).float().softmax(1)
+def graph(model: nn.Module, images: torch.Tensor, views: int = 1, **options: Any) -> torch.Tensor:
+    """Class probabilities, averaged over `views` flips / turns of each image (eval.tta)."""
+    return class_probabilities(model, images, views)
 
 
 def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]) -> list:

@@ -15,14 +15,31 @@ from torch.utils.data import DataLoader
 from defectkit.config import RunConfig
 from defectkit.data.images import ImageDataset
 from defectkit.data.samples import ok_class
-from defectkit.engine.train import predict_logits
+from defectkit.data.transforms import VIEWS
 from defectkit.metrics import (
     binary_metrics,
     choose_threshold,
     classification_metrics,
     uncertainty,
 )
+from defectkit.models.classifier import class_probabilities
 from defectkit.predictions import PredictionWriter, decide_class
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    model: nn.Module, loader: DataLoader, device: torch.device, views: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class probabilities, targets) of every sample in loader order, as the bundle's graph
+    computes them (the mean over `views` flips / turns: eval.tta)."""
+    model.eval()
+    outputs, targets = [], []
+    for inputs, target in loader:
+        outputs.append(class_probabilities(model, inputs.to(device), views).cpu())
+        targets.append(torch.as_tensor(target))
+    if not outputs:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(outputs), torch.cat(targets)
 
 
 def positive_class(classes: Sequence[str], requested: str = "") -> str | None:
@@ -56,13 +73,15 @@ def evaluate_classifier(
     if test_set.cache is not None:
         for i in range(len(test_set)):  # decode first, so the timed pass measures the model
             test_set.raw(i)
+    views = VIEWS[config.eval.tta]  # test-time augmentation, as the bundle's graph does
     tick = time.perf_counter()
-    logits, targets = predict_logits(model, loader, device)
+    probabilities, targets = predict_probabilities(model, loader, device, views)
     seconds = time.perf_counter() - tick
-    probs = logits.softmax(1).numpy()
+    probs = probabilities.numpy()
     targets_np = targets.numpy()
     argmax = probs.argmax(1)
     result: dict[str, Any] = {
+        "tta": config.eval.tta,
         "split_size": len(test_set),
         "images_per_second": len(test_set) / seconds if seconds else 0.0,
     }
@@ -73,8 +92,10 @@ def evaluate_classifier(
         rule, target = config.eval.threshold_rule, config.eval.target
         chosen_on = "test"
         if val_set is not None and len({s.label for s in val_set.samples}) == 2:
-            val_logits, val_targets = predict_logits(model, DataLoader(val_set, 32), device)
-            val_scores = val_logits.softmax(1)[:, k].numpy()
+            val_probs, val_targets = predict_probabilities(
+                model, DataLoader(val_set, 32), device, views
+            )
+            val_scores = val_probs[:, k].numpy()
             threshold = choose_threshold(val_targets.numpy() == k, val_scores, rule, target)
             chosen_on = "validation"
         result["positive"] = positive
