@@ -3,7 +3,8 @@
 A run trains elpv_classify (OK/NG) and elpv_4class with its overrides, or only the one its
 definition names.
 
-    python benchmarks/elpv_classify.py [--runs default,lite1,lite2,ordinal] [--reuse]
+    python benchmarks/elpv_classify.py [--runs default,lite1,lite2,ordinal,tta,ordinal_tta]
+        [--reuse]
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ RUNS_DEFINED = {
         ["train.loss=ordinal"],
         "4-class only: ordinal loss (cross-entropy + squared earth mover's distance over the "
         "grades), otherwise the default",
+        ("4class",),
+    ),
+    "tta": (
+        ["eval.tta=flips"],
+        "the default, tested and shipped with test-time augmentation: class probabilities "
+        "averaged over the 4 flips of each cell",
+        BOTH,
+    ),
+    "ordinal_tta": (
+        ["train.loss=ordinal", "eval.tta=flips"],
+        "4-class only: the ordinal loss with the 4 flips' test-time augmentation",
         ("4class",),
     ),
 }

@@ -68,7 +68,8 @@ def tta_run(synthetic_root, tmp_path_factory):
 
 def test_the_bundle_decides_with_the_views_the_run_was_tested_with(tta_run, tmp_path):
     run_dir, result = tta_run
-    assert result["tta"] == "flips"
+    assert result["tta"] == "flips" and "mean over 4 views" in result["decided_by"]
+    assert "mean over 4 views" in (run_dir / "report.html").read_text()
     assert json.loads((run_dir / "bundle" / "bundle.json").read_text())["tta"] == "flips"
     rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
     paths = [row["image"] for row in rows]

@@ -51,7 +51,13 @@ class InspectionGraph(nn.Module):
     @classmethod
     def from_meta(cls, model: nn.Module, meta: dict[str, Any]) -> InspectionGraph:
         sigma = meta.get("method_options", {}).get("blur_sigma", 0.0)
-        views = VIEWS[meta.get("tta", "none")]
+        tta = meta.get("tta", "none")
+        if tta not in VIEWS:
+            raise BundleError(
+                f"{meta['folder']}: test-time augmentation {tta!r} is not one of "
+                f"{sorted(VIEWS)} (a bundle made by a newer defectkit?)"
+            )
+        views = VIEWS[tta]
         return cls(model, meta["task"], meta["input_size"][0], sigma, views)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:

@@ -116,6 +116,11 @@ def evaluate_classifier(
         result["at_0.5"] = classification_metrics(targets_np, argmax, classes)
     else:
         result["decided_by"] = "the likeliest class"
+    if views > 1:
+        result["decided_by"] += (
+            f"; each probability the mean over {views} views of the image (eval.tta="
+            f"{config.eval.tta})"
+        )
     result.update(classify_uncertainty(targets_np, predicted, probs, classes, positive, threshold))
     with PredictionWriter(run_dir / "predictions.csv", classes, extra=["truth"]) as writer:
         for sample, decision in zip(test_set.samples, decisions, strict=True):
