@@ -235,13 +235,18 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, loader: DataLoader, device: torch.device
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, targets) of every sample in loader order."""
+    """(logits, targets) of every sample in loader order; `forward(model, inputs)` in place
+    of the model's own forward gives other outputs (e.g. test-time-augmented probabilities)."""
     model.eval()
     outputs, targets = [], []
     for inputs, target in loader:
-        outputs.append(model(inputs.to(device)).float().cpu())
+        inputs = inputs.to(device)
+        outputs.append((forward(model, inputs) if forward else model(inputs)).float().cpu())
         targets.append(torch.as_tensor(target))
     if not outputs:
         return torch.empty(0), torch.empty(0, dtype=torch.long)

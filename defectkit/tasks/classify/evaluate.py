@@ -16,6 +16,7 @@ from defectkit.config import RunConfig
 from defectkit.data.images import ImageDataset
 from defectkit.data.samples import ok_class
 from defectkit.data.transforms import VIEWS
+from defectkit.engine.train import predict_logits
 from defectkit.metrics import (
     binary_metrics,
     choose_threshold,
@@ -26,20 +27,12 @@ from defectkit.models.classifier import class_probabilities
 from defectkit.predictions import PredictionWriter, decide_class
 
 
-@torch.inference_mode()
 def predict_probabilities(
     model: nn.Module, loader: DataLoader, device: torch.device, views: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(class probabilities, targets) of every sample in loader order, as the bundle's graph
     computes them (the mean over `views` flips / turns: eval.tta)."""
-    model.eval()
-    outputs, targets = [], []
-    for inputs, target in loader:
-        outputs.append(class_probabilities(model, inputs.to(device), views).cpu())
-        targets.append(torch.as_tensor(target))
-    if not outputs:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
-    return torch.cat(outputs), torch.cat(targets)
+    return predict_logits(model, loader, device, lambda m, x: class_probabilities(m, x, views))
 
 
 def positive_class(classes: Sequence[str], requested: str = "") -> str | None:
