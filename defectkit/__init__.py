@@ -83,6 +83,7 @@ def train_folds(config: RunConfig) -> tuple[Path, dict[str, Any]]:
     from dataclasses import replace
 
     from defectkit.runs import write_json
+    from defectkit.tasks import get_task
     from defectkit.tasks.folds import summarise_folds, write_folds_report
 
     if config.split.method != "kfold":
@@ -90,8 +91,8 @@ def train_folds(config: RunConfig) -> tuple[Path, dict[str, Any]]:
             "--folds all trains every fold of split.method=kfold: add --set "
             "split.method=kfold (and split.folds=K)"
         )
-    if config.task == "anomaly":
-        raise ValueError("the anomaly task splits its good images its own way: no k-fold")
+    if not get_task(config.task).kfold:
+        raise ValueError(f"the {config.task} task splits its images its own way: no k-fold")
     folder = Path(config.out_dir) / (
         config.name or f"{config.task}-kfold-{time.strftime('%Y%m%d-%H%M%S')}"
     )
@@ -124,6 +125,7 @@ def learning_curve(
     from dataclasses import replace
 
     from defectkit.runs import has_checkpoint, write_json
+    from defectkit.tasks import get_task
     from defectkit.tasks.curve import (
         drop_models,
         run_name,
@@ -132,7 +134,7 @@ def learning_curve(
         write_curve_report,
     )
 
-    if config.task != "classify":
+    if not get_task(config.task).learning_curve:
         raise ValueError(
             f"learning-curve trains classifiers (k images per class); this config's task "
             f"is {config.task}"

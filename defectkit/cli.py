@@ -102,7 +102,9 @@ def _train_config(args: argparse.Namespace):
     recipe_task = load_config(args.config).task if args.config else None
     task = args.task or recipe_task
     if task is None:
-        raise ValueError("--data needs --task classify|segment|anomaly|detect (or a recipe)")
+        from defectkit.tasks import list_tasks
+
+        raise ValueError(f"--data needs --task {'|'.join(list_tasks())} (or a recipe)")
     if recipe_task and task != recipe_task:
         raise ValueError(f"--task {task} but recipe {args.config} is a {recipe_task} recipe")
     given = [f"task={task}", *args.set, f"data.root={args.data}"]
@@ -562,6 +564,8 @@ def _set_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from defectkit.tasks import list_tasks
+
     parser = argparse.ArgumentParser(
         prog="defectkit",
         description=__doc__,
@@ -596,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--task",
-        choices=("classify", "segment", "anomaly", "detect"),
+        choices=list_tasks(),
         help="with --data and no recipe: settings drawn from the data and the device",
     )
     train.add_argument(
@@ -633,7 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     curve.add_argument("--config", help="a classify recipe (e.g. neu_fewshot) or YAML file")
     curve.add_argument(
-        "--task", choices=("classify",), help="with --data and no recipe: settings drawn from it"
+        "--task",
+        choices=list_tasks(),
+        help="with --data and no recipe: settings drawn from it (a task that learning-curve "
+        "trains: classify)",
     )
     curve.add_argument("--data", metavar="PATH", help="the dataset folder")
     curve.add_argument("--shots", default="1,5,10,20,50", help="the k values, comma-separated")

@@ -20,6 +20,10 @@ import numpy as np
 from defectkit.data.samples import ok_class
 
 MAX_REGIONS = 20
+# Scores are compared to this many decimals: two backends (PyTorch, ONNX Runtime) or two CPU
+# kernels give the same model's scores within 1e-4, so nearer than that is a tie.
+SCORE_DECIMALS = 4
+SCORE_TOLERANCE = 10.0**-SCORE_DECIMALS
 
 
 @dataclass
@@ -203,7 +207,7 @@ def decide_detect(
         )
         for (x1, y1, x2, y2), score, label in zip(boxes, scores, labels, strict=True)
     ]
-    kept.sort(key=lambda r: -r.peak)
+    kept.sort(key=box_order)
     best = {c: 0.0 for c in classes}
     for region in kept:
         best[region.label] = max(best[region.label], region.peak)
@@ -218,6 +222,88 @@ def decide_detect(
         threshold,
         regions=[r for r in kept if r.peak >= threshold][:MAX_REGIONS],
         boxes=kept,
+    )
+
+
+def box_order(box: Region) -> tuple[float, str, float, float, float, float]:
+    """A deterministic order of boxes: score descending, with scores equal to SCORE_DECIMALS
+    as ties (another CPU kernel moves them by 1e-7), then class, then position, then size."""
+    return (-round(box.peak, SCORE_DECIMALS), box.label, box.x, box.y, box.width, box.height)
+
+
+def box_iou(a: Region, b: Region) -> float:
+    """Intersection over union of two boxes (x, y, width, height)."""
+    width = min(a.x + a.width, b.x + b.width) - max(a.x, b.x)
+    height = min(a.y + a.height, b.y + b.height) - max(a.y, b.y)
+    inter = max(width, 0.0) * max(height, 0.0)
+    union = a.width * a.height + b.width * b.height - inter
+    if union > 0:
+        return inter / union
+    # boxes without area (a line, a point): the same box or none
+    same = all(abs(u - v) < 0.05 for u, v in zip(_corners(a), _corners(b), strict=True))
+    return 1.0 if same else 0.0
+
+
+def _corners(box: Region) -> tuple[float, float, float, float]:
+    return box.x, box.y, box.x + box.width, box.y + box.height
+
+
+def match_boxes(
+    a: list[Region], b: list[Region], min_iou: float = 0.9, tolerance: float = SCORE_TOLERANCE
+) -> tuple[list[tuple[Region, Region]], list[Region], list[Region]]:
+    """The same boxes found twice (two backends, two machines): pairs of one class with
+    IoU >= min_iou and scores within `tolerance`, greedily from the best score down; returns
+    (pairs, left of a, left of b). Positions in the lists never matter."""
+    free = sorted(b, key=box_order)
+    pairs: list[tuple[Region, Region]] = []
+    left: list[Region] = []
+    for box in sorted(a, key=box_order):
+        fits = [
+            (box_iou(box, other), n)
+            for n, other in enumerate(free)
+            if other.label == box.label and abs(other.peak - box.peak) <= tolerance
+        ]
+        fits = [(iou, n) for iou, n in fits if iou >= min_iou]
+        if fits:
+            _, n = max(fits)
+            pairs.append((box, free.pop(n)))
+        else:
+            left.append(box)
+    return pairs, left, free
+
+
+def box_differences(
+    a: list[Region],
+    b: list[Region],
+    floor: float,
+    most: int,
+    nms_iou: float,
+    tolerance: float = SCORE_TOLERANCE,
+) -> tuple[list[Region], list[Region]]:
+    """The boxes of `a` and of `b` (one image, two backends or machines, each kept with the
+    score floor, NMS at nms_iou and the `most` best) that are not the same box found twice
+    (match_boxes) and that no near-tie explains: a box within `tolerance` of the floor, or of
+    the weakest box when `most` were kept, may fall either side of that cut; and of two
+    overlapping boxes of one class with near-equal scores, NMS may keep either."""
+    _, left_a, left_b = match_boxes(a, b, tolerance=tolerance)
+
+    def at_a_cut(box: Region, kept: list[Region]) -> bool:
+        if abs(box.peak - floor) <= tolerance:
+            return True
+        full = len(a) >= most or len(b) >= most
+        return full and abs(box.peak - min(r.peak for r in kept)) <= tolerance
+
+    def twin(box: Region, others: list[Region]) -> bool:
+        return any(
+            o.label == box.label
+            and abs(o.peak - box.peak) <= tolerance
+            and box_iou(o, box) > nms_iou
+            for o in others
+        )
+
+    return (
+        [r for r in left_a if not (at_a_cut(r, a + b) or twin(r, left_b))],
+        [r for r in left_b if not (at_a_cut(r, a + b) or twin(r, left_a))],
     )
 
 

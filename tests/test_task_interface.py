@@ -147,3 +147,27 @@ def test_a_bundle_of_an_unknown_task_is_refused_clearly(
     monkeypatch.delitem(tasks._TASKS, "brightness")
     with pytest.raises(BundleError, match="unknown task 'brightness'"):
         load_model(run_dir / "bundle")
+
+
+def test_comparing_bundles_of_a_task_that_names_no_truth_is_refused_before_inspecting(
+    brightness_task, bright_and_dark, tmp_path, monkeypatch
+):
+    """compare pairs each bundle's call with the call the image should get: a task without
+    `truth` is refused by name (nothing is read as a detector's boxes); given one, it runs."""
+    from dataclasses import replace
+
+    from defectkit.runtime.compare import compare_bundles
+
+    run_dir, _ = defectkit.train(
+        None,
+        ["task=brightness", f"data.root={bright_and_dark}", "data.image_size=32", *_out(tmp_path)],
+    )
+    with pytest.raises(ValueError, match="brightness task does not say .* cannot be compared"):
+        compare_bundles(run_dir, run_dir, bright_and_dark, tmp_path / "cmp")
+    assert not (tmp_path / "cmp").exists()
+    judged = replace(
+        BRIGHTNESS, truth=lambda sample, classes: "NG" if sample.label == "ng" else "OK"
+    )
+    monkeypatch.setitem(tasks._TASKS, "brightness", judged)
+    result = compare_bundles(run_dir, run_dir, bright_and_dark, tmp_path / "cmp")
+    assert result["flipped"] == 0 and result["decision_accuracy"] == {"a": 1.0, "b": 1.0}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from defectkit.data.samples import Sample
 from defectkit.metrics import mcnemar
 from defectkit.runtime.evaluate import LabelledData, labelled_data, left_out_of
 from defectkit.runtime.inspector import Inspector
-from defectkit.tasks import get_task
+from defectkit.tasks import Task, get_task
 
 LATENCY_IMAGES = 32  # batch-1 latency measured on at most this many images
 GALLERY = 24  # flipped verdicts shown at most
@@ -44,24 +44,27 @@ class _Recording:
             tick = time.perf_counter()
 
 
-def decision(task: str, prediction: Any) -> str:
+def decision(task: Task, prediction: Any) -> str:
     """What an operator acts on: a classifier's class, else OK / NG."""
-    if task == "classify" or prediction.ok is None:
+    if task.decides_by_class or prediction.ok is None:
         return prediction.label
     return "OK" if prediction.ok else "NG"
 
 
-def truth(task: str, sample: Sample, classes: Sequence[str]) -> str:
+def truth(task: Task, sample: Sample, classes: Sequence[str]) -> str:
     """The decision the image should get, in the terms of `decision`."""
-    if task == "classify":
-        return str(sample.label)
-    if task == "anomaly":
-        return "OK" if sample.label == classes[0] else "NG"
-    if task == "segment":
-        from defectkit.data.segmentation import read_mask
+    return judge(task)(sample, classes)
 
-        return "NG" if read_mask(sample).any() else "OK"
-    return "NG" if sample.boxes else "OK"
+
+def judge(task: Task) -> Callable[[Sample, Sequence[str]], str]:
+    """The task's rule for the call a labelled image should get; a task without one is
+    refused by name (never read as some other task's labels)."""
+    if task.truth is None:
+        raise ValueError(
+            f"the {task.name} task does not say what a labelled image should be called "
+            "(its deploy.py has no truth): its bundles cannot be compared"
+        )
+    return task.truth
 
 
 def numbers(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -111,20 +114,21 @@ def compare_bundles(
             f"{bundle_a} is a {a.task} model, {bundle_b} a {b.task} model: compare "
             "two models of the same task"
         )
-    if a.task == "classify" and a.classes != b.classes:
+    task = get_task(a.task)
+    judge(task)  # a task that cannot be compared is refused before any image is read
+    if task.decides_by_class and a.classes != b.classes:
         raise ValueError(
-            f"the two classifiers have different classes ({a.classes} and "
+            f"the two models have different classes ({a.classes} and "
             f"{b.classes}): their decisions cannot be paired"
         )
     dataset, samples = data.read()
-    task = get_task(a.task)
     recorded = [_Recording(a), _Recording(b)]
     metrics = [task.evaluate_bundle(r, samples, str(data.root)) for r in recorded]
     for r in recorded:
         if len(r.predictions) != len(samples):
             raise RuntimeError(f"{a.task} evaluation did not inspect every image once")
-    truths = [truth(a.task, s, a.classes) for s in samples]
-    calls = [[decision(a.task, p) for p in r.predictions] for r in recorded]
+    truths = [truth(task, s, a.classes) for s in samples]
+    calls = [[decision(task, p) for p in r.predictions] for r in recorded]
     right = [np.array([c == t for c, t in zip(cs, truths, strict=True)]) for cs in calls]
     test = mcnemar(int((right[0] & ~right[1]).sum()), int((~right[0] & right[1]).sum()))
     flips = [

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from defectkit.bundle import META_FILE
+from defectkit.predictions import SCORE_TOLERANCE, box_differences
 from defectkit.runs import read_json, sha256_of, write_json
 from defectkit.runtime.graph import ONNX_FILE, InspectionGraph, load_model, output_names
 from defectkit.runtime.inspector import Inspector
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 OPSET = 18
 # exported and eager results must agree to this (relative to the value for large raw scores)
-TOLERANCE = 1e-4
+TOLERANCE = SCORE_TOLERANCE
 
 
 def export_onnx(bundle: str | Path, opset: int = OPSET) -> dict[str, Any]:
@@ -78,13 +79,23 @@ def check_export(
     references: Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Run both backends on the same images (with their references, for models that take
-    one): largest score difference (absolute, or relative for scores above 1), and whether
-    every OK/NG decision and label agrees. Recorded in bundle.json next to the export."""
+    one): largest score difference (absolute, or relative for scores above 1), whether
+    every OK/NG decision and label agrees, and for a detector whether both kept the same
+    boxes (matched by class, IoU and score, never by position; a box at the score floor, the
+    top-k cut or an NMS near-tie may fall either way). Recorded in bundle.json next to the
+    export."""
     if not images:
         raise ValueError("give images to check the export on (real images of the task)")
     eager, exported = Inspector(bundle, "torch"), Inspector(bundle, "onnx")
     errors: list[dict[str, str]] = []
     worst, disagree, at_threshold, checked = 0.0, [], [], 0
+    other_boxes: list[str] = []
+    meta = eager.meta
+    cuts = {
+        "floor": meta.get("score_floor", 0.0),
+        "most": meta.get("max_boxes", 10**9),
+        "nms_iou": meta.get("nms_iou", 1.0),
+    }
     for a, b in zip(
         eager.predict(images, 16, errors, references),
         exported.predict(images, 16, [], references),
@@ -99,14 +110,19 @@ def check_export(
             tie = a.ng_score is not None and a.threshold is not None
             tie = tie and abs(a.ng_score - a.threshold) <= TOLERANCE * max(1.0, abs(a.threshold))
             (at_threshold if tie else disagree).append(a.image)
+        if a.boxes or b.boxes:
+            only_a, only_b = box_differences(a.boxes, b.boxes, **cuts)
+            if only_a or only_b:
+                other_boxes.append(a.image)
     result = {
         "images": checked,
         "skipped": len(errors),
         "max_score_difference": worst,
         "decisions_disagree": disagree,
         "ties_at_threshold": at_threshold,
+        "boxes_disagree": other_boxes,
         "tolerance": TOLERANCE,
-        "passed": checked > 0 and not disagree and worst <= TOLERANCE,
+        "passed": checked > 0 and not disagree and not other_boxes and worst <= TOLERANCE,
     }
     record = {**exported.meta["onnx"], "check": result}
     _update_meta(Path(exported.meta["folder"]), {"onnx": record})

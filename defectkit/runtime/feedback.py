@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from defectkit.data.samples import ok_class
+from defectkit.tasks import get_task
 
 DB_FILE = "feedback.db"
 IMAGES = "images"
@@ -177,13 +178,14 @@ class _Closing:
 def check_answer(
     answer: dict[str, Any], task: str, classes: list[str], size: tuple[int, int] | None
 ) -> dict[str, Any]:
-    """An operator's answer, checked and in one shape: {"label", "ok", "boxes"}. Classify
-    answers name a class; the others say OK or NG, optionally with boxes drawn on the image
-    (x, y, width, height in image pixels, an optional class label)."""
+    """An operator's answer, checked and in one shape: {"label", "ok", "boxes"}. For a task
+    that decides by class (classify) answers name a class; the others say OK or NG,
+    optionally with boxes drawn on the image (x, y, width, height in image pixels, an
+    optional class label)."""
     good = ok_class(classes)
     label = answer.get("label")
     ok = answer.get("ok")
-    if task == "classify":
+    if get_task(task).decides_by_class:
         if label not in classes:
             raise FeedbackError(f"answer label {label!r} is not a class of this model: {classes}")
         ok = None if good is None else label == good
@@ -210,7 +212,7 @@ def check_answer(
 
 def overturns(task: str, answer: dict[str, Any], label: str, ok: bool | None) -> bool:
     """Whether an operator's answer differs from the model's call (its label, or OK/NG)."""
-    if task == "classify":
+    if get_task(task).decides_by_class:
         return answer.get("label") != label
     return answer.get("ok") != ok
 
@@ -262,7 +264,7 @@ def export_dataset(store: FeedbackStore, out: str | Path) -> dict[str, Any]:
     if len(tasks) > 1:
         raise FeedbackError(f"the store mixes tasks {sorted(tasks)}: export one model's answers")
     out.mkdir(parents=True, exist_ok=True)
-    boxes_wanted = bool(tasks & {"detect", "segment"})
+    boxes_wanted = any(get_task(t).answers_locate for t in tasks)
     exported, left_out = 0, []
     images, annotations, categories = [], [], {}
     for record in records:

@@ -48,6 +48,17 @@ class Task:
     # data.resize=tile models: one whole image (normalised, C x H x W) -> its Prediction,
     # by sliding the graph's windows over it (inspector.run_graph); None: the task does not tile
     tiled: Callable[[Any, str, Any, Any], Any] | None = None
+    # what an operator acts on: the predicted class (a classifier), else OK / NG
+    decides_by_class: bool = False
+    # the call a labelled sample should get, in the terms of that decision ("OK" / "NG" or
+    # the class), from the sample and the bundle's classes; None: no comparison of bundles
+    truth: Callable[[Any, Sequence[str]], str] | None = None
+    # operators may draw where the defect is: their feedback exports as a box dataset
+    answers_locate: bool = False
+    # `train --folds all` trains every fold of split.method=kfold
+    kfold: bool = True
+    # `learning-curve` trains it on k images per class (split.per_class)
+    learning_curve: bool = False
 
     def __call__(self, config: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         return self.run(config, run_dir, resume)
@@ -63,12 +74,18 @@ def register_task(task: Task) -> Task:
 def task_from(name: str, run: Callable[[RunConfig, Path, bool], dict], deploy: Any) -> Task:
     """A task from its run and its deploy module, which defines load_model, OUTPUTS, graph,
     decide, score_names, evaluate_bundle, summary, eval_summary and, where they differ
-    from the defaults, shown_threshold, CHECKPOINT, SECTIONS and tiled."""
+    from the defaults, shown_threshold, CHECKPOINT, SECTIONS, tiled, DECIDES_BY_CLASS,
+    truth, ANSWERS_LOCATE, KFOLD and LEARNING_CURVE."""
     optional = {
         "shown_threshold": "shown_threshold",
         "checkpoint": "CHECKPOINT",
         "sections": "SECTIONS",
         "tiled": "tiled",
+        "decides_by_class": "DECIDES_BY_CLASS",
+        "truth": "truth",
+        "answers_locate": "ANSWERS_LOCATE",
+        "kfold": "KFOLD",
+        "learning_curve": "LEARNING_CURVE",
     }
     return Task(
         name=name,

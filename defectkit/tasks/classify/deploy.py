@@ -124,3 +124,13 @@ def eval_summary(result: dict[str, Any]) -> str:
         f"accuracy {result['accuracy']:.4f}  balanced {result['balanced_accuracy']:.4f}  "
         f"macro F1 {result['macro_f1']:.4f} on {result['images']} images"
     )
+
+
+# an operator acts on the predicted class; learning-curve trains classifiers
+DECIDES_BY_CLASS = True
+LEARNING_CURVE = True
+
+
+def truth(sample: Any, classes: Sequence[str]) -> str:
+    """The class a labelled image should get."""
+    return str(sample.label)

@@ -228,3 +228,12 @@ def eval_summary(result: dict[str, Any]) -> str:
         f"{_maybe(result['box_recall'])}  NG recall {_maybe(result['ng_recall'])}  "
         f"OK specificity {_maybe(result['ok_specificity'])} on {result['images']} images"
     )
+
+
+# operators may draw the defect's boxes; their answers export as a box dataset
+ANSWERS_LOCATE = True
+
+
+def truth(sample: Any, classes: Sequence[str]) -> str:
+    """NG for an image with a labelled box."""
+    return "NG" if sample.boxes else "OK"
