@@ -1,12 +1,13 @@
 """Shared by the benchmark scripts: run `defectkit train` in a fresh process per run (so peak
-memory is that run's own), collect metrics.json, and write benchmarks/results/<protocol>.json
-and the protocol's table in benchmarks/RESULTS.md."""
+memory is that run's own), collect metrics.json with the images it trained and tested on,
+and write benchmarks/results/<protocol>.json, each run stamped with the commit, date,
+machine and command that made it; RESULTS.md and the README's table are then generated
+from the JSON (tables.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import subprocess
 import sys
@@ -23,6 +24,28 @@ def machine() -> str:
     from defectkit.runs import machine_summary
 
     return machine_summary()
+
+
+def git_sha() -> str:
+    """The commit measured: HEAD, with "+dirty" when the package has uncommitted changes
+    (tables.py then marks the run stale: no commit holds the code that made it)."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--", "defectkit", "constraints.txt"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return sha + ("+dirty" if changed else "")
+
+
+def split_counts(run_dir: Path) -> dict[str, int]:
+    """Images per part of a run's split.json (train / val / test)."""
+    manifest = json.loads((run_dir / "split.json").read_text())
+    return {part: len(manifest.get(part, [])) for part in ("train", "val", "test")}
 
 
 def train(name: str, recipe: str, overrides: list[str]) -> tuple[dict, str]:
@@ -48,6 +71,7 @@ def train(name: str, recipe: str, overrides: list[str]) -> tuple[dict, str]:
     subprocess.run([sys.executable, "-m", "defectkit.cli", *args[1:]], check=True, cwd=REPO)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["wall_seconds"] = time.perf_counter() - tick
+    metrics["images"] = split_counts(run_dir)
     return metrics, shlex.join(args)
 
 
@@ -90,7 +114,9 @@ def train_or_reuse(name: str, recipe: str, overrides: list[str], reuse: bool) ->
                 *[a for o in overrides for a in ("--set", o)],
             ]
         )
-        return json.loads(metrics_file.read_text()), command
+        metrics = json.loads(metrics_file.read_text())
+        metrics["images"] = split_counts(RUNS / name)
+        return metrics, command
     return train(name, recipe, overrides)
 
 
@@ -113,15 +139,19 @@ def trained_on(metrics: dict) -> str:
 
 
 def save_results(protocol: str, runs: list[dict], command: str) -> dict:
-    """Merge these runs into results/<protocol>.json (runs of other names are kept). Each
-    new run is stamped with the date its numbers were written and this machine (with
-    --reuse, a run trained earlier is read again today): a file merges runs of several
-    days, and its own date and command are those of the last merge."""
+    """Merge these runs into results/<protocol>.json (runs of other names are kept), then
+    regenerate RESULTS.md and the README's table from every results file. Each new run is
+    stamped with what made it: the commit (git_sha), the date, this machine, its command
+    (the script's, where the run has none of its own); its image counts come with it
+    (`images`, from the run's split.json). A file's own date and command are its last
+    merge's."""
+    from tables import write_tables
+
     path = HERE / "results" / f"{protocol}.json"
     old = json.loads(path.read_text())["runs"] if path.exists() else []
     names = {r["name"] for r in runs}
-    today, here = time.strftime("%Y-%m-%d"), machine()
-    runs = [{"date": today, "machine": here, **r} for r in runs]
+    today, here, sha = time.strftime("%Y-%m-%d"), machine(), git_sha()
+    runs = [{"date": today, "machine": here, "git_sha": sha, "command": command, **r} for r in runs]
     payload = {
         "protocol": protocol,
         "date": today,
@@ -130,17 +160,8 @@ def save_results(protocol: str, runs: list[dict], command: str) -> dict:
         "runs": [r for r in old if r["name"] not in names] + runs,
     }
     path.write_text(json.dumps(payload, indent=1))
+    write_tables()
     return payload
-
-
-def write_section(protocol: str, text: str) -> None:
-    """Replace this protocol's section of RESULTS.md (between its markers), or append it."""
-    path = HERE / "RESULTS.md"
-    body = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    block = f"<!-- {protocol} -->\n{text.strip()}\n<!-- /{protocol} -->"
-    pattern = re.compile(rf"<!-- {re.escape(protocol)} -->.*?<!-- /{re.escape(protocol)} -->", re.S)
-    body = pattern.sub(lambda _: block, body) if pattern.search(body) else body + block + "\n\n"
-    path.write_text(body)
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

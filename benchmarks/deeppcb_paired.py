@@ -17,10 +17,8 @@ from common import (
     cpu_speed,
     parse_run_args,
     save_results,
-    table,
     train_or_reuse,
     trained_on,
-    write_section,
 )
 
 ALONE, PAIRED = "image alone (3 ch)", "image + template (6 ch)"
@@ -56,6 +54,7 @@ def main() -> None:
             {
                 "name": name,
                 "command": command,
+                "images": metrics["images"],
                 "trained_on": trained_on(metrics),
                 "epochs": metrics["epochs_run"],
                 "cpu_ms_per_image": speed["ms_per_image_p50"],
@@ -70,70 +69,7 @@ def main() -> None:
                 "train_seconds": metrics["train_seconds"],
             }
         )
-    payload = save_results(
-        "deeppcb-paired", runs, "python benchmarks/deeppcb_paired.py --runs " + args.runs
-    )
-    by_name = {r["name"]: r for r in payload["runs"]}
-    summary = ""
-    if {"single", "paired"} <= set(by_name):
-        gain = by_name["paired"]["defect_iou"] - by_name["single"]["defect_iou"]
-        summary = (
-            f"defect_iou_single {by_name['single']['defect_iou']:.4f}, defect_iou_paired "
-            f"{by_name['paired']['defect_iou']:.4f}: the template adds {gain:+.4f} defect IoU."
-        )
-    rows = [
-        [
-            r["name"],
-            RUNS_DEFINED[r["name"]][1],
-            RUNS_DEFINED[r["name"]][2],
-            f"{r['epochs']} ({r['trained_on']})",
-            f"{r['defect_iou']:.4f}",
-            f"{r['dice']:.4f}",
-            "n/a" if r["box_recall"] is None else f"{r['box_recall']:.4f}",
-            "n/a" if r["box_precision"] is None else f"{r['box_precision']:.4f}",
-            f"{r['regions']['true']} / {r['regions']['predicted']}",
-            f"{r['cpu_ms_per_image']:.0f}",
-            f"{r['cpu_peak_rss_mb']:.0f}",
-            f"{r['train_seconds']:.0f}",
-        ]
-        for r in payload["runs"]
-    ]
-    write_section(
-        "deeppcb-paired",
-        f"""## DeepPCB: tested image alone vs paired with its template (PROTOCOLS.md)
-
-Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`.
-The official lists of the copy in ../shared/data/deeppcb (311 trainval, 183 test images,
-640 px); masks are the filled defect boxes; U-Net on EfficientNet-Lite0, depth 4, no gate
-(every image has defects). Box recall / precision: connected regions of the predicted mask
-matched to true boxes at box IoU >= 0.33. Epochs: "GPU" runs were trained on an H100 (the
-device tool, not CI), "CPU" runs here; train s is on that machine. CPU ms/image (p50, one
-image + template at a time through the Inspector, all windows) and peak MB (that inference
-process) are measured on this machine for every run. {summary}
-
-{
-            table(
-                rows,
-                [
-                    "run",
-                    "input",
-                    "the network sees",
-                    "epochs",
-                    "defect IoU",
-                    "Dice",
-                    "box recall",
-                    "box precision",
-                    "true / predicted regions",
-                    "CPU ms/image",
-                    "CPU peak MB",
-                    "train s",
-                ],
-            )
-        }
-
-Targets (issue 4): paired beats single by >= 0.10 defect IoU; box recall >= 0.95.
-Published anchor: 98.6% mAP, 98.2% F-score (dataset paper, a detector).""",
-    )
+    save_results("deeppcb-paired", runs, "python benchmarks/deeppcb_paired.py --runs " + args.runs)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ definition names.
 
 from __future__ import annotations
 
-from common import parse_run_args, save_results, table, train_or_reuse, write_section
+from common import parse_run_args, save_results, train_or_reuse
 
 BOTH = ("binary", "4class")
 RECIPES = {"binary": "elpv_classify", "4class": "elpv_4class"}
@@ -64,66 +64,15 @@ def run_row(name: str, reuse: bool) -> dict:
         "train_seconds_4class": four.get("train_seconds"),
         "images_per_second": (binary or four).get("images_per_second"),
         "peak_rss_mb": max(m["peak_rss_mb"] for m, _ in trained.values()),
+        # the binary run's split (the 4-class run splits the same images by their grade)
+        "images": (binary or four).get("images"),
     }
-
-
-def _number(value: float | None, form: str) -> str:
-    return "n/a" if value is None else format(value, form)
 
 
 def main() -> None:
     args = parse_run_args(__doc__, RUNS_DEFINED)
     runs = [run_row(name, args.reuse) for name in args.runs.split(",")]
-    payload = save_results(
-        "elpv-classify", runs, "python benchmarks/elpv_classify.py --runs " + args.runs
-    )
-    rows = [
-        [
-            r["name"],
-            RUNS_DEFINED[r["name"]][1],
-            _number(r["auc"], ".4f"),
-            _number(r["accuracy"], ".4f")
-            + (f" ({r['threshold_rule']} {r['threshold']:.3f})" if r["threshold_rule"] else ""),
-            _number(r["ng_f1"], ".4f"),
-            _number(r["ng_recall_at_95_specificity"], ".4f"),
-            _number(r["accuracy_4class"], ".4f"),
-            _number(r.get("balanced_accuracy_4class"), ".4f"),
-            _number(r["train_seconds_binary"], ".0f")
-            + " / "
-            + _number(r["train_seconds_4class"], ".0f"),
-            f"{r['peak_rss_mb']:.0f}",
-            _number(r.get("images_per_second"), ".0f"),
-        ]
-        for r in payload["runs"]
-    ]
-    header = [
-        "run",
-        "what",
-        "ROC AUC (OK/NG)",
-        "accuracy (threshold)",
-        "F1 of NG",
-        "NG recall at 95% OK spec.",
-        "4-class accuracy",
-        "4-class balanced acc.",
-        "train s (OK/NG / 4-class)",
-        "peak MB",
-        "images/s",
-    ]
-    write_section(
-        "elpv-classify",
-        f"""## ELPV solar cells (PROTOCOLS.md)
-
-Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`
-(each run's own `defectkit train` commands are in `results/elpv-classify.json`).
-Fine-tuned at 160 px, 8 epochs (OK/NG: class-weighted loss; 4-class: unweighted, label
-smoothing 0.1, recipes elpv_classify / elpv_4class); a run changes only what its row says.
-The OK/NG threshold is chosen on the validation images (10% of train, Youden) and applied to
-the test images; the 95%-specificity point is read off the test ROC. images/s: batch-32
-inference on the test split (the OK/NG model; the 4-class one for a 4-class-only run). The
-dataset paper's CNN: 0.884 4-class accuracy.
-
-{table(rows, header)}""",
-    )
+    save_results("elpv-classify", runs, "python benchmarks/elpv_classify.py --runs " + args.runs)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-from common import RUNS, SHARED_DATA, save_results, table, train_or_reuse, write_section
+from common import RUNS, SHARED_DATA, save_results, train_or_reuse
 
 MODELS = {
     # name: (run folder, recipe, overrides, what it is)
@@ -109,50 +109,7 @@ def main() -> None:
                 }
             )
     command = "python benchmarks/inference_speed.py --models " + args.models
-    payload = save_results("inference-speed", runs, command)
-    by_key = {r["name"]: r for r in payload["runs"]}
-    rows = []
-    for r in payload["runs"]:
-        eager = by_key.get(f"{r['model']}-torch")
-        speedup = eager["batch1_ms_p50"] / r["batch1_ms_p50"] if eager else float("nan")
-        rows.append(
-            [
-                MODELS[r["model"]][3],
-                r["backend"],
-                f"{r['batch1_ms_p50']:.1f}",
-                f"{r['batch1_ms_p95']:.1f}",
-                f"{speedup:.2f}x",
-                f"{r['batch16_images_per_second']:.1f}",
-                f"{r['onnx_check']['max_score_difference']:.1e}"
-                + ("" if r["onnx_check"]["passed"] else " FAILED"),
-            ]
-        )
-    write_section(
-        "inference-speed",
-        f"""## Inference speed: PyTorch eager vs ONNX Runtime (PROTOCOLS.md)
-
-Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`.
-End to end through `Inspector.predict_images` on decoded real test images (preprocessing,
-model, decisions; anomaly maps resized to each image and regions found), default threads
-(2). Batch 1: p50/p95 over single images; batch 16: images per second. The ONNX file is
-checked against PyTorch on 64 real test images before timing: the largest score difference
-(relative above 1) is shown, and every decision agreed.
-
-{
-            table(
-                rows,
-                [
-                    "model",
-                    "backend",
-                    "batch 1 p50 ms",
-                    "batch 1 p95 ms",
-                    "speed-up at batch 1",
-                    "batch 16 images/s",
-                    "ONNX vs torch score diff",
-                ],
-            )
-        }""",
-    )
+    save_results("inference-speed", runs, command)
 
 
 if __name__ == "__main__":

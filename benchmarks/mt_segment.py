@@ -18,10 +18,8 @@ from common import (
     cpu_speed,
     parse_run_args,
     save_results,
-    table,
     train_or_reuse,
     trained_on,
-    write_section,
 )
 
 MOBILENET = [
@@ -85,6 +83,7 @@ def main() -> None:
             {
                 "name": name,
                 "command": command,
+                "images": metrics["images"],
                 "trained_on": trained_on(metrics),
                 "epochs": metrics["epochs_run"],
                 **{k: metrics[k] for k in KEYS},
@@ -100,82 +99,7 @@ def main() -> None:
                 "per_label_iou": {k: v for k, v in metrics["per_label_iou"].items() if k != "Free"},
             }
         )
-    payload = save_results(
-        "mt-segment", runs, "python benchmarks/mt_segment.py --runs " + args.runs
-    )
-    rows = []
-    for r in payload["runs"]:
-        _, encoder, depth, size = RUNS_DEFINED[r["name"]]
-        for gated, values in (("no", r["without_gate"]), ("yes", r)):
-            rows.append(
-                [
-                    r["name"],
-                    encoder,
-                    str(depth),
-                    size,
-                    f"{r['epochs']} ({r['trained_on']})",
-                    gated,
-                    *(f"{values[k]:.4f}" for k in KEYS),
-                    f"{r['cpu_ms_per_image']:.1f}",
-                    f"{r['cpu_peak_rss_mb']:.0f}",
-                    f"{r['model_mb']:.1f}",
-                ]
-            )
-    gates = "; ".join(
-        f"{r['name']}: NG recall {r['gate']['ng_recall']:.3f} at OK specificity "
-        f"{r['gate']['ok_specificity']:.3f} (threshold {r['gate']['threshold']:.3f})"
-        for r in payload["runs"]
-        if r.get("gate")
-    )
-    labels = "; ".join(
-        f"{r['name']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["per_label_iou"].items())
-        for r in payload["runs"]
-    )
-    seconds = "; ".join(
-        f"{r['name']}: {r['train_seconds']:.0f} s ({r['trained_on']})" for r in payload["runs"]
-    )
-    write_section(
-        "mt-segment",
-        f"""## Magnetic tile segmentation (PROTOCOLS.md)
-
-Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`.
-Split: per class (all six), seed 0, first int(0.8 n) train (10% of it validation), rest test
-(271 images, 79 with defect pixels in their masks). U-Net, 0.8 BCE + 0.2 Dice, NG/OK-balanced
-sampling, encoder frozen for the first epoch. Metrics over all test pixels at each mask's own
-resolution; "gate" rows: masks emptied where the OK/NG head on the encoder (threshold chosen
-on the validation images, Youden) calls the image OK. Image NG = mask not empty. Epochs: "GPU"
-runs were trained on an H100 (the device tool, not CI) with the command below; CPU ms/image
-(p50, one image at a time through the Inspector, decode to mask) and peak MB (that inference
-process) are measured on this machine for every run.
-Defect IoU per defect class (no gate): {labels}.
-The gate's own OK/NG call on the test images: {gates}.
-Training wall time: {seconds}.
-
-{
-            table(
-                rows,
-                [
-                    "run",
-                    "encoder",
-                    "depth",
-                    "input",
-                    "epochs",
-                    "gate",
-                    "defect IoU",
-                    "Dice",
-                    "mIoU",
-                    "NG recall",
-                    "OK specificity",
-                    "CPU ms/image",
-                    "CPU peak MB",
-                    "model MB",
-                ],
-            )
-        }
-
-Targets (issue 4): defect IoU >= 0.70, mIoU >= 0.84, NG recall >= 0.95 at OK specificity
->= 0.95 with gating. Published anchor: DEU-Net 66.94 mIoU.""",
-    )
+    save_results("mt-segment", runs, "python benchmarks/mt_segment.py --runs " + args.runs)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import ANOMALY_KEYS, save_results, table, train, write_section
+from common import ANOMALY_KEYS, save_results, train
 
 
 def main() -> None:
@@ -32,23 +32,9 @@ def main() -> None:
         ],
     )
     keys = ANOMALY_KEYS
-    run = {"name": name, "command": command, **{k: metrics[k] for k in keys}}
-    payload = save_results(
-        "mvtec-anomaly", [run], f"python benchmarks/mvtec_anomaly.py --root {args.root}"
-    )
-    rows = [
-        [r["name"], *(f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k]) for k in keys)]
-        for r in payload["runs"]
-    ]
-    write_section(
-        "mvtec-anomaly",
-        f"""## MVTec AD categories (given by path)
-
-Machine: {payload["machine"]}. Date: {payload["date"]}. Each run's command is in
-`results/mvtec-anomaly.json`.
-
-{table(rows, ["run", *keys])}""",
-    )
+    run = {"name": name, "command": command, "images": metrics["images"]}
+    run.update({k: metrics[k] for k in keys})
+    save_results("mvtec-anomaly", [run], f"python benchmarks/mvtec_anomaly.py --root {args.root}")
 
 
 if __name__ == "__main__":

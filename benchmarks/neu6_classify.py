@@ -9,16 +9,12 @@ set): run that first.
 
 from __future__ import annotations
 
-import time
-
 from common import (
     RUNS,
     SHARED_DATA,
     parse_run_args,
     save_results,
-    table,
     train_or_reuse,
-    write_section,
 )
 
 ROOT = SHARED_DATA / "neu-det" / "IMAGES"
@@ -74,6 +70,7 @@ def main() -> None:
             {
                 "name": name,
                 "command": command,
+                "images": metrics["images"],
                 "test_accuracy": metrics["accuracy"],
                 "macro_f1": metrics["macro_f1"],
                 "train_seconds": metrics["train_seconds"],
@@ -84,52 +81,7 @@ def main() -> None:
                 ),
             }
         )
-    payload = save_results(
-        "neu6-classify", results, "python benchmarks/neu6_classify.py --runs " + args.runs
-    )
-    rows = [
-        [
-            r["name"],
-            RUNS_DEFINED[r["name"]][2],
-            f"{100 * r['test_accuracy']:.2f}",
-            str(r["test_errors"]),
-            f"{r['macro_f1']:.4f}",
-            f"{r['train_seconds']:.0f}",
-            f"{r['peak_rss_mb']:.0f}",
-            f"{r['images_per_second']:.0f}",
-        ]
-        for r in payload["runs"]
-    ]
-    write_section(
-        "neu6-classify",
-        f"""## NEU-6 classification (PROTOCOLS.md)
-
-Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`
-(each run's own `defectkit train` command is in `results/neu6-classify.json`).
-Split: per class, seed 0, first int(0.8 n) train (1415), rest test (355). Training time is
-wall time of the training epochs (the frozen run includes its one feature pass); memory is the
-peak RSS of the run's process; images/s is batch-32 inference on the test split.
-
-{
-            table(
-                rows,
-                [
-                    "run",
-                    "what",
-                    "test acc %",
-                    "errors / 355",
-                    "macro F1",
-                    "train s",
-                    "peak MB",
-                    "images/s",
-                ],
-            )
-        }
-
-Published anchors: ResNet18 fine-tuned 100.0% (3 min 16 s on a T4 GPU), frozen ImageNet
-features 97.9%, from scratch 98.5% (ResNet-NEU-CLS); 99.4-100% in papers.""",
-    )
-    print(time.strftime("%H:%M"), "done")
+    save_results("neu6-classify", results, "python benchmarks/neu6_classify.py --runs " + args.runs)
 
 
 if __name__ == "__main__":

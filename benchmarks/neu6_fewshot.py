@@ -17,9 +17,8 @@ import json
 import shlex
 import subprocess
 import sys
-import time
 
-from common import REPO, RUNS, SHARED_DATA, save_results, table, write_section
+from common import REPO, RUNS, SHARED_DATA, save_results
 
 ROOT = SHARED_DATA / "neu-det" / "IMAGES"
 CURVES = {
@@ -83,44 +82,9 @@ def main() -> None:
             results.append(row)
             if name == "fewshot" and point["k"] == SHIPPED_K:
                 results.append({**row, "name": "default"})
-    payload = save_results(
+    save_results(
         "neu6-fewshot", results, "python benchmarks/neu6_fewshot.py --curves " + ",".join(chosen)
     )
-    rows = [
-        [
-            r["name"],
-            CURVES[r["curve"]][3],
-            str(r["k"]),
-            f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}",
-            f"{100 * min(r['accuracy_per_run']):.2f}",
-            f"{r['macro_f1_mean']:.4f}",
-            f"{r['seconds_mean']:.0f}",
-        ]
-        for r in payload["runs"]
-    ]
-    write_section(
-        "neu6-fewshot",
-        f"""## NEU-6 few-shot (PROTOCOLS.md)
-
-Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`
-(each curve's `defectkit learning-curve` command is in `results/neu6-fewshot.json`).
-Test: the 355 NEU-6 test images. Training: per class the first k of the NEU-6 training list
-shuffled with seed r, r = 0..4 (`split.per_class=k`, `split.per_class_seed=r`), nothing else.
-Accuracy: mean ± standard deviation over the 5 runs, and the worst run; seconds: wall time
-of one run on this CPU (features, head, test evaluation, report and bundle). Targets
-(issue 16): >= 90% at k=5, >= 95% at k=10. `default` is the shipped recipe (k=10).
-
-{
-            table(
-                rows,
-                ["run", "what", "k", "test acc %", "worst run %", "macro F1", "s per run"],
-            )
-        }
-
-Anchor: the MVTec carpet study among the seeds, 17 images per class, 6 classes: 66.7% test
-accuracy (ResNet-50, ImageNet weights, fine-tuned).""",
-    )
-    print(time.strftime("%H:%M"), "done")
 
 
 if __name__ == "__main__":

@@ -138,10 +138,7 @@ def main() -> None:
         result = run(name)
         print(result, flush=True)
         results.append(result)
-    payload = save_results(
-        "no-recipe", results, f"python benchmarks/no_recipe.py --runs {args.runs}"
-    )
-    write_table(payload)
+    save_results("no-recipe", results, f"python benchmarks/no_recipe.py --runs {args.runs}")
 
 
 def write_table(payload: dict) -> None:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RUNS, save_results, table, write_section
+from common import RUNS, save_results
 from inference_speed import test_images
 
 BUNDLE = RUNS / "neu6-default" / "bundle"
@@ -76,46 +76,10 @@ def main() -> None:
         "same_calls": same_calls / len(paths),
     }
     print(run, flush=True)
-    payload = save_results(
+    save_results(
         "ray-predict",
         [run],
         f"python benchmarks/ray_predict.py --images {args.images} --cpus {args.cpus}",
-    )
-    write_section(
-        "ray-predict",
-        f"""## Batch inspection on Ray vs the local engine (ray-predict)
-
-Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`.
-The NEU-6 default bundle (PyTorch backend) over its {len(base)} test images repeated to
-{run["images"]}, written as predictions CSV: `defectkit predict` in one process with
-{args.cpus} threads, and `--engine ray` on a local Ray instance limited to the same
-{args.cpus} CPUs ({args.cpus} Inspector actors of one thread each, batches of 16). Ray's
-time includes starting the actors and loading the model in each (best of two runs); starting
-Ray itself is apart. Both engines made the same call on
-{100 * run["same_calls"]:.1f}% of the images.
-
-{
-            table(
-                [
-                    [
-                        f"{run['local_images_per_second']:.1f}",
-                        f"{run['ray_images_per_second']:.1f}",
-                        f"{run['ray_over_local_time']:.2f}",
-                        f"{run['ray_start_seconds']:.1f}",
-                    ]
-                ],
-                [
-                    "local images/s",
-                    "Ray images/s",
-                    "Ray time / local time",
-                    "Ray start-up s",
-                ],
-            )
-        }
-
-On a cluster: `defectkit predict BUNDLE INPUT --engine ray --address auto --actors N
---cpus-per-actor C [--gpus-per-actor 1] --out results/` (a folder: Parquet files written by
-the workers; a .csv / .jsonl is written by the driver in input order).""",
     )
 
 

@@ -26,7 +26,7 @@ import threading
 import time
 
 import httpx
-from common import REPO, RUNS, save_results, table, write_section
+from common import REPO, RUNS, save_results
 from inference_speed import percentile, test_images
 from PIL import Image
 
@@ -214,62 +214,7 @@ def main() -> None:
         f"python benchmarks/serve_load.py --backends {args.backends} --clients {args.clients} "
         f"--seconds {args.seconds:g}" + (" --plain" if args.plain else "")
     )
-    payload = save_results("serve-load", runs, command)
-    rows = [
-        [
-            r["name"],
-            str(r["clients"]),
-            f"{r['seconds']:g}",
-            str(r["requests"]),
-            f"{r['requests_per_second']:.1f}",
-            str(r["errors"]),
-            f"{r['p50_ms']:.0f}",
-            f"{r['p95_ms']:.0f}",
-            f"{r['peak_rss_mb']:.0f}",
-            f"{r['malformed_rejected']}/{r['malformed_sent']}",
-            f"{r.get('feedback_stored', '–')}/{r.get('feedback_sent', '–')}",
-            str(r.get("metrics_scrapes", "–")),
-        ]
-        for r in payload["runs"]
-    ]
-    statuses = "; ".join(
-        f"{kind} -> {', '.join(codes)}"
-        for kind, codes in payload["runs"][0]["malformed_status"].items()
-    )
-    write_section(
-        "serve-load",
-        f"""## Inspector service under load (PROTOCOLS.md)
-
-Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`.
-`defectkit serve` with the NEU-6 default bundle (2 inference workers, 1 thread each) on
-loopback; the clients run on the same 2 cores. Each request is one real NEU test image or,
-15% of the time, a malformed upload; 10% of the inspected images get an operator answer
-(POST /feedback, stored in SQLite with the image), and a scraper reads /metrics (parsed by
-the Prometheus client) and /monitor every second. Latency is per good inspect request,
-client side, queueing included; errors count any good request (inspect, feedback, scrape)
-without a 200 and any malformed upload without a 4xx.
-Malformed uploads got: {statuses}.
-
-{
-            table(
-                rows,
-                [
-                    "run",
-                    "clients",
-                    "seconds",
-                    "requests",
-                    "requests/s",
-                    "errors",
-                    "p50 ms",
-                    "p95 ms",
-                    "peak service MB",
-                    "malformed rejected (4xx)",
-                    "feedback stored",
-                    "/metrics scrapes",
-                ],
-            )
-        }""",
-    )
+    save_results("serve-load", runs, command)
 
 
 if __name__ == "__main__":

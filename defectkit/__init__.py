@@ -45,7 +45,8 @@ def train(
         share_from_main,
     )
     from defectkit.runs import close_failed_start, new_run_dir
-    from defectkit.tasks import get_task, resume_config
+    from defectkit.tasks import get_task
+    from defectkit.tasks.resume import resume_config
 
     if resume is not None:
         run_dir, made = Path(resume), False

@@ -171,8 +171,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _run_baseline(run_dir: Path) -> None:
     """The monitoring baseline of a finished run (its validation scores and training image
     statistics) into its bundle; a run is never failed for it."""
+    from defectkit.runtime.baseline import baseline_images
     from defectkit.runtime.inspector import Inspector
-    from defectkit.runtime.monitor import baseline_images, build_baseline, write_baseline
+    from defectkit.runtime.monitor import build_baseline, write_baseline
 
     try:
         calibration, training, references = baseline_images(run_dir)
@@ -189,8 +190,9 @@ def _run_baseline(run_dir: Path) -> None:
 def _cmd_baseline(args: argparse.Namespace) -> int:
     """The drift baseline of a bundle: from a run folder's split, or from given folders."""
     from defectkit.bundle import read_meta
+    from defectkit.runtime.baseline import baseline_images
     from defectkit.runtime.inspector import Inspector, expand_inputs
-    from defectkit.runtime.monitor import baseline_images, build_baseline, write_baseline
+    from defectkit.runtime.monitor import build_baseline, write_baseline
 
     target = Path(args.bundle)
     if args.calibration:

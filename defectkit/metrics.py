@@ -236,18 +236,6 @@ def regions_of(mask: np.ndarray, min_area: int = 0) -> list[tuple[int, int, int,
     return boxes
 
 
-def drop_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """The mask without 8-connected regions smaller than `min_area` pixels."""
-    if not min_area or not mask.any():
-        return mask
-    from scipy import ndimage
-
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
-    areas = ndimage.sum(mask, labels, range(1, count + 1))
-    keep = np.concatenate([[False], np.asarray(areas) >= min_area])
-    return keep[labels]
-
-
 def box_ious(a: Sequence[tuple[int, ...]], b: Sequence[tuple[int, ...]]) -> np.ndarray:
     """(len(a), len(b)) IoUs of two lists of (y1, x1, y2, x2) boxes, in one array operation
     (a poor model can predict thousands of regions per image)."""

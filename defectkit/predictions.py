@@ -151,6 +151,18 @@ def decide_anomaly(
     )
 
 
+def drop_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """The mask without 8-connected regions smaller than `min_area` pixels."""
+    if not min_area or not mask.any():
+        return mask
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    areas = ndimage.sum(mask, labels, range(1, count + 1))
+    keep = np.concatenate([[False], np.asarray(areas) >= min_area])
+    return keep[labels]
+
+
 def decide_segment(
     name: str,
     probability: np.ndarray,
@@ -163,8 +175,6 @@ def decide_segment(
     what passes mask_threshold, without regions under min_region pixels, and empty when the
     gate calls the image OK. With a gate (gate_threshold given) the gate decides OK/NG (an NG
     image may show no region); without one, NG = a non-empty mask."""
-    from defectkit.metrics import drop_small_regions
-
     mask = drop_small_regions(probability >= mask_threshold, min_region)
     if gate_threshold is not None:
         ok = gate < gate_threshold

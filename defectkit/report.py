@@ -16,10 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import yaml
-from PIL import Image
 
 from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.images import load_image
+from defectkit.overlay import overlay
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:
@@ -272,20 +272,6 @@ def outline(axis, truth: np.ndarray | None, caption: str) -> None:
     if truth is not None and truth.any():
         axis.contour(truth, levels=[0.5], colors="white", linewidths=0.8)
     axis.set_title(caption, fontsize=7)
-
-
-def overlay(image: Image.Image, heat_map: np.ndarray, max_side: int = 0) -> Image.Image:
-    """The normalised heat map (0.5 = threshold) over the image, both at the map's size: jet
-    colours fading in from 0.3 and fully on (60%) from 0.6, so that defect-free areas keep
-    showing the surface. Shrunk to `max_side` when given."""
-    image = image.convert("RGB").resize(heat_map.shape[::-1])
-    colours = plt.get_cmap("jet")(np.clip(heat_map, 0, 1))[..., :3]
-    alpha = 0.6 * np.clip((heat_map - 0.3) / 0.3, 0, 1)[..., None]
-    blended = (1 - alpha) * np.asarray(image, dtype=np.float32) + alpha * colours * 255
-    out = Image.fromarray(blended.round().astype(np.uint8))
-    if max_side and max(out.size) > max_side:
-        out.thumbnail((max_side, max_side))
-    return out
 
 
 def save_overlay(image_path: Path, heat_map: np.ndarray, path: Path) -> Path:

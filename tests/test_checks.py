@@ -20,7 +20,7 @@ from defectkit.data.checks import check_dataset
 from defectkit.data.formats import read_dataset
 from defectkit.data.samples import DatasetError
 from defectkit.data.synthetic import make_mask_set
-from defectkit.tasks import classify
+from defectkit.tasks.classify import pipeline as classify
 
 
 def bomb(path: Path, side: int = 20000) -> Path:

@@ -10,7 +10,9 @@ import torch
 from defectkit.config import load_config
 from defectkit.engine.train import load_checkpoint, save_checkpoint
 from defectkit.runtime.inspector import Inspector
-from defectkit.tasks import classify, get_task
+from defectkit.tasks import get_task
+from defectkit.tasks.classify import pipeline as classify
+from tests.parity import assert_same_class_call
 
 
 def _config(root: Path, out: Path, name: str, *extra: str):
@@ -71,13 +73,14 @@ def test_finetuning_lowers_the_training_loss(finetuned):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
+@pytest.mark.numerics
 def test_inspector_reproduces_the_run_predictions(finetuned):
     run_dir, _result = finetuned
     inspector = Inspector(run_dir)
     rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
     paths = [row["image"] for row in rows]
-    got = [p.label for p in inspector.predict(paths, batch_size=5)]
-    assert got == [row["label"] for row in rows]
+    for prediction, row in zip(inspector.predict(paths, batch_size=5), rows, strict=True):
+        assert_same_class_call(prediction, row)
     assert {row["truth"] for row in rows} == {"ok", "scratch", "spot"}
     ok = next(iter(inspector.predict(paths[:1])))
     assert ok.ok == (ok.label == "ok") and ok.ng_score == pytest.approx(1 - ok.scores["ok"])
@@ -121,6 +124,7 @@ def test_freeze_then_unfreeze_moves_the_backbone_after_the_frozen_epochs(
     assert not torch.equal(states[1], states[0])
 
 
+@pytest.mark.numerics
 def test_interrupted_run_resumes_where_it_stopped(synthetic_root, tmp_path, monkeypatch):
     calls = {"n": 0}
     original = classify.train_one_epoch

@@ -29,6 +29,7 @@ def _floats(value):
     return {k: float(v) for k, v in value.items()} if isinstance(value, dict) else float(value)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_ray_engine_gives_exactly_the_local_predict_rows(
     local_ray, classify_bundle, synthetic_root, tmp_path, suffix

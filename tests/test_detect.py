@@ -113,6 +113,7 @@ def test_a_detect_run_finds_the_drawn_boxes(detect_run):
     assert len(predictions) == result["images"] + 1
 
 
+@pytest.mark.numerics
 def test_the_bundle_gives_the_run_numbers_through_the_inspector(detect_run, parts):
     run_dir, result = detect_run
     evaluated = evaluate_bundle(run_dir, parts, split_manifest=run_dir / "split.json")
@@ -341,6 +342,7 @@ def test_tiled_boxes_report_a_defect_on_a_seam_once():
     assert scores.tolist() == [pytest.approx(0.9)] and labels.tolist() == [0]
 
 
+@pytest.mark.numerics
 def test_a_tiled_detector_gives_the_run_numbers_through_the_inspector(tmp_path):
     root = make_box_set(tmp_path / "large", count=24, size=160)
     run_dir, result = defectkit.train(

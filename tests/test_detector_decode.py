@@ -10,6 +10,10 @@ from defectkit.models.detector import _decode_deltas, build_detector, dense_outp
 from defectkit.predictions import Region, match_boxes
 from defectkit.tasks.detect.deploy import keep_boxes
 
+# every test here compares two backends or implementations (CI reruns them on other
+# CPU kernels and on one thread)
+pytestmark = pytest.mark.numerics
+
 
 def test_retinanet_decoding_matches_torchvisions_box_coder():
     from torchvision.models.detection._utils import BoxCoder

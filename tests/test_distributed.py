@@ -43,6 +43,7 @@ def _history(run_dir: Path) -> list[dict[str, float]]:
     ]
 
 
+@pytest.mark.numerics
 def test_two_processes_train_as_one_with_the_same_global_batch(synthetic_root, tmp_path):
     """The head trained on frozen features (no batch norm, no dropout) over one batch of the
     whole training set per epoch: two ranks of 16 average to the gradient of one batch of
@@ -86,6 +87,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(synthetic_root, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
 
 
+@pytest.mark.numerics
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_history(synthetic_root, tmp_path):
     """Stopped by SIGTERM to torchrun (what a scheduler sends a preempted job; torchrun
     terminates both workers) once the first checkpoint is on disk; `torchrun ... train
@@ -170,6 +172,7 @@ def test_sharded_sampler_splits_one_sequence_between_ranks(monkeypatch):
     assert sorted(set(shards[0] + shards[1])) == sorted(base)
 
 
+@pytest.mark.numerics
 def test_sharded_patchcore_padim_fit_builds_the_model_of_one_process(tiles, tmp_path):
     """Each rank extracts the features of its half of the good images; gathered in image
     order, they give the same memory bank, Gaussians and z-unit spreads as one process on

@@ -10,6 +10,10 @@ from defectkit.cli import main
 from defectkit.runtime.export import check_export, export_onnx
 from defectkit.runtime.inspector import Inspector
 
+# every test here compares two backends or implementations (CI reruns them on other
+# CPU kernels and on one thread)
+pytestmark = pytest.mark.numerics
+
 
 def _exported_copy(bundle, tmp_path_factory):
     """A copy of a session bundle with model.onnx written into it."""

@@ -12,7 +12,9 @@ import defectkit
 from defectkit.cli import main
 from defectkit.config import ConfigError
 from defectkit.engine.train import load_checkpoint
-from defectkit.tasks import anomaly, classify, segment
+from defectkit.tasks.anomaly import pipeline as anomaly
+from defectkit.tasks.classify import pipeline as classify
+from defectkit.tasks.segment import pipeline as segment
 
 CLASSIFY = [
     "data.image_size=64",
@@ -65,6 +67,7 @@ def _interrupt_after_first_epoch(monkeypatch, module, name: str) -> None:
     ],
     ids=["classify", "segment", "autoencoder"],
 )
+@pytest.mark.numerics
 def test_a_resumed_run_reproduces_the_uninterrupted_one(
     module, hook, settings, data, request, tmp_path, monkeypatch
 ):
@@ -111,7 +114,7 @@ def test_resume_refuses_settings_that_change_the_run_and_lists_them(interrupted)
 
 
 def test_resume_accepts_settings_that_only_change_how_it_runs(interrupted):
-    from defectkit.tasks import resume_config
+    from defectkit.tasks.resume import resume_config
 
     config = resume_config(interrupted, None, ["train.threads=1", "data.num_workers=0"])
     assert config.train.threads == 1 and config.train.epochs == 3

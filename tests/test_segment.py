@@ -15,9 +15,11 @@ from defectkit.data.samples import Box, Sample
 from defectkit.data.segmentation import read_mask, resize_pair
 from defectkit.data.synthetic import make_paired_set
 from defectkit.engine.losses import MaskLoss, lovasz_hinge, soft_dice_loss
-from defectkit.metrics import SegmentationScores, drop_small_regions
+from defectkit.metrics import SegmentationScores
+from defectkit.predictions import drop_small_regions
 from defectkit.runtime.inspector import Inspector
 from defectkit.tasks import get_task
+from tests.parity import assert_same_mask_call
 
 
 def test_mask_losses():
@@ -212,6 +214,7 @@ def test_segment_run_finds_synthetic_defects(segment_run):
     assert "Masks with and without the gate" in (run_dir / "report.html").read_text()
 
 
+@pytest.mark.numerics
 def test_inspector_and_onnx_reproduce_the_run_masks(segment_run, tmp_path):
     from defectkit.runtime.export import check_export, export_onnx
 
@@ -219,15 +222,7 @@ def test_inspector_and_onnx_reproduce_the_run_masks(segment_run, tmp_path):
     rows = list(csv.DictReader((run_dir / "predictions.csv").open()))[::3]
     inspector = Inspector(run_dir)
     for row, p in zip(rows, inspector.predict([r["image"] for r in rows]), strict=True):
-        gate_open = p.scores["gate"] >= inspector.threshold
-        assert p.scores["gate"] == pytest.approx(float(row["score_gate"]), abs=1e-4)
-        assert p.mask.sum() == (int(row["predicted_pixels"]) if gate_open else 0)
-        assert p.ok == (not gate_open)  # the gate decides OK/NG
-        assert (p.label, str(p.ok), len(p.regions)) == (
-            row["label"],
-            row["ok"],
-            int(row["regions"]),
-        )
+        assert_same_mask_call(p, row, inspector)
         assert p.heat_map.shape == p.mask.shape == (64, 64)
     bundle = tmp_path / "bundle"
     shutil.copytree(run_dir / "bundle", bundle)
@@ -235,6 +230,7 @@ def test_inspector_and_onnx_reproduce_the_run_masks(segment_run, tmp_path):
     assert check_export(bundle, [r["image"] for r in rows])["passed"]
 
 
+@pytest.mark.numerics
 def test_eval_command_scores_a_segment_bundle_as_the_run_did(segment_run, tiles, tmp_path, capsys):
     import json
 
@@ -407,6 +403,7 @@ def tiled_run(tmp_path_factory):
     return _segment(root, tmp_path, "t", "data.resize=tile")
 
 
+@pytest.mark.numerics
 def test_a_tiled_run_predicts_at_the_images_own_size_in_every_backend(tiled_run, tmp_path):
     from defectkit.runtime.export import check_export, export_onnx
 
@@ -416,15 +413,14 @@ def test_a_tiled_run_predicts_at_the_images_own_size_in_every_backend(tiled_run,
     inspector = Inspector(run_dir)
     for row, p in zip(rows, inspector.predict([r["image"] for r in rows]), strict=True):
         assert p.heat_map.shape == p.mask.shape == (96, 96)  # not the 64 px window
-        assert p.scores["gate"] == pytest.approx(float(row["score_gate"]), abs=1e-4)
-        gate_open = p.scores["gate"] >= inspector.threshold
-        assert p.mask.sum() == (int(row["predicted_pixels"]) if gate_open else 0)
+        assert_same_mask_call(p, row, inspector)
     bundle = tmp_path / "bundle"
     shutil.copytree(run_dir / "bundle", bundle)
     export_onnx(bundle)
     assert check_export(bundle, [r["image"] for r in rows])["passed"]
 
 
+@pytest.mark.numerics
 def test_tiled_pairs_slide_over_image_and_template_together(tmp_path):
     from defectkit.runtime.export import check_export, export_onnx
 

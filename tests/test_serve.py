@@ -2,6 +2,7 @@
 headless Chromium."""
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -384,3 +385,37 @@ def test_operator_feedback_from_the_page_reaches_the_store(live_service, anomaly
     assert box["x"] == pytest.approx(side[0] * 0.25, rel=0.1)
     assert box["width"] == pytest.approx(side[0] * 0.5, rel=0.1)
     assert box["height"] == pytest.approx(side[1] * 0.25, rel=0.15)
+
+
+@pytest.mark.parametrize("bundle", ["classify_bundle", "anomaly_bundle"])
+def test_serving_a_bundle_imports_its_task_deploy_code_and_no_training(bundle, request):
+    """A fresh process that starts the service on a bundle and inspects one image has
+    imported its own task's deploy.py and nothing of training, evaluation, reports, plots or
+    the other tasks (the static rule: the forbidden contract in pyproject.toml)."""
+    import subprocess
+    import sys
+
+    folder = request.getfixturevalue(bundle)
+    script = f"""
+import io, json, sys
+from PIL import Image
+from fastapi.testclient import TestClient
+from defectkit.serve import create_app
+client = TestClient(create_app({str(folder)!r}, workers=1))
+buffer = io.BytesIO()
+Image.new("RGB", (64, 64), (90, 90, 90)).save(buffer, format="PNG")
+answer = client.post("/inspect", files=[("files", ("a.png", buffer.getvalue(), "image/png"))])
+assert answer.status_code == 200, answer.text
+print(json.dumps(sorted(sys.modules)))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    task = json.loads((folder / "bundle.json").read_text())["task"]
+    assert f"defectkit.tasks.{task}.deploy" in loaded
+    ours = {m for m in loaded if m.startswith("defectkit.tasks.") and m.count(".") >= 2}
+    assert ours <= {f"defectkit.tasks.{task}", f"defectkit.tasks.{task}.deploy"}, ours
+    for heavy in ("defectkit.engine", "defectkit.report", "matplotlib", "sklearn", "tensorboard"):
+        assert not any(m == heavy or m.startswith(heavy + ".") for m in loaded), heavy

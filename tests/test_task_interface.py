@@ -31,8 +31,9 @@ class Brightness(nn.Module):
 
 def _run(config, run_dir: Path, resume: bool) -> dict:
     from defectkit.data.images import image_tensor
+    from defectkit.tasks.start import read_data
 
-    dataset = tasks.read_data(config, run_dir)
+    dataset = read_data(config, run_dir)
     means = {s.label: [] for s in dataset.samples}
     for sample in dataset.samples:
         means[sample.label].append(float(image_tensor(sample.image).float().mean() / 255))

@@ -187,6 +187,8 @@ class Inspector:
         return {
             **{k: self.meta[k] for k in keep if k in self.meta},
             "threshold": self.handler.shown_threshold(self.meta),
+            # operators answer with a class (a classifier) or with OK / NG
+            "decides_by_class": self.handler.decides_by_class,
             "backend": self.backend,
             "versions": self.meta.get("versions", {}),
             "weights_sha256": self.meta.get("weights_sha256"),

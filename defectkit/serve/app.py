@@ -39,6 +39,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 
 from defectkit.data.images import MAX_PIXELS, oversized
+from defectkit.overlay import overlay
 from defectkit.runtime.feedback import FeedbackError, FeedbackStore, check_answer, overturns
 from defectkit.runtime.inspector import Inspector
 from defectkit.runtime.monitor import DriftMonitor, read_baseline
@@ -125,8 +126,6 @@ def decode_upload(name: str, data: bytes, max_bytes: int, max_pixels: int) -> Im
 def overlay_data_url(image: Image.Image, prediction) -> str | None:
     if prediction.heat_map is None:
         return None
-    from defectkit.report import overlay
-
     buffer = io.BytesIO()
     overlay(image, prediction.heat_map, OVERLAY_SIDE).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

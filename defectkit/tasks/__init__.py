@@ -1,12 +1,15 @@
-"""The Task interface and its registry. A task is one folder under tasks/: its package
-holds the pipeline of one run (`run`), its `deploy.py` what the bundle, the inference
-graph, the Inspector, `eval` and the command line ask of it. Code outside tasks/ never
-tests a task's name: it asks `get_task(name)`, and an unknown name is an error that lists
-the registered ones."""
+"""The Task interface and its registry. A task is one folder under tasks/: `pipeline.py`
+holds one run (train, evaluate, write the run folder), `evaluate.py` its metrics on labelled
+images, `deploy.py` what a bundle needs on the line (model, inference graph, decisions).
+The folder's `__init__.py` registers the task from its deploy module alone, naming the run
+and the evaluation as "module:function", imported on their first call: an Inspector or the
+service that loads a bundle imports its own task's deploy code and nothing of training,
+evaluation or the other tasks. Code outside tasks/ never tests a task's name: it asks
+`get_task(name)`, and an unknown name is an error that lists the registered ones."""
 
 from __future__ import annotations
 
-import logging
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +17,6 @@ from typing import Any
 
 from defectkit.config import RunConfig
 from defectkit.registry import Registry
-from defectkit.runs import FAILED, RESUME_MAY_CHANGE
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,34 @@ def register_task(task: Task) -> Task:
     return _TASKS.add(task.name, task)
 
 
-def task_from(name: str, run: Callable[[RunConfig, Path, bool], dict], deploy: Any) -> Task:
-    """A task from its run and its deploy module, which defines load_model, OUTPUTS, graph,
-    decide, score_names, evaluate_bundle, summary, eval_summary and, where they differ
-    from the defaults, shown_threshold, CHECKPOINT, SECTIONS, tiled, DECIDES_BY_CLASS,
-    truth, ANSWERS_LOCATE, KFOLD and LEARNING_CURVE."""
+# the tasks that ship with defectkit: folders under tasks/, each imported the first time it
+# is asked for (a task registered from outside the package needs no entry here)
+BUILTIN = ("anomaly", "classify", "detect", "segment")
+
+
+def imported_when_called(target: str) -> Callable[..., Any]:
+    """ "package.module:function" as a function that imports the module on its first call."""
+    module, _, name = target.partition(":")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"{target}, imported when first called"
+    return call
+
+
+def task_from(
+    name: str,
+    deploy: Any,
+    run: str | Callable[[RunConfig, Path, bool], dict],
+    evaluate_bundle: str | Callable[[Any, Sequence[Any], str], dict],
+) -> Task:
+    """A task from its deploy module, which defines load_model, OUTPUTS, graph, decide,
+    score_names, summary, eval_summary and, where they differ from the defaults,
+    shown_threshold, CHECKPOINT, SECTIONS, tiled, DECIDES_BY_CLASS, truth, ANSWERS_LOCATE,
+    KFOLD and LEARNING_CURVE; `run` and `evaluate_bundle` as functions or as
+    "module:function" (imported on their first call)."""
     optional = {
         "shown_threshold": "shown_threshold",
         "checkpoint": "CHECKPOINT",
@@ -89,13 +114,17 @@ def task_from(name: str, run: Callable[[RunConfig, Path, bool], dict], deploy: A
     }
     return Task(
         name=name,
-        run=run,
+        run=imported_when_called(run) if isinstance(run, str) else run,
         load_model=deploy.load_model,
         outputs=deploy.OUTPUTS,
         graph=deploy.graph,
         decide=deploy.decide,
         score_names=deploy.score_names,
-        evaluate_bundle=deploy.evaluate_bundle,
+        evaluate_bundle=(
+            imported_when_called(evaluate_bundle)
+            if isinstance(evaluate_bundle, str)
+            else evaluate_bundle
+        ),
         summary=deploy.summary,
         eval_summary=deploy.eval_summary,
         **{k: getattr(deploy, v) for k, v in optional.items() if hasattr(deploy, v)},
@@ -103,161 +132,20 @@ def task_from(name: str, run: Callable[[RunConfig, Path, bool], dict], deploy: A
 
 
 def list_tasks() -> list[str]:
-    _load_builtin()
-    return sorted(_TASKS)
+    """Every task by name, without importing any."""
+    return sorted(set(_TASKS) | set(BUILTIN))
 
 
 def get_task(name: str) -> Task:
-    _load_builtin()
-    return _TASKS.lookup(name)
+    """The registered task; a built-in one is imported (its deploy code only) on first use."""
+    if name not in _TASKS and name in BUILTIN:
+        importlib.import_module(f"defectkit.tasks.{name}")
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; registered: {', '.join(list_tasks())}")
+    return _TASKS[name]
 
 
 def _load_builtin() -> None:
-    from defectkit.tasks import anomaly, classify, detect, segment  # noqa: F401  (they register)
-
-
-def open_run(
-    config: RunConfig,
-    run_dir: Path,
-    resume: bool,
-    make_split_with: Callable[[Any], Any] | None = None,
-    method: str = "",
-):
-    """What every task's run starts with: seeds, CPU threads, the device, the dataset and
-    its split (`make_split_with(dataset)` for a task's own rule, else split.method; the saved
-    split.json when resuming), and split.json + config.yaml written.
-    Returns (device, dataset, split)."""
-    import torch
-
-    from defectkit.config import save_config
-    from defectkit.data.splits import load_manifest, make_split, save_manifest
-    from defectkit.engine.distributed import barrier, init_distributed, is_main, launched
-    from defectkit.engine.train import pick_device, seed_everything
-
-    seed_everything(config.train.seed)  # the same on every rank: the same split everywhere
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    device = (
-        init_distributed(config.train.device) if launched() else pick_device(config.train.device)
-    )
-    dataset = read_data(config, run_dir)
-    manifest = run_dir / "split.json"
-    if resume:
-        split = load_manifest(dataset, manifest)
-    elif make_split_with is not None:
-        split = make_split_with(dataset)
-    else:
-        split = make_split(dataset, config.split)
-    if is_main():
-        save_manifest(split, dataset, manifest, config.split, method)
-        save_config(config, run_dir / "config.yaml")
-    barrier()
-    return device, dataset, split
-
-
-def read_data(config: RunConfig, run_dir: Path):
-    """The run's dataset, every setting held against it (tasks/settings.py), then every file
-    checked (data.on_bad_image); samples left out for a bad file are listed in the run's
-    left_out.json (and its report)."""
-    from defectkit.data.checks import check_dataset
-    from defectkit.data.formats import read_dataset
-    from defectkit.engine.distributed import is_main
-    from defectkit.runs import write_json
-    from defectkit.tasks.settings import check_settings
-
-    d = config.data
-    dataset = read_dataset(d.root, d.format, d.label_mode)
-    check_settings(config, dataset)  # before a single image is decoded
-    dataset = check_dataset(dataset, d.on_bad_image)
-    if dataset.left_out and is_main():
-        write_json(run_dir / "left_out.json", [vars(b) for b in dataset.left_out])
-        logging.getLogger("defectkit").warning(
-            "left out %d sample(s) with a bad file (data.on_bad_image=skip): %s",
-            len(dataset.left_out),
-            "; ".join(f"{b.file}: {b.reason}" for b in dataset.left_out),
-        )
-    return dataset
-
-
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def resume_config(
-    run_dir: Path, source: str | None = None, overrides: list[str] | None = None
-) -> RunConfig:
-    """The run's own config, checked before anything runs: the folder must hold an
-    unfinished run of a task that resumes, and a --config / --set given with --resume may
-    only change RESUME_MAY_CHANGE (every other difference is listed in the refusal)."""
-    from defectkit.config import (
-        ConfigError,
-        _merge,
-        config_from_dict,
-        config_to_dict,
-        load_config,
-        parse_overrides,
-    )
-
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        raise ConfigError(f"{run_dir} holds no config.yaml: not a run folder to resume")
-    import yaml
-
-    saved = config_from_dict(yaml.safe_load(saved_path.read_text()))
-    if (run_dir / "metrics.json").is_file():
-        raise ConfigError(
-            f"{run_dir} is a finished run (metrics.json, bundle/): nothing to resume; train "
-            "a new run, e.g. with train.init_from to start from its weights"
-        )
-    checkpoint = get_task(saved.task).checkpoint
-    # the task's own checkpoint, or the shared epoch loop's (an anomaly method that trains)
-    if not any((run_dir / "checkpoints" / name).is_file() for name in (checkpoint, "last.pt")):
-        failed = run_dir / FAILED
-        why = f" ({failed.read_text().strip()})" if failed.is_file() else ""
-        raise ConfigError(
-            f"{run_dir} holds no checkpoints/{checkpoint}: it stopped before its first "
-            f"checkpoint{why}; nothing to resume, train it again"
-        )
-    if source is None and not overrides:
-        return saved
-    if source is not None:
-        requested = load_config(source, overrides)
-    else:
-        requested = config_from_dict(_merge(config_to_dict(saved), parse_overrides(overrides)))
-    if requested.task != saved.task:
-        raise ConfigError(
-            f"{run_dir} is a {saved.task} run; --config asks for task {requested.task}: a "
-            "resumed run keeps its task (train a new run for the other one)"
-        )
-    before, after = _flat(config_to_dict(saved)), _flat(config_to_dict(requested))
-    changed = [k for k in before if before[k] != after[k] and k not in RESUME_MAY_CHANGE]
-    if changed:
-        lines = "\n".join(f"  {k}: {before[k]!r} -> {after[k]!r}" for k in changed)
-        raise ConfigError(
-            f"resuming {run_dir} with other settings would change what the run computes:\n"
-            f"{lines}\nResume without them (only {', '.join(RESUME_MAY_CHANGE)} may change), "
-            "or train a new run."
-        )
-    return config_from_dict(
-        _merge(
-            config_to_dict(saved),
-            _unflat({k: after[k] for k in RESUME_MAY_CHANGE if k in after}),
-        )
-    )
-
-
-def _unflat(flat: dict[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        node = nested
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
+    """Every built-in task registered (a test that lists them all)."""
+    for name in BUILTIN:
+        get_task(name)

@@ -10,7 +10,6 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from defectkit.models.anomaly import Gather, keep, register_method
 from defectkit.models.anomaly.features import PatchFeatures
@@ -64,7 +63,7 @@ class PatchCorePaDiM(nn.Module):
     @torch.inference_mode()
     def fit(self, batches: Iterable[torch.Tensor], gather: Gather = keep) -> dict[str, float]:
         patches, raws = [], []
-        for images in tqdm(batches, desc="patchcore+padim features", leave=False, disable=None):
+        for images in batches:
             local, raw = self._both(images)
             patches.append(local.permute(0, 2, 3, 1).reshape(-1, local.shape[1]).cpu())
             raws.append(raw.cpu())

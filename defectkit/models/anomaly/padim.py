@@ -8,7 +8,6 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from defectkit.models.anomaly import Gather, keep, register_method
 from defectkit.models.anomaly.features import PatchFeatures
@@ -38,12 +37,7 @@ class PaDiM(nn.Module):
     @torch.inference_mode()
     def fit(self, batches: Iterable[torch.Tensor], gather: Gather = keep) -> dict[str, float]:
         """`gather`: this process's rows -> every process's, in image order (a sharded fit)."""
-        feats = torch.cat(
-            [
-                self.features(images)[:, self.channels].cpu()
-                for images in tqdm(batches, desc="padim features", leave=False, disable=None)
-            ]
-        )
+        feats = torch.cat([self.features(images)[:, self.channels].cpu() for images in batches])
         return self.fit_features(gather(feats))
 
     def fit_features(self, feats: torch.Tensor) -> dict[str, float]:

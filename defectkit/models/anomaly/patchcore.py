@@ -12,7 +12,6 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from defectkit.models.anomaly import Gather, keep, register_method
 from defectkit.models.anomaly.features import PatchFeatures
@@ -91,7 +90,7 @@ class PatchCore(nn.Module):
     def fit(self, batches: Iterable[torch.Tensor], gather: Gather = keep) -> dict[str, float]:
         """`gather`: this process's rows -> every process's, in image order (a sharded fit)."""
         patches = []
-        for images in tqdm(batches, desc="patchcore features", leave=False, disable=None):
+        for images in batches:
             feats = self.features(images)
             patches.append(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu())
         return self.fit_patches(gather(torch.cat(patches)), feats.shape[-2:])

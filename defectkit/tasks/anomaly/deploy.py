@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -124,24 +123,6 @@ def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]
 
 def score_names(meta: dict[str, Any]) -> list[str]:
     return ["anomaly_score", meta["classes"][1]]
-
-
-def evaluate_bundle(inspector, samples: Sequence[Any], data: str) -> dict[str, Any]:
-    """Every image is a test image: the model's good class is OK, any other label a defect;
-    masks, where the layout has them, give the pixel metrics."""
-    from defectkit.tasks.anomaly.evaluate import evaluate_anomaly
-
-    good = inspector.classes[0]
-    if not any(s.label == good for s in samples):
-        raise ValueError(
-            f"{data} has no images labelled {good!r}, the model's defect-free class: "
-            "anomaly evaluation needs good and defect images"
-        )
-    predictions = list(inspector.predict([s.image for s in samples]))
-    scores = np.array([p.scores["anomaly_score"] for p in predictions])
-    maps = [torch.from_numpy(p.heat_map) for p in predictions]
-    result = evaluate_anomaly(samples, good, scores, maps, inspector.threshold)
-    return {"images": len(samples), "threshold": inspector.threshold, **result}
 
 
 def _maybe(value: float | None) -> str:

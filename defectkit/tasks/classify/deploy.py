@@ -8,17 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import timm
 import torch
 from torch import nn
 
 from defectkit.bundle import load_weights, write_bundle
 from defectkit.config import RunConfig
-from defectkit.metrics import binary_metrics, classification_metrics
 from defectkit.models.backbones import Preprocessing
 from defectkit.models.classifier import class_probabilities
-from defectkit.predictions import Prediction, decide_class
+from defectkit.predictions import decide_class
 
 OUTPUTS = ("probabilities",)
 
@@ -72,31 +70,6 @@ def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]
 
 def score_names(meta: dict[str, Any]) -> list[str]:
     return list(meta["classes"])
-
-
-def evaluate_bundle(inspector, samples: Sequence[Any], data: str) -> dict[str, Any]:
-    """Accuracy, per-class metrics and (OK/NG models) ROC AUC and the rates at the bundle's
-    threshold, from the Inspector's own decisions."""
-    unknown = sorted({s.label for s in samples} - set(inspector.classes))
-    if unknown:
-        raise ValueError(
-            f"{data} has labels {unknown} the model does not know "
-            f"({inspector.classes}); is it the right dataset?"
-        )
-    predictions: list[Prediction] = list(inspector.predict([s.image for s in samples]))
-    index = {c: i for i, c in enumerate(inspector.classes)}
-    targets = np.array([index[s.label] for s in samples])
-    predicted = np.array([index[p.label] for p in predictions])
-    result: dict[str, Any] = {
-        "images": len(samples),
-        **classification_metrics(targets, predicted, inspector.classes),
-    }
-    if inspector.positive is not None:
-        k = index[inspector.positive]
-        scores = np.array([p.scores[inspector.positive] for p in predictions])
-        binary = binary_metrics(targets == k, scores, threshold=inspector.threshold)
-        result["binary"] = {key: v for key, v in binary.items() if key not in ("roc", "pr")}
-    return result
 
 
 def summary(result: dict[str, Any]) -> str:

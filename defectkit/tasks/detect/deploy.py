@@ -187,28 +187,6 @@ def score_names(meta: dict[str, Any]) -> list[str]:
     return list(meta["classes"])
 
 
-def evaluate_bundle(inspector, samples: Sequence[Any], data: str) -> dict[str, Any]:
-    """COCO mAP of the boxes the Inspector gives on the line, box recall / precision of the
-    called boxes at the bundle's match IoU, and the image-level OK/NG call."""
-    from defectkit.tasks.detect.evaluate import evaluate_detections
-
-    if not any(s.boxes for s in samples):
-        raise ValueError(
-            f"{data} has no boxes: detection evaluation needs a VOC, YOLO or DeepPCB layout "
-            "(`defectkit data inspect` shows what was found)"
-        )
-    references = [s.reference for s in samples] if inspector.meta.get("reference") else None
-    predictions = list(inspector.predict([s.image for s in samples], references=references))
-    result = evaluate_detections(
-        samples,
-        predictions,
-        inspector.classes,
-        inspector.threshold,
-        inspector.meta.get("match_iou", 0.5),
-    )
-    return {"threshold": inspector.threshold, **result}
-
-
 def _maybe(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 

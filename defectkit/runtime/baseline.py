@@ -1,0 +1,30 @@
+"""The images a bundle's monitoring baseline is built from (`defectkit baseline`, after
+training): the calibration (validation) and training images of the run's split.json. Apart
+from monitor.py: reading a dataset and its split is no part of serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def baseline_images(run_dir: Path) -> tuple[list[Path], list[Path], list[Path] | None]:
+    """Calibration (validation) and training images of a run folder's split.json, with the
+    validation images' references for paired models."""
+    import yaml
+
+    from defectkit.data.formats import read_dataset
+    from defectkit.data.splits import load_manifest
+
+    manifest = json.loads((run_dir / "split.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    label_mode = (config.get("data") or {}).get("label_mode", "default")
+    dataset = read_dataset(manifest["root"], manifest["layout"], label_mode)
+    split = load_manifest(dataset, run_dir / "split.json")
+    calibration = list(split.val) or list(split.test)
+    references = [s.reference for s in calibration]
+    return (
+        [s.image for s in calibration],
+        [s.image for s in split.train],
+        references if all(r is not None for r in references) else None,
+    )

@@ -1,0 +1,331 @@
+"""The detect task: defect boxes with a torchvision one-stage detector (FCOS, RetinaNet) on a
+timm backbone through a feature pyramid, trained in the shared epoch loop (the model returns
+its losses), validated by mAP@0.5, its OK/NG threshold (NG = a box at or above it) chosen on
+the validation images, and every test number computed from the decisions the bundle makes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from defectkit.config import RunConfig, config_to_dict
+from defectkit.data.detection import DetectionDataset, box_classes, collate, to_image
+from defectkit.data.samples import DatasetError
+from defectkit.engine.distributed import is_main, mean_across_ranks, shard, sync_batchnorm, wrap
+from defectkit.engine.fit import Fit, fit
+from defectkit.engine.train import (
+    generator_of,
+    load_checkpoint,
+    lone_last_batch,
+    make_optimizer,
+    make_schedule,
+    mixed_precision,
+    optimizer_steps,
+    train_one_epoch,
+    trunk_and_head_groups,
+)
+from defectkit.metrics import choose_threshold
+from defectkit.models.backbones import load_trunk_weights
+from defectkit.models.classifier import keep_frozen_bn_in_eval
+from defectkit.models.detector import build_detector, dense_outputs, trunk_parameters
+from defectkit.predictions import Prediction, PredictionWriter, decide_detect
+from defectkit.runs import peak_rss_mb, state_mb, write_json
+from defectkit.tasks.detect import deploy, report
+from defectkit.tasks.detect.evaluate import coco_map, evaluate_detections
+from defectkit.tasks.start import open_run
+
+log = logging.getLogger(__name__)
+
+
+def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    dc, tc = config.detect, config.train
+    started = time.perf_counter()
+    device, dataset, split = open_run(config, run_dir, resume)
+    classes = box_classes(dataset.samples)
+    if not classes:
+        raise DatasetError(
+            f"{dataset.root}: no image has a box; the detect task needs boxes (voc, yolo, "
+            "deeppcb layouts; `defectkit data inspect` shows what was found)"
+        )
+    in_channels = 6 if dc.reference else 3
+    size = config.data.image_size
+    model, weights_info, prep = build_detector(
+        config.model, dc, len(classes), size, in_channels, pretrained=config.model.pretrained
+    )
+    prep = prep.for_data(config.data)
+    if tc.init_from:
+        weights_info["warm_start"] = warm_start(model, tc.init_from, config.model.backbone, classes)
+    model.to(device)
+    model = sync_batchnorm(model, tc.sync_batchnorm, device)
+    options = {
+        "size": size,
+        "mean": prep.mean,
+        "std": prep.std,
+        "resize": prep.resize,
+        "interpolation": prep.interpolation,
+        "reference": dc.reference,
+        "cache": config.data.cache_images,
+    }
+    train_set = DetectionDataset(
+        split.train,
+        classes,
+        augment=config.data.augment != "none",
+        scale_jitter=dc.scale_jitter,
+        seed=tc.seed,
+        **options,
+    )
+    val_set = DetectionDataset(split.val, classes, **options)
+    test_set = DetectionDataset(split.test, classes, **options)
+    log.info(
+        "%s: %s layout; %d box classes %s; train %d (%d boxes) / val %d / test %d",
+        dataset.root,
+        dataset.layout,
+        len(classes),
+        classes,
+        len(train_set),
+        sum(len(s.boxes) for s in split.train),
+        len(val_set),
+        len(test_set),
+    )
+    # under torchrun each rank draws its shard of every epoch (train.batch_size per rank)
+    rank_sampler, epoch_setter = shard(None, train_set, tc.seed)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=tc.batch_size,
+        sampler=rank_sampler,
+        shuffle=rank_sampler is None,
+        num_workers=config.data.num_workers,
+        collate_fn=collate,
+        drop_last=lone_last_batch(train_set, rank_sampler, tc.batch_size),
+    )
+    groups = trunk_and_head_groups(model, trunk_parameters(model), tc)
+    optimizer = make_optimizer(groups, tc)
+    schedule = make_schedule(optimizer, tc, optimizer_steps(len(train_loader), tc.accumulate))
+    amp_dtype, scaler = mixed_precision(tc.amp, device)
+
+    def step(model: nn.Module, batch: Any, device: torch.device):
+        """torchvision's detector returns its losses (classification, box regression,
+        centreness for FCOS); their sum trains, each is logged."""
+        images, targets = batch
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        losses = model(list(images.to(device)), targets)
+        parts = {f"{k}_loss": float(v.detach()) * len(images) for k, v in losses.items()}
+        return sum(losses.values()), len(images), parts
+
+    def run_epoch(epoch: int) -> dict[str, float]:
+        frozen = epoch < dc.freeze_epochs
+        for parameter in trunk_parameters(model):
+            parameter.requires_grad = not frozen
+        if epoch_setter is not None:
+            epoch_setter.set_epoch(epoch)
+        stats = train_one_epoch(
+            wrap(model, device),
+            train_loader,
+            None,
+            optimizer,
+            schedule,
+            device,
+            amp_dtype=amp_dtype,
+            scaler=scaler,
+            before_step=keep_frozen_bn_in_eval,
+            accumulate=tc.accumulate,
+            description=f"epoch {epoch + 1}/{tc.epochs}" + (" (backbone frozen)" if frozen else ""),
+            step=step,
+        )
+        stats = mean_across_ranks(stats)
+        return {f"train_{k}": v for k, v in stats.items()}
+
+    def validate() -> dict[str, float]:
+        predictions = predict(model, val_set, classes, dc.threshold, config, device)
+        return {"val_map_50": validation_map(val_set, predictions, classes)}
+
+    loop = Fit(
+        task="detect",
+        model=model,
+        optimizer=optimizer,
+        schedule=schedule,
+        epochs=tc.epochs,
+        run_epoch=run_epoch,
+        validate=validate if len(val_set) and any(val_set.is_ng()) else None,
+        # the best validation mAP@0.5; without validation boxes the latest epoch is best
+        score=lambda row: row.get("val_map_50", row["epoch"]),
+        line=lambda row: _epoch_line(row, tc.epochs),
+        early_stopping=tc.early_stopping,
+        scaler=scaler,
+        rng_sources=(generator_of(rank_sampler), train_set.rng),
+        extra={"config": config_to_dict(config), "classes": classes},
+    )
+    best_path = fit(loop, run_dir, resume)
+    history = loop.history
+    if not is_main():
+        return {}  # rank 0 evaluates and writes the report and bundle
+    model.load_state_dict(load_checkpoint(best_path)["model"])
+
+    threshold, threshold_from = dc.threshold, "detect.threshold"
+    if len(val_set):
+        val_ng = np.array(val_set.is_ng())
+        if val_ng.any() and not val_ng.all():
+            val = predict(model, val_set, classes, dc.threshold, config, device)
+            scores = np.array([p.ng_score for p in val])
+            rule, target = config.eval.threshold_rule, config.eval.target
+            threshold = choose_threshold(val_ng, scores, rule, target)
+            threshold_from = f"validation images ({rule})"
+    tick = time.perf_counter()
+    predictions = predict(model, test_set, classes, threshold, config, device)
+    ms_per_image = 1000 * (time.perf_counter() - tick) / max(1, len(test_set))
+    result = evaluate_detections(test_set.samples, predictions, classes, threshold, dc.match_iou)
+    result.update(
+        {
+            "classes": classes,
+            "threshold": threshold,
+            "threshold_from": threshold_from,
+            "ms_per_image": ms_per_image,
+            "train_seconds": sum(h["seconds"] for h in history),
+            "total_seconds": time.perf_counter() - started,
+            "peak_rss_mb": peak_rss_mb(),
+            "epochs_run": len(history),
+            "weights": weights_info,
+            "device": str(device),
+            "model_mb": state_mb(model),
+            "arch": dc.arch,
+        }
+    )
+    write_json(run_dir / "metrics.json", result)
+    write_decisions(run_dir / "predictions.csv", test_set, predictions, classes)
+    deploy.save_bundle(run_dir / "bundle", model, config, prep, classes, threshold, in_channels)
+    report.write_detect_report(run_dir, config, test_set.samples, predictions, result, history)
+    return result
+
+
+def warm_start(model: nn.Module, source: str, backbone: str, classes: list[str]) -> str:
+    """Start from an earlier run's weights: a detect run's whole model (its class layer only
+    when the classes match), or a classify run's trunk (a classifier trained on the same
+    defects knows their texture)."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "checkpoints" / "best.pt"
+        if not path.exists():
+            path = path.with_name("last.pt")
+    checkpoint = load_checkpoint(path)
+    theirs = checkpoint["config"]["model"]["backbone"]
+    if theirs != backbone:
+        raise ValueError(
+            f"{path} was trained with backbone {theirs}, this run uses {backbone}: set "
+            f"model.backbone={theirs} to warm start from it"
+        )
+    if checkpoint["task"] == "classify":
+        loaded = load_trunk_weights(model.backbone.trunk, checkpoint["model"])
+        return f"{path} (classify trunk: {loaded['encoder_tensors_loaded']} tensors)"
+    if checkpoint["task"] != "detect":
+        raise ValueError(
+            f"{path} is a {checkpoint['task']} checkpoint: a detector warm-starts from a "
+            "detect run (all of it) or a classify run (its trunk)"
+        )
+    own = model.state_dict()
+    state = {k: v for k, v in checkpoint["model"].items() if k in own and v.shape == own[k].shape}
+    same_classes = list(checkpoint.get("classes", ())) == list(classes)
+    if not same_classes:
+        state = {k: v for k, v in state.items() if "classification_head.cls_logits" not in k}
+    model.load_state_dict(state, strict=False)
+    return f"{path} ({len(state)} tensors{', classes kept' if same_classes else ', new classes'})"
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    dataset: DetectionDataset,
+    classes: list[str],
+    threshold: float,
+    config: RunConfig,
+    device: torch.device,
+    batch_size: int = 16,
+) -> list[Prediction]:
+    """Each image's decision through the inference graph and the bundle's box rules (the
+    code the Inspector runs), boxes in the image's own pixels."""
+    dc = config.detect
+    model.eval()
+    decisions = []
+    classes_args = (classes, threshold)
+    if dataset.resize == "tile":  # windows slid over each whole image, as the Inspector does
+        for i, sample in enumerate(dataset.samples):
+            boxes, scores, labels = deploy.tiled_boxes(
+                lambda chunk: dense_outputs(model, chunk.to(device)),
+                dataset.full(i),
+                dataset.size,
+                dc.score_floor,
+                dc.nms_iou,
+                dc.max_boxes,
+                batch_size,
+            )
+            decisions.append(
+                decide_detect(
+                    str(sample.image),
+                    boxes.cpu().numpy(),
+                    scores.cpu().numpy(),
+                    labels.cpu().numpy(),
+                    *classes_args,
+                )
+            )
+        return decisions
+    for start in range(0, len(dataset), batch_size):
+        indices = range(start, min(start + batch_size, len(dataset)))
+        images = torch.stack([dataset[i][0] for i in indices]).to(device)
+        boxes, scores = dense_outputs(model, images)
+        for i, image_boxes, image_scores in zip(indices, boxes.cpu(), scores.cpu(), strict=True):
+            kept, kept_scores, labels = deploy.keep_boxes(
+                image_boxes, image_scores, dc.score_floor, dc.nms_iou, dc.max_boxes
+            )
+            height, width = dataset.raw(i).shape[-2:]
+            in_image = to_image(kept, height, width, dataset.size, dataset.resize)
+            decisions.append(
+                decide_detect(
+                    str(dataset.samples[i].image),
+                    in_image.numpy(),
+                    kept_scores.numpy(),
+                    labels.numpy(),
+                    *classes_args,
+                )
+            )
+    return decisions
+
+
+def validation_map(
+    dataset: DetectionDataset, predictions: list[Prediction], classes: list[str]
+) -> float:
+    index = {c: k for k, c in enumerate(classes)}
+    truths = [
+        [(index[b.label], b.x1, b.y1, b.x2, b.y2) for b in sample.boxes]
+        for sample in dataset.samples
+    ]
+    found = [
+        [(index[r.label], r.peak, r.x, r.y, r.x + r.width, r.y + r.height) for r in p.boxes]
+        for p in predictions
+    ]
+    return coco_map(truths, found, classes)["map_50"]
+
+
+PER_IMAGE = ["truth", "true_boxes"]
+
+
+def write_decisions(
+    path: Path, dataset: DetectionDataset, predictions: list[Prediction], classes: list[str]
+) -> None:
+    """predictions.csv: each test image's decision in the columns of `defectkit predict`,
+    then its truth (the image's label) and its number of true boxes."""
+    with PredictionWriter(path, classes, extra=PER_IMAGE) as writer:
+        for sample, prediction in zip(dataset.samples, predictions, strict=True):
+            writer.write(prediction, truth=sample.label, true_boxes=len(sample.boxes))
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    line = f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}"
+    if "val_map_50" in row:
+        line += f" | val mAP@0.5 {row['val_map_50']:.4f}"
+    return line + f" | {row['seconds']:.1f} s"

@@ -1,0 +1,96 @@
+"""`defectkit train --resume`: the interrupted run's own config, checked before anything
+runs (an unfinished run of a task that resumes; only the settings that change how it runs,
+not what it computes, may be given again)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from defectkit.config import RunConfig
+from defectkit.runs import FAILED, RESUME_MAY_CHANGE
+from defectkit.tasks import get_task
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_config(
+    run_dir: Path, source: str | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """The run's own config, checked before anything runs: the folder must hold an
+    unfinished run of a task that resumes, and a --config / --set given with --resume may
+    only change RESUME_MAY_CHANGE (every other difference is listed in the refusal)."""
+    from defectkit.config import (
+        ConfigError,
+        _merge,
+        config_from_dict,
+        config_to_dict,
+        load_config,
+        parse_overrides,
+    )
+
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"{run_dir} holds no config.yaml: not a run folder to resume")
+    import yaml
+
+    saved = config_from_dict(yaml.safe_load(saved_path.read_text()))
+    if (run_dir / "metrics.json").is_file():
+        raise ConfigError(
+            f"{run_dir} is a finished run (metrics.json, bundle/): nothing to resume; train "
+            "a new run, e.g. with train.init_from to start from its weights"
+        )
+    checkpoint = get_task(saved.task).checkpoint
+    # the task's own checkpoint, or the shared epoch loop's (an anomaly method that trains)
+    if not any((run_dir / "checkpoints" / name).is_file() for name in (checkpoint, "last.pt")):
+        failed = run_dir / FAILED
+        why = f" ({failed.read_text().strip()})" if failed.is_file() else ""
+        raise ConfigError(
+            f"{run_dir} holds no checkpoints/{checkpoint}: it stopped before its first "
+            f"checkpoint{why}; nothing to resume, train it again"
+        )
+    if source is None and not overrides:
+        return saved
+    if source is not None:
+        requested = load_config(source, overrides)
+    else:
+        requested = config_from_dict(_merge(config_to_dict(saved), parse_overrides(overrides)))
+    if requested.task != saved.task:
+        raise ConfigError(
+            f"{run_dir} is a {saved.task} run; --config asks for task {requested.task}: a "
+            "resumed run keeps its task (train a new run for the other one)"
+        )
+    before, after = _flat(config_to_dict(saved)), _flat(config_to_dict(requested))
+    changed = [k for k in before if before[k] != after[k] and k not in RESUME_MAY_CHANGE]
+    if changed:
+        lines = "\n".join(f"  {k}: {before[k]!r} -> {after[k]!r}" for k in changed)
+        raise ConfigError(
+            f"resuming {run_dir} with other settings would change what the run computes:\n"
+            f"{lines}\nResume without them (only {', '.join(RESUME_MAY_CHANGE)} may change), "
+            "or train a new run."
+        )
+    return config_from_dict(
+        _merge(
+            config_to_dict(saved),
+            _unflat({k: after[k] for k in RESUME_MAY_CHANGE if k in after}),
+        )
+    )
+
+
+def _unflat(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
