@@ -96,7 +96,8 @@ def find_regions(heat_map: np.ndarray, level: float = 0.5) -> list[Region]:
                 peak=float(heat_map[box][inside].max()),
             )
         )
-    return sorted(regions, key=lambda r: -r.peak)[:MAX_REGIONS] if count else []
+    # the strongest first (peaks equal to SCORE_DECIMALS ordered by place), the first 20 kept
+    return sorted(regions, key=box_order)[:MAX_REGIONS] if count else []
 
 
 def decide_class(

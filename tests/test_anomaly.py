@@ -115,26 +115,27 @@ def test_anomaly_run_separates_synthetic_defects(anomaly_run):
     run_dir, result = anomaly_run
     assert result["test_images"] == 4 + 32  # 20% of 16 good images, every defect image
     assert result["calibration_images"] == 1
-    if result["method"] != "autoencoder":  # pretrained features; the autoencoder learns
-        assert result["image_auroc"] >= 0.9  # from 11 images here and is only run
-        assert result["pixel_auroc"] >= 0.8
-        # each defect class's pixels against the defect-free images', the good class none
-        per_class = result["per_class"]
-        assert {c for c, v in per_class.items() if "pixel_auroc" in v} == set(per_class) - {"Ok"}
-        assert all(v["pixel_auroc"] >= 0.7 for v in per_class.values() if "pixel_auroc" in v)
-        # and inside each class's own images: the map finds the defect in its image
-        assert all(v["pixel_auroc_within"] >= 0.7 for v in per_class.values() if "pixel_auroc" in v)
-        assert all(
-            v["image_pixel_auroc_median"] >= 0.7 and 0 <= v["images_map_inverted"] <= v["images"]
-            for v in per_class.values()
-            if "pixel_auroc" in v
-        )
-        # and the pooled number without each class's images, which says who holds it down
-        assert all(
-            0.7 <= v["pixel_auroc_without"] <= 1 for v in per_class.values() if "pixel_auroc" in v
-        )
-    assert 0.0 <= result["image_auroc"] <= 1.0 and np.isfinite(result["threshold"])
-    assert 0.0 <= result["aupro"] <= 1.0
+    # every method on pretrained features, from 11 images, the autoencoder included (it
+    # inpaints them: image AUROC 1.0, pixel 0.96, AUPRO 0.85 here with two seeds)
+    assert result["image_auroc"] >= 0.9
+    assert result["pixel_auroc"] >= 0.8 and result["aupro"] >= 0.5
+    # each defect class's pixels against the defect-free images', the good class none
+    per_class = result["per_class"]
+    assert {c for c, v in per_class.items() if "pixel_auroc" in v} == set(per_class) - {"Ok"}
+    assert all(v["pixel_auroc"] >= 0.7 for v in per_class.values() if "pixel_auroc" in v)
+    # and inside each class's own images: the map finds the defect in its image
+    assert all(v["pixel_auroc_within"] >= 0.7 for v in per_class.values() if "pixel_auroc" in v)
+    assert all(
+        v["image_pixel_auroc_median"] >= 0.7 and 0 <= v["images_map_inverted"] <= v["images"]
+        for v in per_class.values()
+        if "pixel_auroc" in v
+    )
+    # and the pooled number without each class's images, which says who holds it down
+    assert all(
+        0.7 <= v["pixel_auroc_without"] <= 1 for v in per_class.values() if "pixel_auroc" in v
+    )
+    assert result["image_auroc"] <= 1.0 and np.isfinite(result["threshold"])
+    assert result["aupro"] <= 1.0
     assert result["model_mb"] > 0
     for name in (
         "metrics.json",

@@ -4,6 +4,8 @@ import csv
 import json
 import shutil
 
+import pytest
+
 from defectkit.cli import main
 
 
@@ -211,3 +213,16 @@ def test_a_run_name_clash_says_how_to_choose_another(synthetic_root, tmp_path, c
     assert main(args) == 0
     assert main(args) == 2
     assert "--set name=..." in capsys.readouterr().err
+
+
+def test_the_task_choices_are_the_registered_tasks(monkeypatch):
+    """`train --task` offers what the registry holds (a task registered from outside the
+    package included), not a list written in the CLI."""
+    from defectkit import tasks
+    from defectkit.cli import build_parser
+
+    monkeypatch.setitem(tasks._TASKS, "brightness", tasks.get_task("classify"))
+    parser = build_parser()
+    assert parser.parse_args(["train", "--task", "brightness", "--data", "x"]).task == "brightness"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--task", "nope", "--data", "x"])

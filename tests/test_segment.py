@@ -198,7 +198,11 @@ def test_frozen_stages_keep_their_imagenet_weights_and_statistics(segment_run):
 def test_segment_run_finds_synthetic_defects(segment_run):
     run_dir, result = segment_run
     assert result["without_gate"]["defect_iou"] > 0.3
-    assert 0 <= result["with_gate"]["defect_iou"] <= 1 and "gate" in result
+    gated, plain = result["with_gate"], result["without_gate"]
+    assert gated["defect_iou"] > 0.3 and "gate" in result  # 0.42 here (0.47 without it)
+    # the gate only empties the masks of images it calls OK: never a region more
+    assert gated["regions"]["predicted"] <= plain["regions"]["predicted"]
+    assert gated["regions"]["true"] == plain["regions"]["true"]
     assert result["miou"] > 0.6 and result["ms_per_image"] > 0
     assert set(result["per_label_iou"]) <= {"Scratch", "Spot"}
     for name in (

@@ -79,7 +79,8 @@ BUILTIN = ("anomaly", "classify", "detect", "segment")
 
 
 def imported_when_called(target: str) -> Callable[..., Any]:
-    """ "package.module:function" as a function that imports the module on its first call."""
+    """A function that calls `target` ("package.module:function"), importing its module on
+    the first call."""
     module, _, name = target.partition(":")
 
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -93,14 +94,17 @@ def imported_when_called(target: str) -> Callable[..., Any]:
 def task_from(
     name: str,
     deploy: Any,
-    run: str | Callable[[RunConfig, Path, bool], dict],
-    evaluate_bundle: str | Callable[[Any, Sequence[Any], str], dict],
+    run: str | Callable[[RunConfig, Path, bool], dict] = "",
+    evaluate_bundle: str | Callable[[Any, Sequence[Any], str], dict] = "",
 ) -> Task:
     """A task from its deploy module, which defines load_model, OUTPUTS, graph, decide,
     score_names, summary, eval_summary and, where they differ from the defaults,
     shown_threshold, CHECKPOINT, SECTIONS, tiled, DECIDES_BY_CLASS, truth, ANSWERS_LOCATE,
     KFOLD and LEARNING_CURVE; `run` and `evaluate_bundle` as functions or as
-    "module:function" (imported on their first call)."""
+    "module:function", imported on their first call (by default the task folder's
+    pipeline.py `run_<name>` and evaluate.py `evaluate_bundle`)."""
+    run = run or f"defectkit.tasks.{name}.pipeline:run_{name}"
+    evaluate_bundle = evaluate_bundle or f"defectkit.tasks.{name}.evaluate:evaluate_bundle"
     optional = {
         "shown_threshold": "shown_threshold",
         "checkpoint": "CHECKPOINT",

@@ -1,16 +1,10 @@
 """The detect task: images with boxes -> labelled boxes, OK/NG.
 
 pipeline.py runs one training run, evaluate.py scores a model on labelled images, deploy.py
-is what its bundle needs on the line; registering the task imports deploy.py alone."""
+is what its bundle needs on the line; registering the task imports deploy.py alone (the
+pipeline's run_detect and evaluate_bundle on their first call)."""
 
 from defectkit.tasks import register_task, task_from
 from defectkit.tasks.detect import deploy
 
-TASK = register_task(
-    task_from(
-        "detect",
-        deploy,
-        run="defectkit.tasks.detect.pipeline:run_detect",
-        evaluate_bundle="defectkit.tasks.detect.evaluate:evaluate_bundle",
-    )
-)
+TASK = register_task(task_from("detect", deploy))
