@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from common import HERE, REPO, RUNS, SHARED_DATA, save_results, table, write_section
+from common import HERE, REPO, RUNS, SHARED_DATA, save_results
 
 # name: (task, data, headline key, time key, (protocol, run name, what) of the tuned recipe)
 RUNS_SPEC = {
@@ -123,75 +123,13 @@ def drawn(run_dir) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", default=DEFAULT_RUNS)
-    parser.add_argument(
-        "--table-only", action="store_true", help="rewrite the table from the saved results"
-    )
     args = parser.parse_args()
-    if args.table_only:
-        payload = json.loads((HERE / "results" / "no-recipe.json").read_text())
-        for result in payload["runs"]:
-            result["drawn"] = drawn(RUNS / f"no-recipe-{result['name']}")
-        (HERE / "results" / "no-recipe.json").write_text(json.dumps(payload, indent=1))
-        return write_table(payload)
     results = []
     for name in args.runs.split(","):
         result = run(name)
         print(result, flush=True)
         results.append(result)
     save_results("no-recipe", results, f"python benchmarks/no_recipe.py --runs {args.runs}")
-
-
-def write_table(payload: dict) -> None:
-
-    def number(value, interval=None) -> str:
-        if value is None:
-            return "–"
-        text = f"{value:.4f}"
-        return text + (f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
-
-    def secs(value) -> str:
-        return "–" if value is None else f"{value:.0f}"
-
-    rows = [
-        [
-            r["name"],
-            r["metric"],
-            number(r["value"], r["interval"]),
-            secs(r["seconds"]),
-            ", ".join(f"{k} {v}" for k, v in r["drawn"].items()),
-            number(r["recipe_value"]),
-            secs(r["recipe_seconds"]),
-            r["recipe"],
-        ]
-        for r in payload["runs"]
-    ]
-    write_section(
-        "no-recipe",
-        f"""## No recipe: `--task` and `--data` only (no-recipe)
-
-Machine: {payload["machine"]}. Date: {payload["date"]}. Command: `{payload["command"]}`.
-Each dataset trained with `defectkit train --task T --data PATH` and nothing else: layout,
-classes, input side and resize mode, epochs and batch drawn from the data and this CPU
-(`defectkit train ... --dry-run` prints them). Beside it, the tuned recipe's number from its
-own protocol's results (this CPU). In brackets: the 95% bootstrap interval over the test
-images. Seconds: training (fit for anomaly).
-
-{
-            table(
-                rows,
-                [
-                    "run",
-                    "metric",
-                    "no recipe",
-                    "s",
-                    "drawn",
-                    "tuned recipe",
-                    "s",
-                    "recipe",
-                ],
-            )
-        }""",
-    )
 
 
 if __name__ == "__main__":

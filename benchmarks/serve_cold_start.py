@@ -9,7 +9,7 @@ how many modules were imported (defectkit's own, and whether training / plotting
 
 --before REV measures the same bundles with the code of an earlier commit too (a git
 worktree under benchmarks/runs/, put first on PYTHONPATH), for a before / after table.
-Writes results/serve-cold-start.json and its table in RESULTS.md.
+Writes results/serve-cold-start.json (and so its table in RESULTS.md).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, RUNS, git_sha, save_results, table, write_section
+from common import REPO, RUNS, git_sha, save_results
 
 TASKS = {
     # task: (synthetic set maker, overrides of a short run)
@@ -140,30 +140,7 @@ def main() -> None:
             print(label, task, {k: v for k, v in result.items()}, flush=True)
             runs.append({"name": f"{task}@{label}", "task": task, "code": label, **result})
     command = "python benchmarks/serve_cold_start.py " + " ".join(sys.argv[1:])
-    payload = save_results("serve-cold-start", runs, command.strip())
-    rows = [
-        [
-            r["task"],
-            r["code"],
-            f"{r['wall_s']:.2f}",
-            f"{r['import_s']:.2f}",
-            f"{r['app_s']:.2f}",
-            f"{r['first_request_s']:.2f}",
-            f"{r['peak_rss_mb']:.0f}",
-            str(r["defectkit_modules"]),
-            ", ".join(r["heavy_imported"]) or "none",
-        ]
-        for r in payload["runs"]
-    ]
-    header = ["task", "code", "to first answer s", "import s", "app s", "first request s"]
-    header += ["peak MB", "defectkit modules", "training / plotting imported"]
-    write_section(
-        "serve-cold-start",
-        "## Service cold start (`serve-cold-start`)\n\n"
-        f"{payload['machine']}, {payload['date']}: `{payload['command']}`; a fresh process per "
-        "measurement, medians of its repeats; bundles of the default backbone trained on the "
-        "synthetic sets.\n\n" + table(rows, header),
-    )
+    save_results("serve-cold-start", runs, command.strip())
 
 
 if __name__ == "__main__":

@@ -56,3 +56,19 @@ def test_a_run_is_stale_unless_it_measured_this_code(tables):
     # a hand-edited number is caught
     assert tables.formatted(0.7074, "fraction") == "0.707"
     assert tables.lookup({"gate": {"ng_recall": 0.9}}, "gate.ng_recall") == 0.9
+
+
+@pytest.mark.parametrize(
+    "script", sorted(p.stem for p in (REPO / "benchmarks").glob("*.py")), ids=str
+)
+def test_every_benchmark_script_imports(script):
+    """A script that names a helper common.py no longer has fails here, not after an hour
+    of training."""
+    import importlib
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        module = importlib.import_module(script)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    assert module.__doc__, f"benchmarks/{script}.py says what it measures"
