@@ -72,7 +72,7 @@ def bundles() -> dict[str, Path]:
             data = RUNS / f"cold-start-data-{maker}"
             if not data.exists():
                 size = 96 if maker == "make_box_set" else 64
-                kwargs = {"count": 48} if maker == "make_box_set" else {"per_class": 12}
+                kwargs = {"count": 48} if maker == "make_box_set" else {"per_class": 16}
                 getattr(synthetic, maker)(data, size=size, **kwargs)
             args = [f"data.root={data}", "data.image_size=64", f"out_dir={RUNS}"]
             args += [f"name={run_dir.name}", *overrides]
