@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     found = bundles()
-    codes: list[tuple[str, Path | None]] = [(git_sha(), None)]
+    codes: list[tuple[str, Path | None]] = [(git_sha()[:8], None)]  # this checkout
     if args.before:
         codes.insert(0, (args.before, worktree(args.before)))
     runs = []
