@@ -16,6 +16,11 @@ if TYPE_CHECKING:  # imported where used: it pulls in torch
     from defectkit.runtime.evaluate import LabelledData
 
 log = logging.getLogger("defectkit")
+LABELS_HELP = (
+    "the folder of the label files (labelme .json, YOLO .txt, VOC .xml, masks) where they are "
+    "not beside the images; a sibling labels/, label/, annotations/, masks/ or ground_truth/ "
+    "is found without it"
+)
 
 
 def _cmd_data_inspect(args: argparse.Namespace) -> int:
@@ -27,7 +32,7 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
     from defectkit.report import plot_image_grid
     from defectkit.runs import write_json
 
-    dataset = read_dataset(args.path, args.format, args.label_mode)
+    dataset = read_dataset(args.path, args.format, args.label_mode, args.labels)
     bad = check_samples(dataset.samples, cache=CheckCache(cache_path()))
     dataset = replace(dataset, left_out=tuple(bad))
     summary = summarize(dataset)
@@ -109,7 +114,8 @@ def _train_config(args: argparse.Namespace):
         raise ValueError(f"--task {task} but recipe {args.config} is a {recipe_task} recipe")
     given = [f"task={task}", *args.set, f"data.root={args.data}"]
     first = load_config(args.config, given)  # the reader's options, the device
-    dataset = read_dataset(args.data, first.data.format, first.data.label_mode)
+    d = first.data
+    dataset = read_dataset(args.data, d.format, d.label_mode, d.labels or None)
     base, notes = draw_defaults(task, dataset, first.train.device)
     return load_config(args.config, given, base), dataset, notes
 
@@ -126,7 +132,7 @@ def _dry_run(config, dataset, notes: list[str]) -> int:
 
     if dataset is None:
         d = config.data
-        dataset = read_dataset(d.root, d.format, d.label_mode)
+        dataset = read_dataset(d.root, d.format, d.label_mode, d.labels or None)
     check_settings(config, dataset)
     print("\n".join(summary_lines(dataset)))
     if notes:
@@ -145,12 +151,14 @@ def _dry_run(config, dataset, notes: list[str]) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import defectkit
 
+    if args.labels:
+        args.set = [*args.set, f"data.labels={args.labels}"]
     resume = Path(args.resume) if args.resume else None
     if resume is not None:
-        if args.task or args.data or args.dry_run:
+        if args.task or args.data or args.dry_run or args.labels:
             raise ValueError(
                 "--resume continues a run with its own data and settings: drop "
-                "--task, --data and --dry-run"
+                "--task, --data, --labels and --dry-run"
             )
         run_dir, result = defectkit.train(args.config, args.set, resume=resume)
     else:
@@ -221,6 +229,7 @@ def _labelled_data_options(parser: argparse.ArgumentParser, data_help: str) -> N
     parser.add_argument("--data", required=True, help=data_help)
     parser.add_argument("--format", default="auto", help="its layout, or auto-detect")
     parser.add_argument("--label-mode", default="default", help="reader-specific label mode")
+    parser.add_argument("--labels", metavar="PATH", help=LABELS_HELP)
     parser.add_argument("--split-manifest", help="a run's split.json, to use one part of it")
     parser.add_argument(
         "--part", default="test", choices=("train", "val", "test"), help="with --split-manifest"
@@ -243,6 +252,7 @@ def _labelled_data(args: argparse.Namespace) -> LabelledData:
         args.split_manifest,
         args.part,
         args.on_bad_image,
+        args.labels,
     )
 
 
@@ -589,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--label-mode", default="default", help="reader-specific, e.g. ELPV binary or 4class"
     )
+    inspect.add_argument("--labels", metavar="PATH", help=LABELS_HELP)
     inspect.add_argument(
         "--out",
         help="folder for summary.json and samples.png (default: runs/data-inspect-<folder>)",
@@ -608,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--data", metavar="PATH", help="the dataset folder (sizes, classes, epochs drawn from it)"
     )
+    train.add_argument("--labels", metavar="PATH", help=LABELS_HELP + " (= --set data.labels=PATH)")
     train.add_argument(
         "--folds",
         choices=("one", "all"),

@@ -19,6 +19,10 @@ class DataConfig:
     root: str = ""  # dataset folder (or a reader's own root, e.g. "elpv" for the pip package)
     format: str = "auto"  # a reader name from `defectkit data formats`, or auto-detect
     label_mode: str = "default"  # reader-specific: ELPV "binary" (OK/NG) or "4class"
+    # the folder of the label files (labelme .json, YOLO .txt, VOC .xml, masks) where they
+    # are not beside the images; "" = beside them, or a sibling labels/, label/,
+    # annotations/, masks/ or ground_truth/ folder found by itself
+    labels: str = ""
     image_size: int = 224  # square side the network sees; images of any size are resized
     cache_images: bool = True  # keep decoded images in RAM: decoding dominates small CPU runs
     augment: str = "default"  # "default", "light" or "none" (see data/transforms.py)

@@ -198,7 +198,11 @@ def check_dataset(
 
 
 def read_checked(
-    root: str | Path, format: str = "auto", label_mode: str = "default", on_bad: str = "error"
+    root: str | Path,
+    format: str = "auto",
+    label_mode: str = "default",
+    on_bad: str = "error",
+    labels: str | Path | None = None,
 ) -> SampleSet:
     """A dataset folder read in its layout and every file of it checked (see check_dataset)."""
-    return check_dataset(read_dataset(root, format, label_mode), on_bad)
+    return check_dataset(read_dataset(root, format, label_mode, labels), on_bad)

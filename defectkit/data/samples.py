@@ -76,6 +76,10 @@ class SampleSet:
     # samples left out because a file of theirs is unreadable (data.on_bad_image=skip):
     # data.checks.BadFile records, each naming the file and why
     left_out: tuple[Any, ...] = ()
+    # the folder the label files came from where it is not the images' own ("" beside them),
+    # and how many images have no label file there
+    labels: str = ""
+    unlabelled: int = 0
 
     def counts(self) -> dict[str, int]:
         counter = Counter(s.label for s in self.samples)

@@ -297,6 +297,7 @@ def save_manifest(
     payload = {
         "root": str(dataset.root),
         "layout": dataset.layout,
+        "labels": dataset.labels,  # the label folder where it is not the images' own
         "method": method or config.method,
         "seed": config.seed,
         "left_out": [vars(b) for b in dataset.left_out],

@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from defectkit.data.images import load_image, open_image
-from defectkit.data.samples import DatasetError, Sample, SampleSet
+from defectkit.data.samples import DatasetError, Sample, SampleSet, ok_class
 
 THUMB = 64  # side of the thumbnails compared: fine enough that textures decorrelate
 LOOK_ALIKE = 0.99  # correlation of two thumbnails above which images count as the same
@@ -109,6 +109,8 @@ def summarize(dataset: SampleSet) -> dict[str, Any]:
     return {
         "root": str(dataset.root),
         "layout": dataset.layout,
+        "labels": dataset.labels or "beside the images",
+        "unlabelled": dataset.unlabelled,
         "images": len(dataset),
         "classes": counts,
         "official_splits": dict(splits) if len(splits) > 1 else {},
@@ -123,6 +125,7 @@ def summarize(dataset: SampleSet) -> dict[str, Any]:
         "exact_duplicates": exact,
         "look_alike_groups": sorted(groups, key=len, reverse=True),
         "look_alike_compared": compare,
+        "tasks": servable_tasks(dataset),
     }
 
 
@@ -163,8 +166,32 @@ def near_duplicate_groups(samples: Sequence[Sample]) -> list[Sample]:
     return [s if s.group else replace(s, group=group_of[i]) for i, s in enumerate(samples)]
 
 
+def servable_tasks(dataset: SampleSet) -> dict[str, str]:
+    """The tasks this data can train, each with what makes it so."""
+    counts = dataset.counts()
+    masks = sum(s.mask is not None for s in dataset.samples)
+    boxed = sum(bool(s.boxes) for s in dataset.samples)
+    good = ok_class(list(counts))
+    tasks = {}
+    if len(counts) >= 2:
+        tasks["classify"] = f"{len(counts)} classes"
+    if good is not None and counts.get(good):
+        tasks["anomaly"] = f"{counts[good]} images of the defect-free class {good!r}"
+    if masks or boxed:
+        tasks["segment"] = f"{masks} masks" if masks else f"{boxed} images with boxes (filled)"
+    if boxed:
+        tasks["detect"] = f"{boxed} images with boxes"
+    return tasks
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = [f"{summary['root']}  ({summary['layout']} layout, {summary['images']} images)", ""]
+    lines = [f"{summary['root']}  ({summary['layout']} layout, {summary['images']} images)"]
+    if summary.get("labels", "beside the images") != "beside the images":
+        lines.append(
+            f"labels from {summary['labels']}: {summary['unlabelled']} image(s) have no label "
+            "file there (read as defect-free)"
+        )
+    lines.append("")
     width = max(len(c) for c in summary["classes"]) if summary["classes"] else 5
     lines += [f"  {name:<{width}}  {count:6d}" for name, count in summary["classes"].items()]
     if summary["official_splits"]:
@@ -182,6 +209,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"masks: {summary['with_masks']}, boxes: {summary['with_boxes']}, "
         f"reference images: {summary['with_reference']}",
         f"unreadable files: {len(summary['broken'])}",
+        "tasks this data can train: "
+        + ("; ".join(f"{t} ({why})" for t, why in summary.get("tasks", {}).items()) or "none"),
     ]
     boxes = summary.get("boxes")
     if boxes:

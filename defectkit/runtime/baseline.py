@@ -19,7 +19,9 @@ def baseline_images(run_dir: Path) -> tuple[list[Path], list[Path], list[Path] |
     manifest = json.loads((run_dir / "split.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     label_mode = (config.get("data") or {}).get("label_mode", "default")
-    dataset = read_dataset(manifest["root"], manifest["layout"], label_mode)
+    dataset = read_dataset(
+        manifest["root"], manifest["layout"], label_mode, manifest.get("labels") or None
+    )
     split = load_manifest(dataset, run_dir / "split.json")
     calibration = list(split.val) or list(split.test)
     references = [s.reference for s in calibration]

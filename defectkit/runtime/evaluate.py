@@ -27,10 +27,13 @@ class LabelledData:
     split_manifest: str | Path | None = None
     part: str = "test"
     on_bad_image: str = "error"
+    labels: str | Path | None = None  # the label files' folder, where not beside the images
 
     def read(self) -> tuple[SampleSet, Sequence[Sample]]:
         """The dataset with every file checked, and the samples to score."""
-        dataset = read_checked(self.root, self.format, self.label_mode, self.on_bad_image)
+        dataset = read_checked(
+            self.root, self.format, self.label_mode, self.on_bad_image, self.labels
+        )
         if self.split_manifest:
             return dataset, load_manifest(dataset, Path(self.split_manifest)).parts()[self.part]
         return dataset, dataset.samples

@@ -1,8 +1,10 @@
 """Every setting held against the data before any work is spent: the class names a config
 names (eval.positive, anomaly.good_label), the split's keys and whether each class has the
 images its parts need, the input size the model can take, and class folders without images.
-All problems are gathered into one error, each with the setting, what the data offers and
-the fix. (data.label_mode is checked by the reader: data/formats/base.py.)"""
+Data that cannot teach the task is refused too: a segment run reads masks until one marks
+a defect, a detect run the image headers of its boxed images (boxes of whole images). All
+problems are gathered into one error, each with the setting, what the data offers and the
+fix. (data.label_mode is checked by the reader: data/formats/base.py.)"""
 
 from __future__ import annotations
 
@@ -84,6 +86,53 @@ def _thin_strata(dataset: SampleSet, config: RunConfig) -> list[str]:
     ]
 
 
+def _no_mask_marks_a_defect(dataset: SampleSet, config: RunConfig) -> list[str]:
+    """A segmenter taught on masks that are all empty learns nothing: the defects are marked
+    elsewhere, or the images are all good (masks are read until the first that marks one)."""
+    if config.task != "segment" or not any(s.mask is not None for s in dataset.samples):
+        return []
+    from defectkit.data.segmentation import read_mask
+
+    if any(s.boxes for s in dataset.samples):
+        return []
+    if any(read_mask(s).any() for s in dataset.samples if s.mask is not None):
+        return []
+    return [
+        f"every mask of {dataset.root} ({dataset.layout}) is empty: no pixel marks a defect, "
+        "so there is nothing to segment. If the defects are marked in other files, point at "
+        "them (masks/, a label folder); if the images are all defect-free, train "
+        "--task anomaly on them"
+    ]
+
+
+WHOLE_IMAGE = 0.9  # a box covering this share of its image or more is an image-level label
+
+
+def _boxes_are_whole_images(dataset: SampleSet, config: RunConfig) -> list[str]:
+    """Boxes that each cover (nearly) their whole image are image labels exported as boxes:
+    a detector learns nothing of where from them (image sizes from the file headers)."""
+    if config.task != "detect":
+        return []
+    from PIL import Image
+
+    boxed = [s for s in dataset.samples if s.boxes][:500]
+    whole = total = 0
+    for sample in boxed:
+        with Image.open(sample.image) as image:
+            area = image.width * image.height
+        for box in sample.boxes:
+            total += 1
+            whole += (box.x2 - box.x1) * (box.y2 - box.y1) >= WHOLE_IMAGE * area
+    if not total or whole < 0.9 * total:
+        return []
+    return [
+        f"{whole} of the {total} boxes of {dataset.root} ({dataset.layout}) cover "
+        f"{WHOLE_IMAGE:.0%} of their image or more: these are image-level labels, not "
+        "places. Train --task classify on them (each image's label is its box's class), or "
+        "draw boxes around the defects"
+    ]
+
+
 def check_settings(config: RunConfig, dataset: SampleSet) -> None:
     """Raise one ConfigError listing every setting that does not fit `dataset`."""
     problems: list[str] = []
@@ -144,6 +193,8 @@ def check_settings(config: RunConfig, dataset: SampleSet) -> None:
             "the folder (an empty class cannot be learnt or tested)"
         )
     problems += _too_small(dataset, config)
+    problems += _no_mask_marks_a_defect(dataset, config)
+    problems += _boxes_are_whole_images(dataset, config)
     if config.split.per_class < 0:
         problems.append(
             f"split.per_class={config.split.per_class} is negative: 0 keeps every training "

@@ -62,7 +62,7 @@ def read_data(config: RunConfig, run_dir: Path):
     from defectkit.tasks.settings import check_settings
 
     d = config.data
-    dataset = read_dataset(d.root, d.format, d.label_mode)
+    dataset = read_dataset(d.root, d.format, d.label_mode, d.labels or None)
     check_settings(config, dataset)  # before a single image is decoded
     dataset = check_dataset(dataset, d.on_bad_image)
     if dataset.left_out and is_main():

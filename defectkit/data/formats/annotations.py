@@ -147,8 +147,20 @@ def _labelme_pairs(root: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _is_labelme(root: Path) -> bool:
-    for note, _ in _labelme_pairs(root)[:3]:
+def _labelme_pairs_apart(images: Path, notes: Path) -> list[tuple[Path, Path]]:
+    """(json, image) pairs across two folders: <notes>/<sub>/<stem>.json for
+    <images>/<sub>/<stem>.<ext> (or <images>/<stem>.<ext>)."""
+    pairs = []
+    for note in sorted(notes.rglob("*.json")):
+        places = (images / note.relative_to(notes).parent, images)
+        found = [p for d in places if d.is_dir() for p in d.glob(f"{note.stem}.*") if is_image(p)]
+        if found:
+            pairs.append((note, found[0]))
+    return pairs
+
+
+def _holds_labelme(notes: list[Path]) -> bool:
+    for note in notes[:3]:
         try:
             if "shapes" in json.loads(note.read_text()):
                 return True
@@ -157,17 +169,15 @@ def _is_labelme(root: Path) -> bool:
     return False
 
 
-@register_format(
-    "labelme",
-    "labelme: <stem>.json (shapes: polygon, rectangle) beside each <stem>.jpg; images without "
-    "a json are OK images",
-    _is_labelme,
-    priority=40,
-)
-def read_labelme(root: Path, label_mode: str) -> list[Sample]:
+def _is_labelme(root: Path) -> bool:
+    return _holds_labelme([note for note, _ in _labelme_pairs(root)])
+
+
+def _labelme_samples(pairs: list[tuple[Path, Path]], others: set[Path]) -> list[Sample]:
+    """Samples of the labelled images and of `others` (images without a json: OK images)."""
     problems = LabelProblems("labelme")
     labelled: dict[Path, tuple[Box, ...]] = {}
-    for note, image in _labelme_pairs(root):
+    for note, image in pairs:
         try:
             data = json.loads(note.read_text())
             shapes = data["shapes"]
@@ -188,13 +198,33 @@ def read_labelme(root: Path, label_mode: str) -> list[Sample]:
                 boxes.append(box)
         labelled[image] = tuple(boxes)
     samples = []
-    for image in sorted(
-        {*labelled, *(p for d in {i.parent for i in labelled} for p in images_in(d))}
-    ):
+    for image in sorted({*labelled, *others}):
         boxes = labelled.get(image, ())
         samples.append(Sample(image, _label_of(list(boxes)), boxes=boxes))
     problems.raise_any()
     return samples
+
+
+def read_labelme_apart(images: Path, notes: Path, label_mode: str) -> list[Sample]:
+    """Images in one folder (every image: those without a json are OK images), their labelme
+    JSON in another (a published `data/` + `label/`)."""
+    others = {p for p in images.rglob("*") if p.is_file() and is_image(p)}
+    return _labelme_samples(_labelme_pairs_apart(images, notes), others)
+
+
+@register_format(
+    "labelme",
+    "labelme: <stem>.json (shapes: polygon, rectangle) beside each <stem>.jpg, or in a label "
+    "folder of its own (data/ + label/); images without a json are OK images",
+    _is_labelme,
+    priority=40,
+    labels_in=lambda folder: _holds_labelme(sorted(folder.rglob("*.json"))),
+    read_apart=read_labelme_apart,
+)
+def read_labelme(root: Path, label_mode: str) -> list[Sample]:
+    pairs = _labelme_pairs(root)
+    others = {p for d in {image.parent for _, image in pairs} for p in images_in(d)}
+    return _labelme_samples(pairs, others)
 
 
 # ---------------------------------------------------------------- CVAT XML

@@ -75,16 +75,8 @@ def _is_voc(annotations: Path | None, images: Path | None) -> bool:
     return annotations.is_dir() and any(annotations.glob("*.xml"))
 
 
-@register_format(
-    "voc",
-    "Annotations/*.xml beside JPEGImages/ (or IMAGES/)",
-    lambda r: _is_voc(*_voc_dirs(r)),
-    priority=20,
-)
-def read_voc(root: Path, label_mode: str) -> list[Sample]:
+def read_voc_apart(image_dir: Path, annotations: Path, label_mode: str) -> list[Sample]:
     """Image label: the most frequent object class in its xml ("ok" when it has none)."""
-    annotations, image_dir = _voc_dirs(root)
-    assert annotations is not None and image_dir is not None
     samples = []
     problems = LabelProblems("Pascal VOC")
     for xml_path in sorted(annotations.glob("*.xml")):
@@ -107,6 +99,20 @@ def read_voc(root: Path, label_mode: str) -> list[Sample]:
         samples.append(Sample(image, label, boxes=tuple(boxes)))
     problems.raise_any()
     return samples
+
+
+@register_format(
+    "voc",
+    "Annotations/*.xml beside JPEGImages/ (or IMAGES/), or the xml in a folder of their own",
+    lambda r: _is_voc(*_voc_dirs(r)),
+    priority=20,
+    labels_in=lambda folder: any(folder.glob("*.xml")),
+    read_apart=read_voc_apart,
+)
+def read_voc(root: Path, label_mode: str) -> list[Sample]:
+    annotations, image_dir = _voc_dirs(root)
+    assert annotations is not None and image_dir is not None
+    return read_voc_apart(image_dir, annotations, label_mode)
 
 
 def _voc_boxes(tree: ET.Element, xml_path: Path, image: Path, problems: LabelProblems) -> list:
@@ -161,19 +167,36 @@ def _yolo_names(root: Path) -> list[str]:
     return []
 
 
+def _yolo_label_files(folder: Path) -> bool:
+    return any(p.name != "classes.txt" for p in folder.rglob("*.txt"))
+
+
+def read_yolo_apart(images: Path, labels: Path, label_mode: str) -> list[Sample]:
+    """<images>/<sub>/<stem>.<ext> with <labels>/<sub>/<stem>.txt; class names from
+    classes.txt or data.yaml beside the labels, above them or above the images."""
+    places = (labels, labels.parent, images.parent)
+    names = next((found for d in places if (found := _yolo_names(d))), [])
+    return _read_yolo(images, labels, names)
+
+
 @register_format(
     "yolo",
     "images/ + labels/ (class cx cy w h, or class x1 y1 x2 y2 ... polygons), "
-    "classes.txt or data.yaml with names",
+    "classes.txt or data.yaml with names; or the txt files in a folder of their own",
     lambda r: (r / "images").is_dir() and (r / "labels").is_dir(),
     priority=20,
+    labels_in=_yolo_label_files,
+    read_apart=read_yolo_apart,
 )
 def read_yolo(root: Path, label_mode: str) -> list[Sample]:
-    names = _yolo_names(root)
+    return _read_yolo(root / "images", root / "labels", _yolo_names(root))
+
+
+def _read_yolo(image_root: Path, label_root: Path, names: list[str]) -> list[Sample]:
     samples = []
     problems = LabelProblems("YOLO")
-    for image in sorted(p for p in (root / "images").rglob("*") if is_image(p)):
-        label_file = root / "labels" / image.relative_to(root / "images").with_suffix(".txt")
+    for image in sorted(p for p in image_root.rglob("*") if is_image(p)):
+        label_file = label_root / image.relative_to(image_root).with_suffix(".txt")
         boxes = []
         if label_file.is_file():
             try:

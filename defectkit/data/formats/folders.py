@@ -90,26 +90,34 @@ def _class_pair_dirs(root: Path) -> list[Path]:
     ]
 
 
+def read_masks_apart(images: Path, masks: Path, label_mode: str) -> list[Sample]:
+    """Images in one folder, a mask of the same stem (or <stem>_mask) for each in another;
+    the image's label: "defect" where its mask marks one, else "ok"."""
+    found = {p.stem: p for p in images_in(masks)}
+    samples = []
+    for image in images_in(images):
+        mask = found.get(image.stem) or found.get(f"{image.stem}_mask")
+        if mask is None:
+            raise DatasetError(
+                f"{image} has no mask in {masks}: add "
+                f"{image.stem}.png (all zero for a defect-free image)"
+            )
+        samples.append(Sample(image, "defect" if _marks_a_defect(mask) else "ok", mask=mask))
+    return samples
+
+
 @register_format(
     "image_mask",
     "<class>/[Imgs/]<id>.jpg with mask <id>.png beside it "
-    "(magnetic tile), or images/ + masks/ with equal stems",
+    "(magnetic tile), or images/ + masks/ (or ground_truth/) with equal stems",
     lambda r: ((r / "images").is_dir() and (r / "masks").is_dir()) or len(_class_pair_dirs(r)) >= 1,
     priority=60,
+    labels_in=lambda folder: bool(images_in(folder)),
+    read_apart=read_masks_apart,
 )
 def read_image_mask(root: Path, label_mode: str) -> list[Sample]:
     if (root / "images").is_dir() and (root / "masks").is_dir():
-        masks = {p.stem: p for p in images_in(root / "masks")}
-        samples = []
-        for image in images_in(root / "images"):
-            mask = masks.get(image.stem) or masks.get(f"{image.stem}_mask")
-            if mask is None:
-                raise DatasetError(
-                    f"{image} has no mask in {root / 'masks'}: add "
-                    f"{image.stem}.png (all zero for a defect-free image)"
-                )
-            samples.append(Sample(image, "defect" if _marks_a_defect(mask) else "ok", mask=mask))
-        return samples
+        return read_masks_apart(root / "images", root / "masks", label_mode)
     class_dirs = _class_pair_dirs(root)
     prefix = _common_prefix([d.name for d in class_dirs])
     samples = []
