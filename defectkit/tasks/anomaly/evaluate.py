@@ -35,24 +35,27 @@ def evaluate_anomaly(
     is_bad = np.array([s.label != good for s in samples])
     if is_bad.all() or not is_bad.any():
         raise DatasetError("the test part needs both defect-free and defect images")
-    masks, resized = [], []
-    for sample, amap in zip(samples, maps, strict=True):
-        mask = read_mask(sample)
-        masks.append(mask)
-        resized.append(
-            F.interpolate(amap[None, None], size=mask.shape, mode="bilinear", align_corners=False)[
-                0, 0
-            ].numpy()
-        )
+    if len(maps) != len(samples):
+        raise ValueError(f"{len(maps)} maps for {len(samples)} images")
+    masks = [read_mask(sample) for sample in samples]
+
+    def resized(i: int) -> np.ndarray:
+        """Image i's map at its mask's own resolution (made when needed: the test set's maps
+        at full size would take more memory than the ranking of their pixels)."""
+        amap = maps[i][None, None]
+        return F.interpolate(amap, size=masks[i].shape, mode="bilinear", align_corners=False)[
+            0, 0
+        ].numpy()
+
     has_pixels = [bool(m.any()) for m in masks]
-    ranking = PixelRanking(masks, resized) if any(has_pixels) else None
+    indices = range(len(masks))
+    ranking = PixelRanking(masks, map(resized, indices)) if any(has_pixels) else None
     # each defect image alone: does its map rank its own defect pixels first
     alone = {
-        i: PixelRanking([masks[i]], [resized[i]]).auroc()
-        for i in range(len(masks))
+        i: PixelRanking([masks[i]], [resized(i)]).auroc()
+        for i in indices
         if has_pixels[i] and not masks[i].all()
     }
-    del resized
     best_f1, best_threshold = f1_max(is_bad, scores)
     at_calibrated = rates_at(is_bad, scores, threshold)
     per_class = {}

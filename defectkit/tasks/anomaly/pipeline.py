@@ -34,7 +34,7 @@ from defectkit.engine.train import (
 )
 from defectkit.models.anomaly import create_method
 from defectkit.models.backbones import preprocessing_for
-from defectkit.runs import peak_rss_mb, state_mb, write_json
+from defectkit.runs import peak_rss_mb, release_freed_memory, state_mb, write_json
 from defectkit.tasks.anomaly import deploy, report
 from defectkit.tasks.anomaly.deploy import ANOMALOUS, load_fitted_state, save_bundle
 from defectkit.tasks.anomaly.evaluate import evaluate_anomaly
@@ -384,9 +384,12 @@ def run_anomaly(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
             },
         )
 
+    release_freed_memory()  # what the fit freed (its features), before the scoring passes
     calibration_scores, _, _ = score(model, parts["calibration"], transform, config, device)
     threshold = float(np.quantile(calibration_scores, 1 - ac.false_alarm_rate))
     suspects = suspect_training_images(model, fit_batches, threshold, config, device)
+    del fit_batches  # its decoded training images: the test set's pixel metrics need the room
+    release_freed_memory()
 
     tick = time.perf_counter()
     test_scores, test_maps, test_sizes = score(model, parts["test"], transform, config, device)
