@@ -117,8 +117,10 @@ def measure(bundle: Path, code: Path | None, repeats: int) -> dict:
         },
         "modules": len(modules),
         "defectkit_modules": sum(m.startswith("defectkit") for m in modules),
-        "heavy_imported": [h for h in HEAVY if any(m.split(".")[0] == h or m == h for m in modules)]
-        + [h for h in HEAVY if "." in h and any(m.startswith(h) for m in modules)],
+        # a package counts as imported when it or any module below it is
+        "heavy_imported": [
+            h for h in HEAVY if any(m == h or m.startswith(h + ".") for m in modules)
+        ],
         "repeats": repeats,
     }
 
@@ -136,7 +138,6 @@ def main() -> None:
     for label, code in codes:
         for task, bundle in found.items():
             result = measure(bundle, code, args.repeats)
-            result["heavy_imported"] = sorted(set(result["heavy_imported"]))
             print(label, task, {k: v for k, v in result.items()}, flush=True)
             runs.append({"name": f"{task}@{label}", "task": task, "code": label, **result})
     command = "python benchmarks/serve_cold_start.py " + " ".join(sys.argv[1:])

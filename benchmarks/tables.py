@@ -440,8 +440,10 @@ def formatted(value: Any, kind: str) -> str:
         return f"{value:.0f}"
     if kind == "minutes":
         return f"{value / 60:.1f}"
-    if kind in ("ms", "rate", "ms_s"):
-        return f"{value:.2f}" if kind == "ms_s" else f"{value:.1f}"
+    if kind == "ms_s":  # seconds to a hundredth
+        return f"{value:.2f}"
+    if kind in ("ms", "rate"):
+        return f"{value:.1f}"
     return f"{value:.3f}"
 
 

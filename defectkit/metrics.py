@@ -181,8 +181,10 @@ class PixelRanking:
     PIECE = 1 << 22
 
     def _chosen(self, images: Sequence[int] | None) -> np.ndarray:
+        if images is None:
+            return np.ones(len(self.regions), bool)
         chosen = np.zeros(len(self.regions), bool)
-        chosen[list(range(len(self.regions))) if images is None else list(images)] = True
+        chosen[list(images)] = True
         return chosen
 
     def _pieces(
