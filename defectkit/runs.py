@@ -27,6 +27,7 @@ RESUME_MAY_CHANGE = (
     "train.device",
     "data.num_workers",
     "data.cache_images",
+    "segment.grad_checkpointing",
     "eval.worst_k",
     "out_dir",
     "name",

@@ -135,6 +135,39 @@ def test_first_convolution_is_extended_for_a_reference_image():
     assert masks.shape == (2, 64, 64) and gate.shape == (2,)
 
 
+def test_gradient_checkpointing_trains_the_same_model():
+    """Recomputing the encoder's blocks (segment.grad_checkpointing) gives the gradients of
+    a plain run, and its batch-norm statistics after two steps, though the recompute runs
+    those layers twice a step (their momentum is set so two moves equal one)."""
+    from defectkit.models.segmenter import build_segmenter
+
+    torch.manual_seed(0)
+    images = torch.randn(2, 4, 3, 64, 64)
+    states = {}
+    for checkpointed in (False, True):
+        config = SegmentConfig(encoder_depth=3, grad_checkpointing=checkpointed)
+        torch.manual_seed(1)  # the same decoder and gate initialisation
+        model, _, _ = build_segmenter(ModelConfig(), config, 3, pretrained=True)
+        model.train()
+        torch.manual_seed(2)  # the same gate dropout
+        for x in images:
+            model.zero_grad()
+            masks, gate = model(x)
+            (masks.square().mean() + gate.mean()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        states[checkpointed] = model.state_dict(), grads
+    (plain, plain_grads), (ckpt, ckpt_grads) = states[False], states[True]
+    stat = "net.encoder.model.blocks.1.0.bn1.running_var"
+    assert not torch.equal(plain[stat], torch.ones_like(plain[stat]))  # the statistics moved
+    for name, value in plain.items():
+        if value.is_floating_point():
+            assert torch.allclose(ckpt[name], value, rtol=1e-4, atol=1e-5), name
+    assert plain_grads.keys() == ckpt_grads.keys() and len(plain_grads) > 50
+    for name, grad in plain_grads.items():
+        scale = grad.abs().max().item() + 1e-8
+        assert (ckpt_grads[name] - grad).abs().max().item() <= 1e-3 * scale, name
+
+
 def _segment(root: Path, out: Path, name: str, *extra: str):
     config = load_config(
         None,

@@ -5,6 +5,8 @@ for any channel count, and an optional OK/NG head on the deepest encoder feature
 
 from __future__ import annotations
 
+import copy
+import math
 from typing import Any
 
 import torch
@@ -83,4 +85,36 @@ def build_segmenter(
         **options,
     )
     info, source = pretrained_trunk(model_config, net.encoder.model, pretrained)
-    return Segmenter(net, config.gate), info, preprocessing_for(model_config.backbone, source)
+    segmenter = Segmenter(net, config.gate)
+    if config.grad_checkpointing:
+        checkpoint_blocks(segmenter, net.encoder.model, in_channels)
+    return segmenter, info, preprocessing_for(model_config.backbone, source)
+
+
+def checkpoint_blocks(model: nn.Module, trunk: nn.Module, in_channels: int) -> bool:
+    """Keep only each encoder block's input in training and recompute the block in the
+    backward pass (timm's gradient checkpointing), where the trunk offers it.
+
+    The recompute runs every batch norm inside a block a second time on the same batch, so
+    its running statistics would move twice a step. A one-step probe on a copy finds those
+    layers and their momentum m becomes 1 - sqrt(1 - m): two moves then equal one move at m,
+    and the trained statistics match a run without checkpointing."""
+    if not hasattr(trunk, "set_grad_checkpointing"):
+        return False
+    trunk.set_grad_checkpointing(True)
+    probe = copy.deepcopy(model).train()
+    for parameter in probe.parameters():
+        parameter.requires_grad_(True)
+    out = probe(torch.zeros(2, in_channels, 64, 64))
+    sum(part.float().sum() for part in out).backward()
+    twice = {
+        name
+        for name, module in probe.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and module.num_batches_tracked is not None
+        and int(module.num_batches_tracked) == 2
+    }
+    for name, module in model.named_modules():
+        if name in twice and module.momentum is not None:
+            module.momentum = 1 - math.sqrt(1 - module.momentum)
+    return True

@@ -68,6 +68,7 @@ def load_model(folder: Path, meta: dict[str, Any]) -> nn.Module:
         encoder_depth=meta["encoder_depth"],
         decoder_channels=tuple(meta["decoder_channels"]),
         gate=meta["gate"],
+        grad_checkpointing=False,  # inference keeps no activations for a backward pass
     )
     model, _, _ = build_segmenter(
         ModelConfig(backbone=meta["backbone"]), config, meta["in_channels"], pretrained=False
