@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -202,10 +203,19 @@ def decide_detect(
     labels: np.ndarray,
     classes: list[str],
     threshold: float,
+    class_thresholds: Sequence[float] | None = None,
 ) -> Prediction:
     """A detector's call from its kept boxes (image pixels, x1 y1 x2 y2), their scores and
     class indices: NG when a box scores at or above the threshold, labelled with the best
-    box's class; the called boxes are the regions. scores: each class's best box score."""
+    box's class; the called boxes are the regions. scores: each class's best box score.
+
+    With class_thresholds (each class's box threshold, chosen on validation) every score is
+    first put on the scale where its class's threshold is 0.5 (calibrated_box_scores), so
+    `threshold` 0.5 calls each class's boxes at its own threshold."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if class_thresholds is not None and len(scores):
+        cuts = np.asarray(class_thresholds, dtype=np.float64)[np.asarray(labels, dtype=np.int64)]
+        scores = calibrated_box_scores(scores, cuts)
     kept = [
         Region(
             x=round(float(x1), 1),
@@ -234,6 +244,16 @@ def decide_detect(
         regions=[r for r in kept if r.peak >= threshold][:MAX_REGIONS],
         boxes=kept,
     )
+
+
+def calibrated_box_scores(scores: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Box scores in [0, 1] moved so that each box's class threshold (`cuts`, one per box)
+    lands on 0.5: linear from 0 to the cut and from the cut to 1. The order of one class's
+    boxes is kept (its AP does not change); boxes of different classes become comparable."""
+    cuts = np.clip(cuts, 1e-6, 1 - 1e-6)
+    below = 0.5 * scores / cuts
+    above = 0.5 + 0.5 * (scores - cuts) / (1 - cuts)
+    return np.where(scores < cuts, below, above)
 
 
 def box_order(box: Region) -> tuple[float, str, float, float, float, float]:

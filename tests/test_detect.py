@@ -13,11 +13,16 @@ import defectkit
 from defectkit.data.detection import DetectionDataset, to_image, to_input
 from defectkit.data.samples import Box, DatasetError, Sample
 from defectkit.data.synthetic import make_box_set
-from defectkit.predictions import box_differences, match_boxes
+from defectkit.predictions import (
+    box_differences,
+    calibrated_box_scores,
+    decide_detect,
+    match_boxes,
+)
 from defectkit.runtime.evaluate import evaluate_bundle
 from defectkit.runtime.export import check_export, export_onnx
 from defectkit.runtime.inspector import Inspector
-from defectkit.tasks.detect.evaluate import coco_map
+from defectkit.tasks.detect.evaluate import box_curves, choose_box_thresholds, coco_map, point_at
 
 DETECT = [
     "task=detect",
@@ -95,6 +100,106 @@ def test_coco_map_matches_a_hand_worked_value():
     assert coco_map(truths, [[], []], ["dent"])["map_50"] == 0.0
 
 
+def test_faster_coco_eval_measures_what_pycocotools_measures():
+    """The evaluator the metrics use (faster-coco-eval) and the original (pycocotools)
+    agree on 40 images of jittered, missed and invented boxes of three classes of every
+    size (one class with no true box), at every IoU threshold and recall point."""
+    rng = np.random.default_rng(0)
+    truths, found = [], []
+    for _ in range(40):
+        image_truths, image_found = [], []
+        for _ in range(rng.integers(0, 4)):
+            k = int(rng.integers(0, 2))
+            x, y = rng.uniform(0, 400, 2)
+            w, h = rng.uniform(4, 200, 2)
+            image_truths.append((k, x, y, x + w, y + h))
+            if rng.random() < 0.8:  # found, off by up to a third of its size
+                dx, dy = rng.uniform(-0.3, 0.3, 2) * (w, h)
+                label = k if rng.random() < 0.9 else 2
+                image_found.append((label, rng.uniform(0.05, 1), x + dx, y + dy, x + w + dx, y + h))
+        for _ in range(rng.integers(0, 3)):  # boxes on nothing
+            x, y = rng.uniform(0, 400, 2)
+            k = int(rng.integers(0, 3))
+            image_found.append((k, rng.uniform(0.05, 1), x, y, x + 30, y + 50))
+        truths.append(image_truths)
+        found.append(image_found)
+    classes = ["dent", "scratch", "stain"]
+    fast = coco_map(truths, found, classes)
+    reference = coco_map(truths, found, classes, backend="pycocotools")
+    assert 0.2 < reference["map_50"] < 0.95  # a mix of hits and misses, not a trivial case
+    for key in ("map", "map_50", "map_75"):
+        assert fast[key] == pytest.approx(reference[key], abs=1e-9), key
+    assert fast["ap_50"] == pytest.approx(reference["ap_50"], abs=1e-9)
+    assert fast["ap_50"]["stain"] is None
+    for name, curve in reference["pr_50"].items():
+        assert fast["pr_50"][name] == pytest.approx(curve, abs=1e-9), name
+    with pytest.raises(ValueError, match="unknown COCO backend"):
+        coco_map(truths, found, classes, backend="torchmetrics")
+
+
+def test_box_thresholds_are_chosen_on_a_hand_worked_curve():
+    """Two true dents; dent boxes scored 0.9 (a hit), 0.8 (on nothing) and 0.7 (the other
+    hit): precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1 as the threshold falls. F1 is best
+    (0.8) at 0.7; precision >= 0.9 is first reached at 0.9, >= 0.6 last at 0.7. The
+    scratch boxes find no true box: the class keeps the fallback threshold."""
+    truths = [[(0, 0.0, 0.0, 10.0, 10.0)], [(0, 20.0, 20.0, 30.0, 30.0)]]
+    found = [
+        [(0, 0.9, 0.0, 0.0, 10.0, 10.0), (0, 0.8, 50.0, 50.0, 60.0, 60.0)],
+        [(0, 0.7, 21.0, 20.0, 31.0, 30.0), (1, 0.95, 20.0, 20.0, 30.0, 30.0)],
+    ]
+    curves = box_curves(truths, found, ["dent", "scratch"], iou=0.5)
+    dent = curves["dent"]
+    assert dent["true"] == 2 and dent["scores"].tolist() == pytest.approx([0.9, 0.8, 0.7])
+    assert dent["precision"].tolist() == pytest.approx([1, 0.5, 2 / 3])
+    assert dent["recall"].tolist() == pytest.approx([0.5, 0.5, 1])
+    assert curves["scratch"]["true"] == 0 and curves["scratch"]["precision"].tolist() == [0]
+    f1 = choose_box_thresholds(curves, "f1", 0.7, fallback=0.3, floor=0.05)
+    assert f1 == {"dent": pytest.approx(0.7), "scratch": 0.3}
+    strict = choose_box_thresholds(curves, "precision", 0.9, fallback=0.3, floor=0.05)
+    assert strict["dent"] == pytest.approx(0.9)
+    loose = choose_box_thresholds(curves, "precision", 0.6, fallback=0.3, floor=0.05)
+    assert loose["dent"] == pytest.approx(0.7)
+    # no threshold reaches precision 1.01: the best F1 instead; none below the floor
+    assert choose_box_thresholds(curves, "precision", 1.01, 0.3, 0.05)["dent"] == 0.7
+    assert choose_box_thresholds(curves, "f1", 0.7, 0.3, floor=0.75)["dent"] == 0.75
+    assert point_at(dent, 0.85) == {"precision": 1.0, "recall": 0.5}
+    assert point_at(dent, 0.95) == {"precision": None, "recall": 0.0}
+    # the IoU asked for decides the hit: the second dent box overlaps its truth at 9/11
+    assert box_curves(truths, found, ["dent", "scratch"], iou=0.9)["dent"]["recall"][-1] == 0.5
+    with pytest.raises(ValueError, match="detect.box_rule"):
+        choose_box_thresholds(curves, "youden", 0.7, 0.3, 0.05)
+
+
+def test_calibrated_scores_call_each_class_at_its_own_threshold():
+    cuts = np.array([0.2, 0.2, 0.2, 0.8])
+    assert calibrated_box_scores(np.array([0.1, 0.2, 0.6, 0.9]), cuts).tolist() == pytest.approx(
+        [0.25, 0.5, 0.75, 0.75]
+    )
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], dtype=float)
+    # a dent at 0.4 under its threshold 0.6; a scratch at 0.3 over its threshold 0.25
+    call = decide_detect(
+        "a.png",
+        boxes[:2],
+        np.array([0.4, 0.3]),
+        np.array([0, 1]),
+        ["dent", "scratch"],
+        0.5,
+        [0.6, 0.25],
+    )
+    assert not call.ok and call.label == "scratch"
+    assert [r.label for r in call.regions] == ["scratch"] and len(call.boxes) == 2
+    assert call.ng_score == pytest.approx(0.5 + 0.5 * 0.05 / 0.75)
+    # without class thresholds the raw scores meet the one threshold: the dent is called
+    plain = decide_detect(
+        "a.png", boxes[:2], np.array([0.4, 0.3]), np.array([0, 1]), ["dent", "scratch"], 0.35
+    )
+    assert plain.label == "dent" and [r.label for r in plain.regions] == ["dent"]
+    below = decide_detect(
+        "b.png", boxes[2:], np.array([0.5]), np.array([0]), ["dent", "scratch"], 0.5, [0.6, 0.25]
+    )
+    assert below.ok and below.regions == [] and below.ng_score < 0.5
+
+
 def test_a_detect_run_finds_the_drawn_boxes(detect_run):
     run_dir, result = detect_run
     with open(run_dir / "history.csv") as history:
@@ -109,6 +214,12 @@ def test_a_detect_run_finds_the_drawn_boxes(detect_run):
         "map_50" not in result["intervals"] and "mAP has no interval" in result["interval_method"]
     )
     assert (run_dir / "report.html").read_text().count("AP@0.5") >= 1
+    # each class's box threshold chosen on validation, kept by the bundle
+    meta = json.loads((run_dir / "bundle" / "bundle.json").read_text())
+    assert set(meta["box_thresholds"]) == set(result["classes"]) == set(result["box_points"])
+    assert all(0.05 <= t < 1 for t in meta["box_thresholds"].values())
+    assert meta["box_thresholds"] == result["box_thresholds"] and meta["threshold"] == 0.5
+    assert "box threshold" in (run_dir / "report.html").read_text()
     predictions = (run_dir / "predictions.csv").read_text().splitlines()
     assert len(predictions) == result["images"] + 1
 

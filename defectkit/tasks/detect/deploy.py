@@ -34,6 +34,7 @@ def save_bundle(
     classes: list[str],
     threshold: float,
     in_channels: int,
+    box_thresholds: dict[str, float],
 ) -> Any:
     dc = config.detect
     return write_bundle(
@@ -50,7 +51,11 @@ def save_bundle(
             "in_channels": in_channels,
             "reference": in_channels == 6,
             "classes": classes,
-            # NG when a box scores at or above this (chosen on the validation images)
+            # each class's box threshold on the model's own scores (chosen on validation);
+            # decisions show box scores calibrated so that these land on 0.5
+            "box_thresholds": box_thresholds,
+            # NG when a calibrated box score is at or above this (0.5: a box at its class's
+            # threshold; eval's rule on validation images where they hold OK and NG ones)
             "threshold": threshold,
             "score_floor": dc.score_floor,
             "nms_iou": dc.nms_iou,
@@ -86,6 +91,13 @@ def graph(model: nn.Module, images: torch.Tensor, **options: Any) -> tuple[torch
     from defectkit.models.detector import dense_outputs
 
     return dense_outputs(model, images)
+
+
+def class_thresholds(meta: dict[str, Any]) -> list[float] | None:
+    """The bundle's box threshold per class index (None for bundles that kept one threshold
+    on the raw scores)."""
+    chosen = meta.get("box_thresholds")
+    return None if chosen is None else [chosen[c] for c in meta["classes"]]
 
 
 def keep_boxes(
@@ -154,12 +166,19 @@ def tiled(inspector, name: str, x: torch.Tensor, image: Any) -> Prediction:
         meta["max_boxes"],
     )
     return decide_detect(
-        name, boxes.numpy(), scores.numpy(), labels.numpy(), inspector.classes, inspector.threshold
+        name,
+        boxes.numpy(),
+        scores.numpy(),
+        labels.numpy(),
+        inspector.classes,
+        inspector.threshold,
+        class_thresholds(meta),
     )
 
 
 def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]) -> list:
     meta = inspector.meta
+    cuts = class_thresholds(meta)
     decisions: list[Prediction] = []
     for name, boxes, scores, image in zip(names, *outputs, images, strict=True):
         kept, kept_scores, labels = keep_boxes(
@@ -178,6 +197,7 @@ def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]
                 labels.numpy(),
                 inspector.classes,
                 inspector.threshold,
+                cuts,
             )
         )
     return decisions
@@ -194,7 +214,8 @@ def _maybe(value: float | None) -> str:
 def summary(result: dict[str, Any]) -> str:
     return (
         f"mAP@0.5 {result['map_50']:.4f}  mAP@0.5:0.95 {result['map']:.4f}  box recall "
-        f"{_maybe(result['box_recall'])} ({result['images']} test images)"
+        f"{_maybe(result['box_recall'])}  box precision {_maybe(result.get('box_precision'))}"
+        f" ({result['images']} test images, box thresholds by {result.get('box_rule', 'f1')})"
         + f"\ntraining {result['train_seconds']:.1f} s, {result['ms_per_image']:.1f} ms per "
         f"image, peak memory {result['peak_rss_mb']:.0f} MB"
     )
@@ -203,7 +224,8 @@ def summary(result: dict[str, Any]) -> str:
 def eval_summary(result: dict[str, Any]) -> str:
     return (
         f"mAP@0.5 {result['map_50']:.4f}  mAP@0.5:0.95 {result['map']:.4f}  box recall "
-        f"{_maybe(result['box_recall'])}  NG recall {_maybe(result['ng_recall'])}  "
+        f"{_maybe(result['box_recall'])}  box precision {_maybe(result.get('box_precision'))}"
+        f"  NG recall {_maybe(result['ng_recall'])}  "
         f"OK specificity {_maybe(result['ok_specificity'])} on {result['images']} images"
     )
 

@@ -1,7 +1,8 @@
-"""The detect task's metrics: COCO mAP@0.5 and mAP@0.5:0.95 with the standard evaluator
-(pycocotools), AP@0.5 and the precision-recall curve per class, box recall and precision of
-the called boxes (score >= threshold) at the dataset's own IoU, and the image-level OK/NG
-call (NG = a called box) against the images' true boxes."""
+"""The detect task's metrics: COCO mAP@0.5 and mAP@0.5:0.95 with COCO's evaluation
+(faster-coco-eval, maintained; the tests hold it to the original pycocotools), AP@0.5 and
+the precision-recall curve per class, each class's box threshold chosen on a curve of its
+boxes, box recall and precision of the called boxes at the dataset's own IoU, and the
+image-level OK/NG call (NG = a called box) against the images' true boxes."""
 
 from __future__ import annotations
 
@@ -24,17 +25,28 @@ def _xyxy(regions: Sequence[Region]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
 
 
+COCO_BACKENDS = ("faster_coco_eval", "pycocotools")
+
+
 def coco_map(
     truths: Sequence[Sequence[tuple[int, float, float, float, float]]],
     detections: Sequence[Sequence[tuple[int, float, float, float, float, float]]],
     classes: Sequence[str],
+    backend: str = "faster_coco_eval",
 ) -> dict[str, Any]:
-    """pycocotools' box evaluation. truths[i]: (class, x1, y1, x2, y2) of image i;
+    """COCO's box evaluation. truths[i]: (class, x1, y1, x2, y2) of image i;
     detections[i]: (class, score, x1, y1, x2, y2). Returns map (0.5:0.95), map_50, map_75,
     ap_50 per class (None for a class without true boxes) and each class's precision at
-    the 101 COCO recall points for IoU 0.5 (the report's PR curves)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    the 101 COCO recall points for IoU 0.5 (the report's PR curves). backend: which
+    implementation evaluates (pycocotools, unmaintained, for the agreement test)."""
+    if backend == "faster_coco_eval":
+        from faster_coco_eval import COCO
+        from faster_coco_eval import COCOeval_faster as COCOeval
+    elif backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    else:
+        raise ValueError(f"unknown COCO backend {backend!r}; use one of {COCO_BACKENDS}")
 
     truth = COCO()
     truth.dataset = {
@@ -72,7 +84,7 @@ def coco_map(
             "ap_50": {c: (0.0 if has_truth[k] else None) for k, c in enumerate(classes)},
             "pr_50": {},
         }
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+    with contextlib.redirect_stdout(io.StringIO()):  # both print their progress
         truth.createIndex()
         found = truth.loadRes(results)
         evaluation = COCOeval(truth, found, iouType="bbox")
@@ -121,6 +133,95 @@ def match_boxes(
     return int(taken.sum()), hits
 
 
+BOX_RULES = ("f1", "precision")
+
+
+def box_curves(
+    truths: Sequence[Sequence[tuple[int, float, float, float, float]]],
+    detections: Sequence[Sequence[tuple[int, float, float, float, float, float]]],
+    classes: Sequence[str],
+    iou: float,
+) -> dict[str, dict[str, Any]]:
+    """Each class's boxes as a precision-recall curve over the score threshold (inputs as
+    coco_map). Within an image, boxes of a class take true boxes of that class greedily by
+    score, one each, at IoU >= iou. Per class: `scores` (descending, one per distinct
+    score), `precision` and `recall` of the boxes scored at or above each, and `true` (the
+    class's true boxes)."""
+    from torchvision.ops import box_iou
+
+    found: dict[int, list[tuple[float, bool]]] = {k: [] for k in range(len(classes))}
+    true = np.zeros(len(classes), dtype=np.int64)
+    for image_truths, image_boxes in zip(truths, detections, strict=True):
+        for k in range(len(classes)):
+            mine = torch.tensor([t[1:] for t in image_truths if t[0] == k]).reshape(-1, 4)
+            true[k] += len(mine)
+            boxes = sorted((d for d in image_boxes if d[0] == k), key=lambda d: -d[1])
+            if not boxes:
+                continue
+            if not len(mine):
+                found[k] += [(d[1], False) for d in boxes]
+                continue
+            overlaps = box_iou(torch.tensor([d[2:] for d in boxes]), mine.float())
+            taken = torch.zeros(len(mine), dtype=torch.bool)
+            for row, box in enumerate(boxes):
+                candidates = overlaps[row].masked_fill(taken, -1)
+                best = int(candidates.argmax())
+                hit = bool(candidates[best] >= iou)
+                taken[best] |= hit
+                found[k].append((box[1], hit))
+    curves = {}
+    for k, name in enumerate(classes):
+        pairs = sorted(found[k], key=lambda pair: -pair[0])
+        scores = np.array([p[0] for p in pairs], dtype=np.float64)
+        hits = np.cumsum([p[1] for p in pairs], dtype=np.float64)
+        # one point per distinct score: the last box of each run of equal scores
+        last = np.nonzero(np.append(np.diff(scores) != 0, True))[0][: len(scores)]
+        curves[name] = {
+            "scores": scores[last],
+            "precision": hits[last] / (last + 1),
+            "recall": hits[last] / true[k] if true[k] else np.zeros(len(last)),
+            "true": int(true[k]),
+        }
+    return curves
+
+
+def choose_box_thresholds(
+    curves: dict[str, dict[str, Any]], rule: str, target: float, fallback: float, floor: float
+) -> dict[str, float]:
+    """Each class's box threshold from its validation curve. f1: the highest score with the
+    best F1; precision: the lowest score whose precision reaches `target` (the most recall
+    at that precision), the best F1 where no score reaches it. A class without validation
+    boxes or true boxes keeps `fallback`; no threshold goes below the score floor."""
+    if rule not in BOX_RULES:
+        raise ValueError(f"unknown detect.box_rule {rule!r}; use one of {BOX_RULES}")
+    chosen = {}
+    for name, curve in curves.items():
+        scores, precision, recall = curve["scores"], curve["precision"], curve["recall"]
+        if not curve["true"] or not len(scores):
+            chosen[name] = fallback
+            continue
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        pick = int(np.argmax(f1))
+        if rule == "precision":
+            reached = np.nonzero(precision >= target)[0]
+            if len(reached):
+                pick = int(reached[-1])
+        chosen[name] = max(float(scores[pick]), floor)
+    return chosen
+
+
+def point_at(curve: dict[str, Any], threshold: float) -> dict[str, float | None]:
+    """A curve's precision and recall for the boxes scored at or above `threshold`."""
+    at = np.nonzero(curve["scores"] >= threshold)[0]
+    if not len(at):
+        return {"precision": None, "recall": 0.0 if curve["true"] else None}
+    i = int(at[-1])
+    return {
+        "precision": float(curve["precision"][i]),
+        "recall": float(curve["recall"][i]) if curve["true"] else None,
+    }
+
+
 def evaluate_detections(
     samples: Sequence[Sample],
     predictions: Sequence[Prediction],
@@ -149,6 +250,9 @@ def evaluate_detections(
     counts = np.array(per_image, dtype=np.int64).reshape(-1, 4)
     true_boxes, found_true, called, called_right = (int(v) for v in counts.sum(0))
     result = coco_map(truths, detections, classes)
+    curves = box_curves(truths, detections, classes, match_iou)
+    # each class's boxes called at the threshold: precision and recall (before MAX_REGIONS)
+    result["box_points"] = {c: point_at(curves[c], threshold) for c in classes}
     is_ng = np.array([bool(s.boxes) for s in samples])
     ng_score = np.array([p.ng_score or 0.0 for p in predictions])
     called_ng = ng_score >= threshold

@@ -38,7 +38,13 @@ from defectkit.models.detector import build_detector, dense_outputs, trunk_param
 from defectkit.predictions import Prediction, PredictionWriter, decide_detect
 from defectkit.runs import peak_rss_mb, state_mb, write_json
 from defectkit.tasks.detect import deploy, report
-from defectkit.tasks.detect.evaluate import coco_map, evaluate_detections
+from defectkit.tasks.detect.evaluate import (
+    box_curves,
+    choose_box_thresholds,
+    coco_map,
+    evaluate_detections,
+    point_at,
+)
 from defectkit.tasks.start import open_run
 
 log = logging.getLogger(__name__)
@@ -168,17 +174,12 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
         return {}  # rank 0 evaluates and writes the report and bundle
     model.load_state_dict(load_checkpoint(best_path)["model"])
 
-    threshold, threshold_from = dc.threshold, "detect.threshold"
-    if len(val_set):
-        val_ng = np.array(val_set.is_ng())
-        if val_ng.any() and not val_ng.all():
-            val = predict(model, val_set, classes, dc.threshold, config, device)
-            scores = np.array([p.ng_score for p in val])
-            rule, target = config.eval.threshold_rule, config.eval.target
-            threshold = choose_threshold(val_ng, scores, rule, target)
-            threshold_from = f"validation images ({rule})"
+    box_thresholds, threshold, threshold_from, val_points = calibrate(
+        model, val_set, classes, config, device
+    )
+    cuts = [box_thresholds[c] for c in classes]
     tick = time.perf_counter()
-    predictions = predict(model, test_set, classes, threshold, config, device)
+    predictions = predict(model, test_set, classes, threshold, config, device, cuts)
     ms_per_image = 1000 * (time.perf_counter() - tick) / max(1, len(test_set))
     result = evaluate_detections(test_set.samples, predictions, classes, threshold, dc.match_iou)
     result.update(
@@ -186,6 +187,11 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
             "classes": classes,
             "threshold": threshold,
             "threshold_from": threshold_from,
+            "box_thresholds": box_thresholds,
+            "box_rule": f"{dc.box_rule} (target {dc.box_target})"
+            if dc.box_rule == "precision"
+            else dc.box_rule,
+            "val_box_points": val_points,
             "ms_per_image": ms_per_image,
             "train_seconds": sum(h["seconds"] for h in history),
             "total_seconds": time.perf_counter() - started,
@@ -199,9 +205,46 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
     )
     write_json(run_dir / "metrics.json", result)
     write_decisions(run_dir / "predictions.csv", test_set, predictions, classes)
-    deploy.save_bundle(run_dir / "bundle", model, config, prep, classes, threshold, in_channels)
+    deploy.save_bundle(
+        run_dir / "bundle", model, config, prep, classes, threshold, in_channels, box_thresholds
+    )
     report.write_detect_report(run_dir, config, test_set.samples, predictions, result, history)
     return result
+
+
+def calibrate(
+    model: nn.Module,
+    val_set: DetectionDataset,
+    classes: list[str],
+    config: RunConfig,
+    device: torch.device,
+) -> tuple[dict[str, float], float, str, dict[str, dict[str, float | None]]]:
+    """Each class's box threshold from the validation boxes (detect.box_rule), then the
+    image OK/NG cut on the calibrated scale (0.5 = a box at its class's threshold; eval's
+    threshold rule where validation holds OK and NG images). Returns the box thresholds,
+    the image threshold, where it came from, and each class's validation precision and
+    recall at its threshold."""
+    dc = config.detect
+    if not len(val_set) or not any(val_set.is_ng()):
+        fixed = {c: dc.threshold for c in classes}
+        return fixed, 0.5, "detect.threshold (no validation boxes)", {}
+    raw = predict(model, val_set, classes, dc.threshold, config, device)
+    truths, found = coco_lists(val_set, raw, classes)
+    curves = box_curves(truths, found, classes, dc.match_iou)
+    box_thresholds = choose_box_thresholds(
+        curves, dc.box_rule, dc.box_target, dc.threshold, dc.score_floor
+    )
+    points = {c: point_at(curves[c], box_thresholds[c]) for c in classes}
+    threshold, threshold_from = 0.5, f"each class's box threshold ({dc.box_rule})"
+    val_ng = np.array(val_set.is_ng())
+    if val_ng.any() and not val_ng.all():
+        cuts = [box_thresholds[c] for c in classes]
+        calibrated = predict(model, val_set, classes, 0.5, config, device, cuts)
+        scores = np.array([p.ng_score for p in calibrated])
+        rule, target = config.eval.threshold_rule, config.eval.target
+        threshold = choose_threshold(val_ng, scores, rule, target)
+        threshold_from = f"validation images ({rule}) on the calibrated box scores"
+    return box_thresholds, threshold, threshold_from, points
 
 
 def warm_start(model: nn.Module, source: str, backbone: str, classes: list[str]) -> str:
@@ -245,14 +288,16 @@ def predict(
     threshold: float,
     config: RunConfig,
     device: torch.device,
+    class_thresholds: list[float] | None = None,
     batch_size: int = 16,
 ) -> list[Prediction]:
     """Each image's decision through the inference graph and the bundle's box rules (the
-    code the Inspector runs), boxes in the image's own pixels."""
+    code the Inspector runs), boxes in the image's own pixels; scores calibrated to the
+    class thresholds where given (predictions.decide_detect)."""
     dc = config.detect
     model.eval()
     decisions = []
-    classes_args = (classes, threshold)
+    classes_args = (classes, threshold, class_thresholds)
     if dataset.resize == "tile":  # windows slid over each whole image, as the Inspector does
         for i, sample in enumerate(dataset.samples):
             boxes, scores, labels = deploy.tiled_boxes(
@@ -296,9 +341,10 @@ def predict(
     return decisions
 
 
-def validation_map(
+def coco_lists(
     dataset: DetectionDataset, predictions: list[Prediction], classes: list[str]
-) -> float:
+) -> tuple[list, list]:
+    """The true and predicted boxes of each image in coco_map's form."""
     index = {c: k for k, c in enumerate(classes)}
     truths = [
         [(index[b.label], b.x1, b.y1, b.x2, b.y2) for b in sample.boxes]
@@ -308,7 +354,13 @@ def validation_map(
         [(index[r.label], r.peak, r.x, r.y, r.x + r.width, r.y + r.height) for r in p.boxes]
         for p in predictions
     ]
-    return coco_map(truths, found, classes)["map_50"]
+    return truths, found
+
+
+def validation_map(
+    dataset: DetectionDataset, predictions: list[Prediction], classes: list[str]
+) -> float:
+    return coco_map(*coco_lists(dataset, predictions, classes), classes)["map_50"]
 
 
 PER_IMAGE = ["truth", "true_boxes"]

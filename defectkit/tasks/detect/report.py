@@ -35,14 +35,21 @@ from defectkit.tasks.detect import deploy
 from defectkit.tasks.detect.evaluate import match_boxes
 
 
-def plot_pr_curves(curves: dict[str, list[float]], path: Path) -> Path:
+def plot_pr_curves(
+    curves: dict[str, list[float]], points: dict[str, dict[str, float | None]], path: Path
+) -> Path:
+    """COCO's precision-recall curve of each class at IoU 0.5, with the point the bundle's
+    box threshold gives on the test boxes (a dot in the class's colour)."""
     fig, axis = plt.subplots(figsize=(5.5, 4))
     recall = np.linspace(0, 1, 101)
     for name, precision in curves.items():
-        axis.plot(recall, precision, label=f"{name} (AP {np.mean(precision):.3f})")
+        (line,) = axis.plot(recall, precision, label=f"{name} (AP {np.mean(precision):.3f})")
+        point = points.get(name, {})
+        if point.get("precision") is not None and point.get("recall") is not None:
+            axis.plot(point["recall"], point["precision"], "o", color=line.get_color(), ms=6)
     axis.set_xlabel("recall")
     axis.set_ylabel("precision")
-    axis.set_title("precision-recall at IoU 0.5")
+    axis.set_title("precision-recall at IoU 0.5 (dots: the bundle's box thresholds)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     return save_figure(fig, path)
@@ -78,6 +85,10 @@ def plot_boxes(items: list[tuple[Sample, Prediction, str]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else cell(value)
+
+
 def write_detect_report(
     run_dir: Path,
     config: RunConfig,
@@ -100,7 +111,20 @@ def write_detect_report(
         false.append(len(prediction.regions) - right)
     worst_missed = [i for i in np.argsort(missed, kind="stable")[::-1][:6] if missed[i]]
     worst_false = [i for i in np.argsort(false, kind="stable")[::-1][:6] if false[i]]
-    per_class = [[name, cell(ap)] for name, ap in result["ap_50"].items()]
+    thresholds = result.get("box_thresholds", {})
+    val_points, test_points = result.get("val_box_points", {}), result.get("box_points", {})
+    per_class = [
+        [
+            name,
+            _cell(ap),
+            _cell(thresholds.get(name)),
+            _cell(val_points.get(name, {}).get("precision")),
+            _cell(val_points.get(name, {}).get("recall")),
+            _cell(test_points.get(name, {}).get("precision")),
+            _cell(test_points.get(name, {}).get("recall")),
+        ]
+        for name, ap in result["ap_50"].items()
+    ]
     called = [
         ["box recall (true boxes found by a called box)", value_text(result, "box_recall")],
         ["box precision (called boxes on a true box)", value_text(result, "box_precision")],
@@ -115,14 +139,28 @@ def write_detect_report(
         "boxes</p>",
         *uncertainty_note(result),
         "<p>COCO evaluation (pycocotools) of every box the bundle keeps (score >= "
-        f"{config.detect.score_floor}, after NMS). The bundle calls a box, and the image NG, "
-        f"at score >= {result['threshold']:.3f} (from {html.escape(result['threshold_from'])})"
-        f"; a called box finds a true one of its class at IoU >= {result['match_iou']}.</p>",
-        "<h2>AP@0.5 per class</h2>",
-        table(per_class, ["class", "AP@0.5"]),
+        f"{config.detect.score_floor}, after NMS). Each class has its own box threshold, "
+        f"chosen on the validation boxes ({html.escape(str(result.get('box_rule', '')))}); "
+        "the bundle shows box scores calibrated so that a class's threshold is 0.5, and "
+        f"calls a box, and the image NG, at a calibrated score >= {result['threshold']:.3f} "
+        f"(from {html.escape(result['threshold_from'])}); a called box finds a true one of "
+        f"its class at IoU >= {result['match_iou']}.</p>",
+        "<h2>AP@0.5 and the box threshold per class</h2>",
+        table(
+            per_class,
+            [
+                "class",
+                "AP@0.5",
+                "box threshold",
+                "validation precision",
+                "validation recall",
+                "test precision",
+                "test recall",
+            ],
+        ),
     ]
     if result["pr_50"]:
-        parts.append(embed(plot_pr_curves(result["pr_50"], plots / "pr_curves.png")))
+        parts.append(embed(plot_pr_curves(result["pr_50"], test_points, plots / "pr_curves.png")))
     parts += ["<h2>The bundle's calls</h2>", table(called, ["metric", "value"])]
     if history:
         parts += [
