@@ -74,6 +74,7 @@ SECTIONS: dict[str, Section] = {
             F("train_seconds_binary", "OK/NG training s", "seconds"),
             F("train_seconds_4class", "4-class training s", "seconds"),
             F("images_per_second", "images/s", "rate"),
+            F("peak_rss_mb", "peak MB", "mb"),
         ),
     ),
     "mt-anomaly": Section(
@@ -109,6 +110,7 @@ SECTIONS: dict[str, Section] = {
             F("trained_on", "trained on", "text"),
             F("cpu_ms_per_image", "CPU ms/image", "ms"),
             F("train_peak_rss_mb", "training peak MB", "mb"),
+            F("cpu_peak_rss_mb", "inference peak MB", "mb"),
         ),
     ),
     "deeppcb-paired": Section(
@@ -123,6 +125,8 @@ SECTIONS: dict[str, Section] = {
             F("train_seconds", "training s", "seconds"),
             F("trained_on", "trained on", "text"),
             F("cpu_ms_per_image", "CPU ms/image", "ms"),
+            F("train_peak_rss_mb", "training peak MB", "mb"),
+            F("cpu_peak_rss_mb", "inference peak MB", "mb"),
         ),
     ),
     "neudet-detect": Section(
@@ -160,6 +164,7 @@ SECTIONS: dict[str, Section] = {
             F("train_seconds", "training min", "minutes"),
             F("trained_on", "trained on", "text"),
             F("ms_per_image", "ms per board", "ms"),
+            F("peak_rss_mb", "peak MB", "mb"),
         ),
     ),
     "neu6-fewshot": Section(
