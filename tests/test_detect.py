@@ -439,16 +439,20 @@ def test_tiled_boxes_report_a_defect_on_a_seam_once():
     image = torch.zeros(3, 64, 160)
     image[:, 20:30, 50:60] = 1.0
 
-    def run(tiles):  # one location per window: the box around its bright pixels
-        boxes, scores = torch.zeros(len(tiles), 1, 4), torch.zeros(len(tiles), 1, 1)
+    def run(tiles):  # the graph's flat detections: the box around a window's bright pixels
+        found = []
         for n, tile in enumerate(tiles):
             ys, xs = torch.nonzero(tile[0] > 0.5, as_tuple=True)
             if len(xs):
-                boxes[n, 0] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-                scores[n, 0, 0] = 0.9
-        return boxes, scores
+                found.append((n, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]))
+        return [
+            np.array([n for n, _ in found], np.int64),
+            np.array([box for _, box in found], np.float32).reshape(-1, 4),
+            np.full(len(found), 0.9, np.float32),
+            np.zeros(len(found), np.int64),
+        ]
 
-    boxes, scores, labels = tiled_boxes(run, image, 64, floor=0.05, nms_iou=0.5, most=10)
+    boxes, scores, labels = tiled_boxes(run, image, 64, nms_iou=0.5, most=10)
     assert boxes.tolist() == [[50.0, 20.0, 60.0, 30.0]]
     assert scores.tolist() == [pytest.approx(0.9)] and labels.tolist() == [0]
 

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from defectkit.config import DetectConfig, ModelConfig
-from defectkit.models.detector import _decode_deltas, build_detector, dense_outputs
+from defectkit.models.detector import _decode_deltas, build_detector, dense_outputs, select_boxes
 from defectkit.predictions import Region, match_boxes
-from defectkit.tasks.detect.deploy import keep_boxes
 
 # every test here compares two backends or implementations (CI reruns them on other
 # CPU kernels and on one thread)
@@ -45,7 +44,7 @@ def _regions(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) ->
 def test_the_graph_keeps_the_boxes_torchvision_postprocessing_keeps(arch, floor):
     """Untrained weights with noise in the head, a floor that keeps 8 to 15 boxes an image:
     the boxes torchvision's own eval-mode forward returns and the graph's boxes after
-    keep_boxes are the same (class, IoU >= 0.9, score within 1e-4), none left over."""
+    select_boxes are the same (class, IoU >= 0.9, score within 1e-4), none left over."""
     torch.manual_seed(0)
     config = DetectConfig(arch=arch, fpn_channels=32, head_convs=1, score_floor=floor)
     model, _, _ = build_detector(
@@ -56,12 +55,13 @@ def test_the_graph_keeps_the_boxes_torchvision_postprocessing_keeps(arch, floor)
         for p in model.head.parameters():  # spread the scores apart: fewer near-ties
             p.add_(torch.randn_like(p) * 0.05)
         images = torch.randn(2, 3, 64, 64)
-        boxes, scores = dense_outputs(model, images)
+        image, *kept = select_boxes(
+            *dense_outputs(model, images), config.score_floor, config.nms_iou, 100
+        )
         expected = model(list(images))
     compared = 0
     for n, theirs in enumerate(expected):
-        kept = keep_boxes(boxes[n], scores[n], config.score_floor, config.nms_iou, 100)
-        ours = _regions(*kept)
+        ours = _regions(*(part[image == n] for part in kept))
         reference = _regions(theirs["boxes"], theirs["scores"], theirs["labels"])
         assert reference, "torchvision kept no box: raise the noise or lower the floor"
         pairs, extra, missing = match_boxes(ours, reference)
@@ -69,3 +69,59 @@ def test_the_graph_keeps_the_boxes_torchvision_postprocessing_keeps(arch, floor)
         assert extra == [], f"{len(extra)} boxes torchvision does not keep"
         compared += len(pairs)
     assert compared >= 15
+
+
+class _Selection(torch.nn.Module):
+    def forward(self, boxes: torch.Tensor, scores: torch.Tensor):
+        return select_boxes(boxes, scores, 0.3, 0.5, 6, top_k=40)
+
+
+def test_box_selection_in_the_onnx_graph_keeps_the_eager_boxes(tmp_path):
+    """select_boxes exported (ONNX NonMaxSuppression, class-aware, inside the graph) keeps
+    the boxes eager torch keeps, matched by class and IoU, in the same order rules: image
+    first, best score first, at most 6 per image; an image with nothing above the floor
+    keeps nothing; a batch of one gives that image's own boxes."""
+    import onnxruntime as ort
+
+    from defectkit.models.detector import ONNX_TRANSLATIONS
+
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(3, 60, 2, generator=generator) * 40
+    boxes = torch.cat([corners, corners + 4 + torch.rand(3, 60, 2, generator=generator) * 20], -1)
+    scores = torch.rand(3, 60, 2, generator=generator)
+    scores[1] *= 0.2  # below the floor everywhere
+    path = tmp_path / "select.onnx"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.onnx.export(
+        _Selection(),
+        (boxes, scores),
+        str(path),
+        input_names=["every_box", "every_score"],
+        output_names=["batch_index", "boxes", "scores", "labels"],
+        dynamic_shapes=({0: batch}, {0: batch}),
+        opset_version=18,
+        dynamo=True,
+        custom_translation_table=ONNX_TRANSLATIONS,
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for count in (3, 1):
+        inputs = boxes[:count], scores[:count]
+        eager = [t.numpy() for t in _Selection()(*inputs)]
+        exported = session.run(
+            None, {"every_box": inputs[0].numpy(), "every_score": inputs[1].numpy()}
+        )
+        for found in (eager, exported):
+            images, _, image_scores, _ = found
+            assert list(images) == sorted(images)
+            for n in range(count):
+                own = image_scores[images == n]
+                assert list(own) == sorted(own, reverse=True)
+                assert len(own) == (0 if n == 1 else 6)
+                assert (own > 0.3).all()
+        for n in range(count):
+            ours, theirs = (
+                _regions(*(torch.as_tensor(part[found[0] == n]) for part in found[1:]))
+                for found in (eager, exported)
+            )
+            pairs, extra, missing = match_boxes(ours, theirs)
+            assert not extra and not missing and len(pairs) == len(ours)

@@ -4,9 +4,11 @@ any timm trunk with offline ImageNet weights, through a feature pyramid (P3-P7).
 The model trains the torchvision way (`model(images, targets)` returns its losses). For
 inference, `dense_outputs` runs the trunk, the pyramid and the head on a batch of
 fixed-size images and decodes every location's box: boxes (B, N, 4) in input pixels and
-per-class scores (B, N, K). That fixed-shape graph is what both backends run and ONNX
-export writes; the data-dependent part (score floor, top-k, NMS) runs after it, the same for
-both (tasks/detect/deploy.py)."""
+per-class scores (B, N, K). `select_boxes` then keeps the detections, inside the same graph:
+the TOP_K best (location, class) pairs of each image, NMS within each image and class
+(ONNX NonMaxSuppression in the exported file, torchvision's nms in eager), the score floor
+and the `most` best of each image. Both backends run that whole graph and ONNX export writes
+it: the ONNX file alone is a detector."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 
 import timm
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from defectkit.config import DetectConfig, ModelConfig
 from defectkit.models.backbones import (
@@ -31,6 +33,7 @@ ARCHS = ("fcos", "retinanet")
 # learns which box size). RetinaNet: three scales and three aspect ratios per location,
 # smaller than torchvision's COCO default (32..512) for small defects.
 FCOS_SIZES = (8, 16, 32, 64, 128)
+TOP_K = 1000  # (location, class) candidates per image before NMS (torchvision's default)
 
 
 class PyramidBackbone(nn.Module):
@@ -170,3 +173,78 @@ def _decode_deltas(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
 
 def trunk_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(model.backbone.trunk.parameters())
+
+
+@torch.library.custom_op("defectkit::class_nms", mutates_args=())
+def class_nms(boxes: Tensor, scores: Tensor, iou: float, floor: float, most: int) -> Tensor:
+    """ONNX NonMaxSuppression's contract in eager torch: boxes (B, T, 4), scores (B, K, T)
+    -> (M, 3) rows of (image, class, box index): per image and class the boxes scored above
+    `floor`, NMS at `iou` (a box overlapping a better one by more is dropped), the `most`
+    best. Exported as that ONNX operator (ONNX_TRANSLATIONS)."""
+    from torchvision.ops import nms
+
+    rows = []
+    for image in range(boxes.shape[0]):
+        for k in range(scores.shape[1]):
+            class_scores = scores[image, k]
+            candidates = torch.nonzero(class_scores > floor).flatten()
+            if not len(candidates):
+                continue
+            kept = nms(boxes[image, candidates], class_scores[candidates], iou)[:most]
+            kept = candidates[kept]
+            rows.append(
+                torch.stack([torch.full_like(kept, image), torch.full_like(kept, k), kept], 1)
+            )
+    return torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.int64)
+
+
+@class_nms.register_fake
+def _class_nms_shape(boxes: Tensor, scores: Tensor, iou: float, floor: float, most: int):
+    kept = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((kept, 3), dtype=torch.int64)
+
+
+def _class_nms_onnx(boxes, scores, iou: float, floor: float, most: int):
+    from onnxscript import opset18 as op
+
+    return op.NonMaxSuppression(
+        boxes,
+        scores,
+        op.Constant(value_ints=[most]),
+        op.Constant(value_floats=[iou]),
+        op.Constant(value_floats=[floor]),
+    )
+
+
+# how ONNX export writes the graph's own operators
+ONNX_TRANSLATIONS = {torch.ops.defectkit.class_nms.default: _class_nms_onnx}
+
+
+def select_boxes(
+    boxes: Tensor, scores: Tensor, floor: float, nms_iou: float, most: int, top_k: int = TOP_K
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """dense_outputs' (B, N, 4) boxes and (B, N, K) scores -> the kept detections of the
+    batch, flat: image index (M,), boxes (M, 4), scores (M,), class index (M,); ordered by
+    image, then score (best first). Per image: the top_k best (location, class) pairs, NMS
+    within each class, scores above `floor`, the `most` best."""
+    batch, locations, k = scores.shape
+    top = min(top_k, locations * k)
+    best, index = scores.reshape(batch, locations * k).topk(top, dim=1)
+    where, labels = index // k, index % k
+    candidates = torch.gather(boxes, 1, where.unsqueeze(-1).expand(-1, -1, 4))
+    # each candidate scored in its own class only (0 elsewhere, never above the floor)
+    by_class = torch.zeros(batch, k, top, dtype=best.dtype, device=best.device)
+    by_class = by_class.scatter(1, labels.unsqueeze(1), best.unsqueeze(1))
+    kept = torch.ops.defectkit.class_nms(candidates, by_class, nms_iou, floor, most)
+    image, candidate = kept[:, 0], kept[:, 2]
+    found_scores = best[image, candidate]
+    # image first, then the best score: one float64 key (exact for any batch size)
+    order = torch.argsort(image.double() * 2 + (1 - found_scores.double()))
+    image, candidate, found_scores = image[order], candidate[order], found_scores[order]
+    # each box's rank within its image: its position less the position of the image's first
+    position = torch.arange(image.shape[0], dtype=torch.int64, device=image.device)
+    first = torch.full((batch,), image.shape[0], dtype=torch.int64, device=image.device)
+    first = first.scatter_reduce(0, image, position, "amin", include_self=True)
+    keep = position - first[image] < most
+    image, candidate = image[keep], candidate[keep]
+    return image, candidates[image, candidate], found_scores[keep], labels[image, candidate]

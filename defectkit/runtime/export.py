@@ -19,6 +19,7 @@ from defectkit.predictions import SCORE_TOLERANCE, box_differences
 from defectkit.runs import read_json, sha256_of, write_json
 from defectkit.runtime.graph import ONNX_FILE, InspectionGraph, load_model, output_names
 from defectkit.runtime.inspector import Inspector
+from defectkit.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def export_onnx(bundle: str | Path, opset: int = OPSET) -> dict[str, Any]:
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
             opset_version=opset,
             dynamo=True,
+            custom_translation_table=get_task(meta["task"]).onnx_translations(),
             external_data=False,
             verbose=False,
         )

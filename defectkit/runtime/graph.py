@@ -41,11 +41,19 @@ class InspectionGraph(nn.Module):
     probabilities). Both backends run it and ONNX export writes it."""
 
     def __init__(
-        self, model: nn.Module, task: str, size: int, blur_sigma: float = 0.0, views: int = 1
+        self,
+        model: nn.Module,
+        task: str,
+        size: int,
+        blur_sigma: float = 0.0,
+        views: int = 1,
+        options: dict[str, Any] | None = None,
     ):
-        """views: a classifier's test-time augmentation (its bundle's `tta`), 1 = none."""
+        """views: a classifier's test-time augmentation (its bundle's `tta`), 1 = none;
+        options: the task's own graph settings from its bundle (a detector's box rules)."""
         super().__init__()
         self.model, self.size, self.sigma, self.views = model, size, blur_sigma, views
+        self.options = options or {}
         self.head = get_task(task).graph
 
     @classmethod
@@ -58,11 +66,17 @@ class InspectionGraph(nn.Module):
                 f"{sorted(VIEWS)} (a bundle made by a newer defectkit?)"
             )
         views = VIEWS[tta]
-        return cls(model, meta["task"], meta["input_size"][0], sigma, views)
+        options = get_task(meta["task"]).graph_options(meta)
+        return cls(model, meta["task"], meta["input_size"][0], sigma, views, options)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return self.head(
-            self.model, images, size=self.size, blur_sigma=self.sigma, views=self.views
+            self.model,
+            images,
+            size=self.size,
+            blur_sigma=self.sigma,
+            views=self.views,
+            **self.options,
         )
 
 

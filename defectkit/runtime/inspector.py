@@ -49,7 +49,8 @@ class _TorchRunner:
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> list[np.ndarray]:
         out = self.graph(batch.to(self.device))
-        return [t.float().cpu().numpy() for t in (out if isinstance(out, tuple) else (out,))]
+        outputs = out if isinstance(out, tuple) else (out,)
+        return [(t.float() if t.is_floating_point() else t).cpu().numpy() for t in outputs]
 
 
 class Inspector:

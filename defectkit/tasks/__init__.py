@@ -41,6 +41,10 @@ class Task:
     # the command line's summary of a run's result and of an eval result
     summary: Callable[[dict], str]
     eval_summary: Callable[[dict], str]
+    # the graph's own settings from bundle.json (passed to `graph` as keywords), and how
+    # ONNX export writes the graph's own operators ({torch op: onnxscript function})
+    graph_options: Callable[[dict], dict] = lambda meta: {}
+    onnx_translations: Callable[[], dict] = dict
     # the OK/NG threshold a client sees (anomaly scores are normalised: 0.5)
     shown_threshold: Callable[[dict], float | None] = lambda meta: meta.get("threshold")
     # a run interrupted after this checkpoint (in run_dir/checkpoints) goes on with --resume
@@ -99,13 +103,16 @@ def task_from(
 ) -> Task:
     """A task from its deploy module, which defines load_model, OUTPUTS, graph, decide,
     score_names, summary, eval_summary and, where they differ from the defaults,
-    shown_threshold, CHECKPOINT, SECTIONS, tiled, DECIDES_BY_CLASS, truth, ANSWERS_LOCATE,
+    graph_options, onnx_translations, shown_threshold, CHECKPOINT, SECTIONS, tiled,
+    DECIDES_BY_CLASS, truth, ANSWERS_LOCATE,
     KFOLD and LEARNING_CURVE; `run` and `evaluate_bundle` as functions or as
     "module:function", imported on their first call (by default the task folder's
     pipeline.py `run_<name>` and evaluate.py `evaluate_bundle`)."""
     run = run or f"defectkit.tasks.{name}.pipeline:run_{name}"
     evaluate_bundle = evaluate_bundle or f"defectkit.tasks.{name}.evaluate:evaluate_bundle"
     optional = {
+        "graph_options": "graph_options",
+        "onnx_translations": "onnx_translations",
         "shown_threshold": "shown_threshold",
         "checkpoint": "CHECKPOINT",
         "sections": "SECTIONS",

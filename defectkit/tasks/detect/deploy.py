@@ -1,8 +1,9 @@
 """What the runtime asks of the detect task: its bundle's model, the inference graph's head
-(every location's box and class scores, a fixed-shape graph that ONNX exports), the
-decision per image (score floor, top-k and NMS after the graph, boxes back in the image's
-pixels, NG when a box reaches the threshold), `eval` against labelled boxes, and the
-command line's summaries."""
+(the kept detections of a batch: boxes decoded, top-k, NMS within each class, score floor
+and the most boxes an image keeps, all inside the graph that ONNX exports), the decision per
+image (boxes back in the image's pixels, scores calibrated to each class's threshold, NG when
+a box reaches the threshold), `eval` against labelled boxes, and the command line's
+summaries."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,11 +21,12 @@ from defectkit.data.detection import to_image
 from defectkit.models.backbones import Preprocessing
 from defectkit.predictions import Prediction, decide_detect
 
-OUTPUTS = ("boxes", "scores")
+# the batch's detections, flat: each one's image in the batch (M,), boxes (M, 4) in input
+# pixels, scores (M,), class index (M,); ordered by image, then score
+OUTPUTS = ("batch_index", "boxes", "scores", "labels")
 
 # the config sections this task reads (its report and `config show` list these)
 SECTIONS = ("data", "split", "model", "train", "eval", "detect")
-TOP_K = 1000  # candidates per image before NMS (torchvision's default)
 
 
 def save_bundle(
@@ -87,10 +90,36 @@ def load_model(folder: Path, meta: dict[str, Any]) -> nn.Module:
     return model.eval()
 
 
-def graph(model: nn.Module, images: torch.Tensor, **options: Any) -> tuple[torch.Tensor, ...]:
-    from defectkit.models.detector import dense_outputs
+def graph(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    score_floor: float,
+    nms_iou: float,
+    max_boxes: int,
+    **options: Any,
+) -> tuple[torch.Tensor, ...]:
+    from defectkit.models.detector import dense_outputs, select_boxes
 
-    return dense_outputs(model, images)
+    return select_boxes(*dense_outputs(model, images), score_floor, nms_iou, max_boxes)
+
+
+def graph_options(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: meta[k] for k in ("score_floor", "nms_iou", "max_boxes")}
+
+
+def onnx_translations() -> dict:
+    from defectkit.models.detector import ONNX_TRANSLATIONS
+
+    return ONNX_TRANSLATIONS
+
+
+def per_image(outputs: Sequence[Any], count: int) -> list[tuple[np.ndarray, ...]]:
+    """The graph's flat detections of a batch of `count` images -> (boxes, scores, class
+    indices) of each image."""
+    images, boxes, scores, labels = (np.asarray(output) for output in outputs)
+    images, labels = images.astype(np.int64), labels.astype(np.int64)
+    return [(boxes[images == i], scores[images == i], labels[images == i]) for i in range(count)]
 
 
 def class_thresholds(meta: dict[str, Any]) -> list[float] | None:
@@ -100,34 +129,16 @@ def class_thresholds(meta: dict[str, Any]) -> list[float] | None:
     return None if chosen is None else [chosen[c] for c in meta["classes"]]
 
 
-def keep_boxes(
-    boxes: torch.Tensor, scores: torch.Tensor, floor: float, nms_iou: float, most: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One image's (N, 4) boxes and (N, K) class scores -> the kept (boxes, scores, class
-    indices): scores >= floor, the TOP_K best, NMS within each class, the `most` best."""
-    from torchvision.ops import batched_nms
-
-    flat = scores.flatten()
-    candidates = torch.nonzero(flat >= floor).flatten()
-    if len(candidates) > TOP_K:
-        candidates = candidates[flat[candidates].topk(TOP_K).indices]
-    where, labels = candidates // scores.shape[1], candidates % scores.shape[1]
-    chosen, chosen_scores = boxes[where], flat[candidates]
-    keep = batched_nms(chosen, chosen_scores, labels, nms_iou)[:most]
-    return chosen[keep], chosen_scores[keep], labels[keep]
-
-
 def tiled_boxes(
     run: Any,
     x: torch.Tensor,
     size: int,
-    floor: float,
     nms_iou: float,
     most: int,
     batch_size: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A whole image (C, H, W) as overlapping size x size windows through `run` (a window
-    batch -> boxes, class scores): each window's kept boxes moved to the image, then NMS
+    """A whole image (C, H, W) as overlapping size x size windows through `run` (the graph:
+    a window batch -> its kept detections): each window's boxes moved to the image, then NMS
     within each class across the windows (a defect on a seam is seen twice), the `most`
     best, clipped to the image. SAHI's slicing, with the graph's own box rules."""
     from torchvision.ops import batched_nms
@@ -136,21 +147,19 @@ def tiled_boxes(
 
     height, width = x.shape[-2:]
     tiles, origins = split_tiles(x, size)
-    found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    found: list[tuple[np.ndarray, ...]] = []
     for start in range(0, len(tiles), batch_size):
-        boxes, scores = run(tiles[start : start + batch_size])
-        here = origins[start : start + batch_size]
-        for b, s, (top, left) in zip(boxes, scores, here, strict=True):
-            kept, kept_scores, labels = keep_boxes(
-                torch.as_tensor(b), torch.as_tensor(s), floor, nms_iou, most
-            )
-            shift = torch.tensor([left, top, left, top], dtype=kept.dtype, device=kept.device)
-            found.append((kept + shift, kept_scores, labels))
-    boxes = torch.cat([f[0] for f in found])
-    scores = torch.cat([f[1] for f in found])
-    labels = torch.cat([f[2] for f in found])
+        chunk = tiles[start : start + batch_size]
+        windows = per_image(run(chunk), len(chunk))
+        for (boxes, scores, labels), (top, left) in zip(
+            windows, origins[start : start + batch_size], strict=True
+        ):
+            found.append((boxes + np.array([left, top, left, top], boxes.dtype), scores, labels))
+    boxes = torch.as_tensor(np.concatenate([f[0] for f in found]), dtype=torch.float32)
+    scores = torch.as_tensor(np.concatenate([f[1] for f in found]), dtype=torch.float32)
+    labels = torch.as_tensor(np.concatenate([f[2] for f in found]))
     keep = batched_nms(boxes, scores, labels, nms_iou)[:most]
-    limits = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
+    limits = torch.tensor([width, height, width, height], dtype=boxes.dtype)
     return torch.minimum(boxes[keep].clamp(min=0), limits), scores[keep], labels[keep]
 
 
@@ -158,12 +167,7 @@ def tiled(inspector, name: str, x: torch.Tensor, image: Any) -> Prediction:
     """A detector trained on windows (data.resize=tile): its boxes over the whole image."""
     meta = inspector.meta
     boxes, scores, labels = tiled_boxes(
-        inspector.run_graph,
-        x,
-        inspector.size,
-        meta["score_floor"],
-        meta["nms_iou"],
-        meta["max_boxes"],
+        inspector.run_graph, x, inspector.size, meta["nms_iou"], meta["max_boxes"]
     )
     return decide_detect(
         name,
@@ -177,24 +181,20 @@ def tiled(inspector, name: str, x: torch.Tensor, image: Any) -> Prediction:
 
 
 def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]) -> list:
-    meta = inspector.meta
-    cuts = class_thresholds(meta)
+    cuts = class_thresholds(inspector.meta)
     decisions: list[Prediction] = []
-    for name, boxes, scores, image in zip(names, *outputs, images, strict=True):
-        kept, kept_scores, labels = keep_boxes(
-            torch.as_tensor(boxes),
-            torch.as_tensor(scores),
-            meta["score_floor"],
-            meta["nms_iou"],
-            meta["max_boxes"],
+    for name, (boxes, scores, labels), image in zip(
+        names, per_image(outputs, len(names)), images, strict=True
+    ):
+        in_image = to_image(
+            torch.as_tensor(boxes), image.height, image.width, inspector.size, inspector.resize
         )
-        in_image = to_image(kept, image.height, image.width, inspector.size, inspector.resize)
         decisions.append(
             decide_detect(
                 name,
                 in_image.numpy(),
-                kept_scores.numpy(),
-                labels.numpy(),
+                scores,
+                labels,
                 inspector.classes,
                 inspector.threshold,
                 cuts,

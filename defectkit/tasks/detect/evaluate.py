@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +43,9 @@ def coco_map(
     if backend == "faster_coco_eval":
         from faster_coco_eval import COCO
         from faster_coco_eval import COCOeval_faster as COCOeval
+
+        # it logs its summary table at INFO on every call (each epoch's validation)
+        logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
     elif backend == "pycocotools":
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval

@@ -34,7 +34,7 @@ from defectkit.engine.train import (
 from defectkit.metrics import choose_threshold
 from defectkit.models.backbones import load_trunk_weights
 from defectkit.models.classifier import keep_frozen_bn_in_eval
-from defectkit.models.detector import build_detector, dense_outputs, trunk_parameters
+from defectkit.models.detector import build_detector, trunk_parameters
 from defectkit.predictions import Prediction, PredictionWriter, decide_detect
 from defectkit.runs import peak_rss_mb, state_mb, write_json
 from defectkit.tasks.detect import deploy, report
@@ -298,43 +298,38 @@ def predict(
     model.eval()
     decisions = []
     classes_args = (classes, threshold, class_thresholds)
+    rules = {"score_floor": dc.score_floor, "nms_iou": dc.nms_iou, "max_boxes": dc.max_boxes}
+
+    def run(chunk: torch.Tensor) -> list[np.ndarray]:
+        return [t.cpu().numpy() for t in deploy.graph(model, chunk.to(device), **rules)]
+
     if dataset.resize == "tile":  # windows slid over each whole image, as the Inspector does
         for i, sample in enumerate(dataset.samples):
             boxes, scores, labels = deploy.tiled_boxes(
-                lambda chunk: dense_outputs(model, chunk.to(device)),
-                dataset.full(i),
-                dataset.size,
-                dc.score_floor,
-                dc.nms_iou,
-                dc.max_boxes,
-                batch_size,
+                run, dataset.full(i), dataset.size, dc.nms_iou, dc.max_boxes, batch_size
             )
             decisions.append(
                 decide_detect(
                     str(sample.image),
-                    boxes.cpu().numpy(),
-                    scores.cpu().numpy(),
-                    labels.cpu().numpy(),
+                    boxes.numpy(),
+                    scores.numpy(),
+                    labels.numpy(),
                     *classes_args,
                 )
             )
         return decisions
     for start in range(0, len(dataset), batch_size):
         indices = range(start, min(start + batch_size, len(dataset)))
-        images = torch.stack([dataset[i][0] for i in indices]).to(device)
-        boxes, scores = dense_outputs(model, images)
-        for i, image_boxes, image_scores in zip(indices, boxes.cpu(), scores.cpu(), strict=True):
-            kept, kept_scores, labels = deploy.keep_boxes(
-                image_boxes, image_scores, dc.score_floor, dc.nms_iou, dc.max_boxes
-            )
+        found = deploy.per_image(run(torch.stack([dataset[i][0] for i in indices])), len(indices))
+        for i, (boxes, scores, labels) in zip(indices, found, strict=True):
             height, width = dataset.raw(i).shape[-2:]
-            in_image = to_image(kept, height, width, dataset.size, dataset.resize)
+            in_image = to_image(torch.as_tensor(boxes), height, width, dataset.size, dataset.resize)
             decisions.append(
                 decide_detect(
                     str(dataset.samples[i].image),
                     in_image.numpy(),
-                    kept_scores.numpy(),
-                    labels.numpy(),
+                    scores,
+                    labels,
                     *classes_args,
                 )
             )
