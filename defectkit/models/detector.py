@@ -195,7 +195,7 @@ def class_nms(boxes: Tensor, scores: Tensor, iou: float, floor: float, most: int
             rows.append(
                 torch.stack([torch.full_like(kept, image), torch.full_like(kept, k), kept], 1)
             )
-    return torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.int64)
+    return torch.cat(rows) if rows else boxes.new_zeros((0, 3), dtype=torch.int64)
 
 
 @class_nms.register_fake
