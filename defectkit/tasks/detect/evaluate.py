@@ -124,17 +124,22 @@ def match_boxes(
 
     if not len(truth) or not found:
         return 0, 0
-    overlaps = box_iou(_xyxy(found), truth)
-    taken = torch.zeros(len(truth), dtype=torch.bool)
-    hits = 0
-    for row, region in enumerate(found):  # found is sorted by score, best first
-        same = torch.tensor([label == region.label for label in truth_labels])
-        candidates = overlaps[row].masked_fill(~same | taken, -1)
+    same = torch.tensor([[label == r.label for label in truth_labels] for r in found])
+    hits = greedy_hits(box_iou(_xyxy(found), truth), same, iou)
+    return int(hits.sum()), int(hits.sum())
+
+
+def greedy_hits(overlaps: torch.Tensor, allowed: torch.Tensor, iou: float) -> torch.Tensor:
+    """Which predicted boxes (rows, best score first) find a true box (columns): each takes
+    the free allowed true box it overlaps most, when that overlap is at least `iou`."""
+    taken = torch.zeros(overlaps.shape[1], dtype=torch.bool)
+    hits = torch.zeros(overlaps.shape[0], dtype=torch.bool)
+    for row in range(overlaps.shape[0]):
+        candidates = overlaps[row].masked_fill(~allowed[row] | taken, -1)
         best = int(candidates.argmax())
         if candidates[best] >= iou:
-            taken[best] = True
-            hits += 1
-    return int(taken.sum()), hits
+            taken[best] = hits[row] = True
+    return hits
 
 
 BOX_RULES = ("f1", "precision")
@@ -166,13 +171,8 @@ def box_curves(
                 found[k] += [(d[1], False) for d in boxes]
                 continue
             overlaps = box_iou(torch.tensor([d[2:] for d in boxes]), mine.float())
-            taken = torch.zeros(len(mine), dtype=torch.bool)
-            for row, box in enumerate(boxes):
-                candidates = overlaps[row].masked_fill(taken, -1)
-                best = int(candidates.argmax())
-                hit = bool(candidates[best] >= iou)
-                taken[best] |= hit
-                found[k].append((box[1], hit))
+            hits = greedy_hits(overlaps, torch.ones_like(overlaps, dtype=torch.bool), iou)
+            found[k] += [(box[1], bool(hit)) for box, hit in zip(boxes, hits, strict=True)]
     curves = {}
     for k, name in enumerate(classes):
         pairs = sorted(found[k], key=lambda pair: -pair[0])
