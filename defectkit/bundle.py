@@ -1,28 +1,31 @@
 """The model bundle: safetensors weights + bundle.json metadata, everything needed to run the
 model elsewhere (task, classes, preprocessing, input size, threshold, backbone, versions,
-checksum). Loading never unpickles. The file format only: a bundle's model is built by its
-task (runtime/graph.py `load_model`)."""
+checksum), and the ONNX file `defectkit export` adds. Loading never unpickles. The file
+format only: a bundle's model is built by its task (runtime/graph.py `load_model`). Reading
+bundle.json and finding the checked ONNX file need no torch (a line PC running ONNX Runtime
+alone); writing and loading weights import it where they do."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import timm
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from defectkit._version import __version__
 from defectkit.config import RunConfig
-from defectkit.models.backbones import Preprocessing
 from defectkit.runs import sha256_of, write_json
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from defectkit.models.backbones import Preprocessing
 
 BUNDLE_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "bundle.json"
+ONNX_FILE = "model.onnx"
 
 
 class BundleError(ValueError):
@@ -37,6 +40,10 @@ def write_bundle(
     task_meta: dict[str, Any],
 ) -> Path:
     """model.safetensors + bundle.json: what every task records, plus `task_meta`."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_FILE
     save_file(
@@ -93,4 +100,21 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 def load_weights(meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The bundle's tensors (safetensors: nothing is unpickled)."""
+    from safetensors.torch import load_file
+
     return load_file(str(Path(meta["folder"]) / WEIGHTS_FILE))
+
+
+def onnx_path(meta: dict[str, Any]) -> Path:
+    """The bundle's ONNX file, checked against the checksum recorded at export."""
+    record = meta.get("onnx")
+    folder = Path(meta["folder"])
+    if not record or not (folder / record["file"]).is_file():
+        raise BundleError(f"{folder} has no ONNX model: run `defectkit export {folder}` first")
+    path = folder / record["file"]
+    if sha256_of(path) != record["sha256"]:
+        raise BundleError(
+            f"{path} does not match the checksum in {folder / META_FILE}: export it again "
+            f"with `defectkit export {folder}`"
+        )
+    return path

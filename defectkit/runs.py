@@ -15,11 +15,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from defectkit.config import RunConfig
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading a bundle needs none of it
+    import torch
 
 # settings a resumed run may change: where and how fast it runs, not what it computes
 RESUME_MAY_CHANGE = (
@@ -116,6 +117,8 @@ def release_freed_memory() -> None:
 
 
 def machine_summary() -> str:
+    import torch
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
         f"{platform.machine()} {os.cpu_count()} cores, {gpu}, python "

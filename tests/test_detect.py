@@ -4,16 +4,20 @@ gives the run's numbers through the Inspector, `eval` and ONNX Runtime."""
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import defectkit
-from defectkit.data.detection import DetectionDataset, to_image, to_input
+from defectkit.data.detection import DetectionDataset, to_input
+from defectkit.data.prepare import boxes_to_image
 from defectkit.data.samples import Box, DatasetError, Sample
 from defectkit.data.synthetic import make_box_set
 from defectkit.predictions import (
+    Region,
     box_differences,
     calibrated_box_scores,
     decide_detect,
@@ -77,7 +81,8 @@ def test_boxes_go_to_the_input_and_back_for_squash_and_pad():
     boxes = torch.tensor([[10.0, 20.0, 110.0, 40.0]])
     for resize in ("squash", "pad"):
         there = to_input(boxes, 50, 200, 64, resize)
-        assert torch.allclose(to_image(there, 50, 200, 64, resize), boxes, rtol=1e-5)
+        back = boxes_to_image(there.numpy(), 50, 200, 64, resize)
+        np.testing.assert_allclose(back, boxes.numpy(), rtol=1e-5)
     # pad: the 200 x 50 image fills 64 x 16 in the middle rows 24..40
     assert torch.allclose(
         to_input(boxes, 50, 200, 64, "pad"), torch.tensor([[3.2, 30.4, 35.2, 36.8]])
@@ -265,6 +270,52 @@ def test_onnx_export_gives_the_same_boxes(detect_run, parts):
     assert matched >= 24  # boxes were compared, not two empty lists
 
 
+# an import hook that refuses torch (and what stands on it), as on a line PC without it
+WITHOUT_TORCH = """
+import sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "timm", "safetensors"):
+            raise ImportError(f"{name} is not installed here")
+
+sys.meta_path.insert(0, Refuse())
+"""
+
+
+@pytest.mark.numerics
+def test_onnx_predict_of_a_detector_runs_without_torch(detect_run, parts, tmp_path):
+    """`defectkit predict --backend onnx` on a line PC that has ONNX Runtime and no torch:
+    it inspects every image, and calls the boxes the torch backend calls (matched by class,
+    IoU and score; a box within the score tolerance of its threshold may fall either way)."""
+    run_dir, _ = detect_run
+    export_onnx(run_dir)
+    images = sorted(parts.glob("JPEGImages/*.png"))[:12]
+    out = tmp_path / "onnx.jsonl"
+    args = ["predict", str(run_dir), *map(str, images), "--backend", "onnx", "--out", str(out)]
+    script = WITHOUT_TORCH + (
+        "from defectkit.cli import main\n"
+        f"code = main({args!r})\n"
+        "assert not [m for m in sys.modules if m.startswith('torch')], 'torch was imported'\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["image"] for r in rows] == [str(p) for p in images]
+    meta = Inspector(run_dir).meta
+    called = 0
+    for row, eager in zip(rows, Inspector(run_dir, "torch").predict(images), strict=True):
+        onnx_regions = [Region(**r) for r in row["regions"]]
+        only_torch, only_onnx = box_differences(
+            eager.regions, onnx_regions, eager.threshold, meta["max_boxes"], meta["nms_iou"]
+        )
+        assert only_torch == only_onnx == [], row["image"]
+        assert row["ok"] == eager.ok or abs(eager.ng_score - eager.threshold) <= 1e-4
+        called += len(onnx_regions)
+    assert called >= 6  # boxes were called and compared, not two empty lists
+
+
 def test_boxes_come_in_one_order_whatever_the_noise_in_their_scores():
     """Three boxes whose scores differ by 1e-7 (what another CPU kernel gives) sort by class
     and position, in every order they arrive in; a clear score difference still leads."""
@@ -436,13 +487,13 @@ def test_tiled_boxes_report_a_defect_on_a_seam_once():
     in the first two. Each window's box moves to the image and the duplicate is merged."""
     from defectkit.tasks.detect.deploy import tiled_boxes
 
-    image = torch.zeros(3, 64, 160)
+    image = np.zeros((3, 64, 160), np.float32)
     image[:, 20:30, 50:60] = 1.0
 
     def run(tiles):  # the graph's flat detections: the box around a window's bright pixels
         found = []
         for n, tile in enumerate(tiles):
-            ys, xs = torch.nonzero(tile[0] > 0.5, as_tuple=True)
+            ys, xs = np.nonzero(tile[0] > 0.5)
             if len(xs):
                 found.append((n, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]))
         return [

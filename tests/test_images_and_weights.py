@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from defectkit.data.images import image_tensor, load_image
+from defectkit.data.images import load_image
 from defectkit.data.samples import DatasetError
+from defectkit.data.tensors import image_tensor
 from defectkit.models import backbones
 from defectkit.models.backbones import WeightsError, create_backbone, find_weights_file
 from defectkit.runs import sha256_of

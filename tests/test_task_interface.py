@@ -30,7 +30,7 @@ class Brightness(nn.Module):
 
 
 def _run(config, run_dir: Path, resume: bool) -> dict:
-    from defectkit.data.images import image_tensor
+    from defectkit.data.tensors import image_tensor
     from defectkit.tasks.start import read_data
 
     dataset = read_data(config, run_dir)

@@ -2,8 +2,8 @@
 with its boxes moved along, or (data.resize=tile) a window of the image at its own
 resolution with the boxes it holds, as SAHI does for small objects on large images;
 box-aware augmentation (scale jitter, flips, quarter turns, brightness and contrast), an
-aligned reference stacked as extra channels, and the way back from input pixels to the
-image's own pixels."""
+aligned reference stacked as extra channels (the way back from input pixels to the image's
+own is data/prepare.py `boxes_to_image`)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from collections.abc import Sequence
 
 import torch
 
-from defectkit.data.images import image_tensor, require_references, with_reference
+from defectkit.data.prepare import content_box
 from defectkit.data.samples import DatasetError, Sample
+from defectkit.data.tensors import image_tensor, require_references, with_reference
 from defectkit.data.tiles import pad_to
-from defectkit.data.transforms import content_box, resize_transform
+from defectkit.data.transforms import resize_transform
 
 Target = dict[str, torch.Tensor]
 
@@ -30,15 +31,6 @@ def to_input(boxes: torch.Tensor, height: int, width: int, size: int, resize: st
     top, left, h, w = content_box(height, width, size, resize)
     scale = torch.tensor([w / width, h / height, w / width, h / height])
     return boxes * scale + torch.tensor([left, top, left, top], dtype=boxes.dtype)
-
-
-def to_image(boxes: torch.Tensor, height: int, width: int, size: int, resize: str) -> torch.Tensor:
-    """The inverse of to_input, clipped to the image."""
-    top, left, h, w = content_box(height, width, size, resize)
-    shifted = boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype)
-    scaled = shifted * torch.tensor([width / w, height / h, width / w, height / h])
-    limits = torch.tensor([width, height, width, height], dtype=boxes.dtype)
-    return torch.minimum(scaled.clamp(min=0), limits)
 
 
 class DetectionDataset(torch.utils.data.Dataset):

@@ -13,10 +13,10 @@ from PIL import Image, ImageDraw
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from defectkit.data.images import image_tensor, require_references, with_reference
+from defectkit.data.prepare import content_box
 from defectkit.data.samples import DatasetError, Sample
+from defectkit.data.tensors import image_tensor, require_references, with_reference
 from defectkit.data.tiles import random_window
-from defectkit.data.transforms import content_box
 
 
 def read_mask(sample: Sample) -> np.ndarray:

@@ -12,16 +12,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-OVERLAP = 0.25  # of a window's side shared with its neighbour when sliding
-
-
-def tile_starts(length: int, size: int, overlap: float = OVERLAP) -> list[int]:
-    """Window starts covering 0..length with windows of `size` (the last one flush with the
-    end); one window at 0 when the image is no longer than a window."""
-    if length <= size:
-        return [0]
-    stride = max(1, int(size * (1 - overlap)))
-    return [*range(0, length - size, stride), length - size]
+from defectkit.data.prepare import tile_starts
 
 
 def pad_to(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -11,8 +11,9 @@ from torch.nn import functional as F
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
+from defectkit.data.prepare import RESIZE_MODES, content_box
+
 AUGMENT_PRESETS = ("default", "light", "none")
-RESIZE_MODES = ("squash", "pad", "tile")  # tile: segment only, see data/tiles.py
 # views of one image that a surface texture does not tell apart: how many of the eight
 # flips and quarter turns (the dihedral group) each name takes, in `view`'s numbering
 VIEWS = {"none": 1, "flips": 4, "dihedral": 8}
@@ -20,18 +21,6 @@ VIEWS = {"none": 1, "flips": 4, "dihedral": 8}
 
 def _interpolation(name: str) -> T.InterpolationMode:
     return T.InterpolationMode.BICUBIC if name == "bicubic" else T.InterpolationMode.BILINEAR
-
-
-def content_box(height: int, width: int, size: int, resize: str) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of the image inside the network input (size x size, or
-    the image's own size when tiled)."""
-    if resize == "tile":
-        return 0, 0, height, width
-    if resize != "pad":
-        return 0, 0, size, size
-    scale = size / max(height, width)
-    inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
-    return (size - inner_h) // 2, (size - inner_w) // 2, inner_h, inner_w
 
 
 class ResizePad(torch.nn.Module):

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from defectkit.bundle import META_FILE
+from defectkit.bundle import META_FILE, ONNX_FILE
 from defectkit.predictions import SCORE_TOLERANCE, box_differences
 from defectkit.runs import read_json, sha256_of, write_json
-from defectkit.runtime.graph import ONNX_FILE, InspectionGraph, load_model, output_names
+from defectkit.runtime.graph import InspectionGraph, load_model, output_names
 from defectkit.runtime.inspector import Inspector
 from defectkit.tasks import get_task
 

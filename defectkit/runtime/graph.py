@@ -1,6 +1,6 @@
 """A bundle's model and its inference graph: the model its task builds from the bundle's
 weights, `InspectionGraph` (the task's head over the model: what both backends run and ONNX
-export writes), and the bundle's checked ONNX file."""
+export writes)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from defectkit.bundle import META_FILE, BundleError, read_meta
+from defectkit.bundle import BundleError, read_meta
 from defectkit.data.transforms import VIEWS
-from defectkit.runs import sha256_of
 from defectkit.tasks import get_task
-
-ONNX_FILE = "model.onnx"
 
 
 def load_model(
@@ -78,18 +75,3 @@ class InspectionGraph(nn.Module):
             views=self.views,
             **self.options,
         )
-
-
-def onnx_path(meta: dict[str, Any]) -> Path:
-    """The bundle's ONNX file, checked against the checksum recorded at export."""
-    record = meta.get("onnx")
-    folder = Path(meta["folder"])
-    if not record or not (folder / record["file"]).is_file():
-        raise BundleError(f"{folder} has no ONNX model: run `defectkit export {folder}` first")
-    path = folder / record["file"]
-    if sha256_of(path) != record["sha256"]:
-        raise BundleError(
-            f"{path} does not match the checksum in {folder / META_FILE}: export it again "
-            f"with `defectkit export {folder}`"
-        )
-    return path

@@ -1,6 +1,8 @@
 """Inspector: a model bundle -> predictions for new images, the same from a script, the
 command line or a service, with either backend (PyTorch eager or ONNX Runtime) and one
-result type for every task."""
+result type for every task. Images are prepared with numpy and PIL (data/prepare.py) for
+both backends; the ONNX backend imports torch only where the bundle's task needs it to
+decide (a detector needs none: its graph ends in the kept boxes)."""
 
 from __future__ import annotations
 
@@ -10,16 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
-from defectkit.bundle import read_meta
+from defectkit.bundle import onnx_path, read_meta
 from defectkit.data.images import is_image, load_image
+from defectkit.data.prepare import RESIZE_MODES, prepare_image
 from defectkit.data.samples import DatasetError
-from defectkit.data.transforms import RESIZE_MODES, eval_transform
 from defectkit.predictions import Prediction, Region
-from defectkit.runtime.graph import InspectionGraph, load_model, onnx_path
 from defectkit.tasks import get_task
 
 BACKENDS = ("torch", "onnx")
@@ -36,19 +35,28 @@ class _OnnxRunner:
             str(onnx_path(meta)), options, providers=["CPUExecutionProvider"]
         )
 
-    def __call__(self, batch: torch.Tensor) -> list[np.ndarray]:
-        return self.session.run(None, {"images": batch.numpy()})
+    def __call__(self, batch: Any) -> list[np.ndarray]:
+        """batch: a float32 array (or a CPU tensor) of normalised inputs (B, C, S, S)."""
+        return self.session.run(None, {"images": np.ascontiguousarray(batch, np.float32)})
 
 
 class _TorchRunner:
-    def __init__(self, meta: dict[str, Any], device: str):
+    def __init__(self, meta: dict[str, Any], device: str, threads: int | None):
+        import torch
+
+        from defectkit.runtime.graph import InspectionGraph, load_model
+
+        if threads:
+            torch.set_num_threads(threads)
         model, _ = load_model(Path(meta["folder"]), meta)
         self.device = torch.device(device)
         self.graph = InspectionGraph.from_meta(model, meta).eval().to(self.device)
 
-    @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> list[np.ndarray]:
-        out = self.graph(batch.to(self.device))
+    def __call__(self, batch: Any) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.graph(torch.as_tensor(batch).to(self.device))
         outputs = out if isinstance(out, tuple) else (out,)
         return [(t.float() if t.is_floating_point() else t).cpu().numpy() for t in outputs]
 
@@ -75,26 +83,25 @@ class Inspector:
         self.size = self.meta["input_size"][0]
         prep = self.meta["preprocessing"]
         self.resize = prep.get("resize") if prep.get("resize") in RESIZE_MODES else "squash"
-        self.transform = eval_transform(
-            size=self.size,
-            mean=prep["mean"],
-            std=prep["std"],
-            interpolation=prep["interpolation"],
-            resize=self.resize,
-        )
+        self.preparation = {
+            "size": self.size,
+            "mean": prep["mean"],
+            "std": prep["std"],
+            "interpolation": prep["interpolation"],
+            "resize": self.resize,
+        }
         self.raw_maps = raw_maps
         self.positive = self.meta.get("positive_class")
         self.threshold = self.meta.get("threshold")
-        if threads:
-            torch.set_num_threads(threads)
         self._run = (
             _OnnxRunner(self.meta, threads)
             if backend == "onnx"
-            else _TorchRunner(self.meta, device)
+            else _TorchRunner(self.meta, device, threads)
         )
 
-    def _input(self, image: Image.Image, reference: Image.Image | None) -> torch.Tensor:
-        x = self.transform(TF.pil_to_tensor(image.convert("RGB")))
+    def _input(self, image: Image.Image, reference: Image.Image | None) -> np.ndarray:
+        """The network's input for one image (C, S, S), its reference's channels after it."""
+        x = prepare_image(image, **self.preparation)
         if reference is None:
             return x
         if reference.size != image.size:
@@ -102,7 +109,7 @@ class Inspector:
                 f"the reference is {reference.size[0]}x{reference.size[1]} pixels, the image "
                 f"{image.size[0]}x{image.size[1]}: give the aligned reference of the same part"
             )
-        return torch.cat([x, self.transform(TF.pil_to_tensor(reference.convert("RGB")))])
+        return np.concatenate([x, prepare_image(reference, **self.preparation)])
 
     def predict_images(
         self,
@@ -122,20 +129,18 @@ class Inspector:
                 self._tiled(name, image, ref)
                 for name, (image, ref) in zip(names, pairs, strict=True)
             ]
-        with torch.inference_mode():
-            batch = torch.stack([self._input(image, ref) for image, ref in pairs])
+        batch = np.stack([self._input(image, ref) for image, ref in pairs])
         return self.handler.decide(self, names, self._run(batch), images)
 
     def _tiled(self, name: str, image: Image.Image, reference: Image.Image | None) -> Prediction:
         """A model trained on windows: its task slides them over the whole image."""
         if self.handler.tiled is None:
             raise ValueError(f"{self.task} models do not take data.resize=tile")
-        with torch.inference_mode():
-            x = self._input(image, reference)
-            return self.handler.tiled(self, name, x, image)
+        return self.handler.tiled(self, name, self._input(image, reference), image)
 
-    def run_graph(self, batch: torch.Tensor) -> list[np.ndarray]:
-        """The inference graph's outputs for a batch of normalised inputs (either backend)."""
+    def run_graph(self, batch: Any) -> list[np.ndarray]:
+        """The inference graph's outputs for a batch of normalised inputs (B, C, S, S), an
+        array or a tensor (either backend)."""
         return self._run(batch)
 
     def predict(
@@ -193,8 +198,15 @@ class Inspector:
             "backend": self.backend,
             "versions": self.meta.get("versions", {}),
             "weights_sha256": self.meta.get("weights_sha256"),
-            "cpu_threads": torch.get_num_threads() if self.backend == "torch" else os.cpu_count(),
+            "cpu_threads": self._threads(),
         }
+
+    def _threads(self) -> int | None:
+        if self.backend != "torch":
+            return os.cpu_count()
+        import torch
+
+        return torch.get_num_threads()
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> Iterator[Path]:

@@ -51,8 +51,9 @@ class Task:
     checkpoint: str = "last.pt"
     # the config sections the task reads (report.html and `config show` show these)
     sections: tuple[str, ...] = ("data", "split", "model", "train", "eval")
-    # data.resize=tile models: one whole image (normalised, C x H x W) -> its Prediction,
-    # by sliding the graph's windows over it (inspector.run_graph); None: the task does not tile
+    # data.resize=tile models: one whole image (a normalised float32 array, C x H x W) -> its
+    # Prediction, by sliding the graph's windows over it (inspector.run_graph); None: the
+    # task does not tile
     tiled: Callable[[Any, str, Any, Any], Any] | None = None
     # what an operator acts on: the predicted class (a classifier), else OK / NG
     decides_by_class: bool = False

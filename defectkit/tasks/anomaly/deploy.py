@@ -15,7 +15,8 @@ from torch import nn
 from defectkit._version import __version__
 from defectkit.bundle import BundleError, load_weights, write_bundle
 from defectkit.config import RunConfig
-from defectkit.data.transforms import content_box, to_image_size
+from defectkit.data.prepare import content_box
+from defectkit.data.transforms import to_image_size
 from defectkit.models.anomaly import smooth_maps
 from defectkit.models.backbones import Preprocessing
 from defectkit.predictions import decide_anomaly, normalisation_of

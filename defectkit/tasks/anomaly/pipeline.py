@@ -19,10 +19,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from defectkit.config import RunConfig, config_to_dict
-from defectkit.data.images import image_tensor
+from defectkit.data.prepare import content_box
 from defectkit.data.samples import DatasetError, Sample, SampleSet, ok_class
 from defectkit.data.splits import Split
-from defectkit.data.transforms import content_box, eval_transform, require_whole_images
+from defectkit.data.tensors import image_tensor
+from defectkit.data.transforms import eval_transform, require_whole_images
 from defectkit.engine.distributed import contiguous_share, gather_rows, is_main, launched
 from defectkit.engine.fit import Fit, fit
 from defectkit.engine.train import (

@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from defectkit.config import RunConfig
-from defectkit.data.images import ImageDataset
 from defectkit.data.samples import ok_class
+from defectkit.data.tensors import ImageDataset
 from defectkit.data.transforms import VIEWS
 from defectkit.engine.train import predict_logits
 from defectkit.metrics import (

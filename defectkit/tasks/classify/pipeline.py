@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from defectkit.config import RunConfig, config_to_dict
-from defectkit.data.images import ImageDataset
 from defectkit.data.samples import DatasetError
 from defectkit.data.splits import Split
+from defectkit.data.tensors import ImageDataset
 from defectkit.data.transforms import (
     VIEWS,
     eval_transform,

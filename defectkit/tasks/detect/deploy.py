@@ -3,23 +3,27 @@
 and the most boxes an image keeps, all inside the graph that ONNX exports), the decision per
 image (boxes back in the image's pixels, scores calibrated to each class's threshold, NG when
 a box reaches the threshold), `eval` against labelled boxes, and the command line's
-summaries."""
+summaries. Deciding needs numpy alone: an Inspector on the ONNX backend never imports torch
+for a detector."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from defectkit.bundle import load_weights, write_bundle
 from defectkit.config import RunConfig
-from defectkit.data.detection import to_image
-from defectkit.models.backbones import Preprocessing
+from defectkit.data.prepare import boxes_to_image, class_nms, split_windows
 from defectkit.predictions import Prediction, decide_detect
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from defectkit.models.backbones import Preprocessing
 
 # the batch's detections, flat: each one's image in the batch (M,), boxes (M, 4) in input
 # pixels, scores (M,), class index (M,); ordered by image, then score
@@ -131,39 +135,34 @@ def class_thresholds(meta: dict[str, Any]) -> list[float] | None:
 
 def tiled_boxes(
     run: Any,
-    x: torch.Tensor,
+    x: np.ndarray,
     size: int,
     nms_iou: float,
     most: int,
     batch_size: int = 16,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A whole image (C, H, W) as overlapping size x size windows through `run` (the graph:
     a window batch -> its kept detections): each window's boxes moved to the image, then NMS
     within each class across the windows (a defect on a seam is seen twice), the `most`
     best, clipped to the image. SAHI's slicing, with the graph's own box rules."""
-    from torchvision.ops import batched_nms
-
-    from defectkit.data.tiles import split_tiles
-
     height, width = x.shape[-2:]
-    tiles, origins = split_tiles(x, size)
+    windows, origins = split_windows(np.asarray(x, dtype=np.float32), size)
     found: list[tuple[np.ndarray, ...]] = []
-    for start in range(0, len(tiles), batch_size):
-        chunk = tiles[start : start + batch_size]
-        windows = per_image(run(chunk), len(chunk))
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
         for (boxes, scores, labels), (top, left) in zip(
-            windows, origins[start : start + batch_size], strict=True
+            per_image(run(chunk), len(chunk)), origins[start : start + batch_size], strict=True
         ):
             found.append((boxes + np.array([left, top, left, top], boxes.dtype), scores, labels))
-    boxes = torch.as_tensor(np.concatenate([f[0] for f in found]), dtype=torch.float32)
-    scores = torch.as_tensor(np.concatenate([f[1] for f in found]), dtype=torch.float32)
-    labels = torch.as_tensor(np.concatenate([f[2] for f in found]))
-    keep = batched_nms(boxes, scores, labels, nms_iou)[:most]
-    limits = torch.tensor([width, height, width, height], dtype=boxes.dtype)
-    return torch.minimum(boxes[keep].clamp(min=0), limits), scores[keep], labels[keep]
+    boxes = np.concatenate([f[0] for f in found]).astype(np.float32).reshape(-1, 4)
+    scores = np.concatenate([f[1] for f in found]).astype(np.float32)
+    labels = np.concatenate([f[2] for f in found]).astype(np.int64)
+    keep = class_nms(boxes, scores, labels, nms_iou)[:most]
+    limits = np.array([width, height, width, height], dtype=np.float32)
+    return np.minimum(np.maximum(boxes[keep], 0), limits), scores[keep], labels[keep]
 
 
-def tiled(inspector, name: str, x: torch.Tensor, image: Any) -> Prediction:
+def tiled(inspector, name: str, x: np.ndarray, image: Any) -> Prediction:
     """A detector trained on windows (data.resize=tile): its boxes over the whole image."""
     meta = inspector.meta
     boxes, scores, labels = tiled_boxes(
@@ -171,9 +170,9 @@ def tiled(inspector, name: str, x: torch.Tensor, image: Any) -> Prediction:
     )
     return decide_detect(
         name,
-        boxes.numpy(),
-        scores.numpy(),
-        labels.numpy(),
+        boxes,
+        scores,
+        labels,
         inspector.classes,
         inspector.threshold,
         class_thresholds(meta),
@@ -186,13 +185,13 @@ def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]
     for name, (boxes, scores, labels), image in zip(
         names, per_image(outputs, len(names)), images, strict=True
     ):
-        in_image = to_image(
-            torch.as_tensor(boxes), image.height, image.width, inspector.size, inspector.resize
+        in_image = boxes_to_image(
+            boxes, image.height, image.width, inspector.size, inspector.resize
         )
         decisions.append(
             decide_detect(
                 name,
-                in_image.numpy(),
+                in_image,
                 scores,
                 labels,
                 inspector.classes,

@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from defectkit.config import RunConfig, config_to_dict
-from defectkit.data.detection import DetectionDataset, box_classes, collate, to_image
+from defectkit.data.detection import DetectionDataset, box_classes, collate
+from defectkit.data.prepare import boxes_to_image
 from defectkit.data.samples import DatasetError
 from defectkit.engine.distributed import is_main, mean_across_ranks, shard, sync_batchnorm, wrap
 from defectkit.engine.fit import Fit, fit
@@ -35,7 +36,12 @@ from defectkit.metrics import choose_threshold
 from defectkit.models.backbones import load_trunk_weights
 from defectkit.models.classifier import keep_frozen_bn_in_eval
 from defectkit.models.detector import build_detector, trunk_parameters
-from defectkit.predictions import Prediction, PredictionWriter, decide_detect
+from defectkit.predictions import (
+    Prediction,
+    PredictionWriter,
+    calibrated_box_scores,
+    decide_detect,
+)
 from defectkit.runs import peak_rss_mb, state_mb, write_json
 from defectkit.tasks.detect import deploy, report
 from defectkit.tasks.detect.evaluate import (
@@ -238,9 +244,18 @@ def calibrate(
     threshold, threshold_from = 0.5, f"each class's box threshold ({dc.box_rule})"
     val_ng = np.array(val_set.is_ng())
     if val_ng.any() and not val_ng.all():
-        cuts = [box_thresholds[c] for c in classes]
-        calibrated = predict(model, val_set, classes, 0.5, config, device, cuts)
-        scores = np.array([p.ng_score for p in calibrated])
+        # each image's best box on the calibrated scale, as the bundle will score it
+        scores = np.array(
+            [
+                calibrated_box_scores(
+                    np.array([b.peak for b in p.boxes]),
+                    np.array([box_thresholds[b.label] for b in p.boxes]),
+                ).max()
+                if p.boxes
+                else 0.0
+                for p in raw
+            ]
+        )
         rule, target = config.eval.threshold_rule, config.eval.target
         threshold = choose_threshold(val_ng, scores, rule, target)
         threshold_from = f"validation images ({rule}) on the calibrated box scores"
@@ -300,20 +315,21 @@ def predict(
     classes_args = (classes, threshold, class_thresholds)
     rules = {"score_floor": dc.score_floor, "nms_iou": dc.nms_iou, "max_boxes": dc.max_boxes}
 
-    def run(chunk: torch.Tensor) -> list[np.ndarray]:
-        return [t.cpu().numpy() for t in deploy.graph(model, chunk.to(device), **rules)]
+    def run(chunk: np.ndarray | torch.Tensor) -> list[np.ndarray]:
+        kept = deploy.graph(model, torch.as_tensor(chunk).to(device), **rules)
+        return [t.cpu().numpy() for t in kept]
 
     if dataset.resize == "tile":  # windows slid over each whole image, as the Inspector does
         for i, sample in enumerate(dataset.samples):
             boxes, scores, labels = deploy.tiled_boxes(
-                run, dataset.full(i), dataset.size, dc.nms_iou, dc.max_boxes, batch_size
+                run, dataset.full(i).numpy(), dataset.size, dc.nms_iou, dc.max_boxes, batch_size
             )
             decisions.append(
                 decide_detect(
                     str(sample.image),
-                    boxes.numpy(),
-                    scores.numpy(),
-                    labels.numpy(),
+                    boxes,
+                    scores,
+                    labels,
                     *classes_args,
                 )
             )
@@ -323,11 +339,11 @@ def predict(
         found = deploy.per_image(run(torch.stack([dataset[i][0] for i in indices])), len(indices))
         for i, (boxes, scores, labels) in zip(indices, found, strict=True):
             height, width = dataset.raw(i).shape[-2:]
-            in_image = to_image(torch.as_tensor(boxes), height, width, dataset.size, dataset.resize)
+            in_image = boxes_to_image(boxes, height, width, dataset.size, dataset.resize)
             decisions.append(
                 decide_detect(
                     str(dataset.samples[i].image),
-                    in_image.numpy(),
+                    in_image,
                     scores,
                     labels,
                     *classes_args,

@@ -107,10 +107,10 @@ def decide(inspector, names: Sequence[str], outputs: list, images: Sequence[Any]
     return decisions
 
 
-def tiled(inspector, name: str, x: torch.Tensor, image: Any) -> Prediction:
+def tiled(inspector, name: str, x: np.ndarray, image: Any) -> Prediction:
     """A segmenter trained on windows: overlapping windows over the whole image, their
     probabilities averaged, the gate the most confident window's."""
-    probability, gate = slide(x, inspector.size, inspector.run_graph, 16)
+    probability, gate = slide(torch.from_numpy(x), inspector.size, inspector.run_graph, 16)
     # the probabilities cover the whole image (content_box is the image when tiled)
     outputs = [probability.numpy()[None], np.array([gate], dtype=np.float32)]
     return decide(inspector, [name], outputs, [image])[0]
