@@ -148,6 +148,10 @@ class SegmentConfig:
     encoder_depth: int = 5  # 3..5 downsamplings of the encoder: fewer keep small defects
     decoder_channels: tuple[int, ...] = ()  # unet/unet++: () = (256, 128, 64, 32, 16)[-depth:]
     reference: bool = False  # stack the aligned defect-free reference (DeepPCB template) as input
+    # fcos: which locations learn which box (models/detector.py): centre (torchvision's) |
+    # line (follows thin, long boxes: cracks, scratches) | auto (line where a quarter of the
+    # training boxes are 5:1 or longer)
+    assign: str = "auto"
     loss: str = "bce_dice"  # bce | dice | bce_dice | focal | tversky | lovasz
     bce_weight: float = 0.8  # bce_dice: the steel study's 0.8 BCE + 0.2 Dice
     dice_weight: float = 0.2
@@ -177,6 +181,10 @@ class DetectConfig:
     fpn_channels: int = 128  # feature pyramid width (torchvision's COCO models: 256)
     head_convs: int = 4  # FCOS: convolutions in each head branch (2 halves the head's cost)
     reference: bool = False  # stack the aligned defect-free reference (DeepPCB template) as input
+    # fcos: which locations learn which box (models/detector.py): centre (torchvision's) |
+    # line (follows thin, long boxes: cracks, scratches) | auto (line where a quarter of the
+    # training boxes are 5:1 or longer)
+    assign: str = "auto"
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # retinanet: base size per level
     freeze_epochs: int = 0  # backbone frozen for the first N epochs (freeze then unfreeze)
     scale_jitter: float = 0.0  # training zoom in / out by up to this share (0.25: 0.75..1.25)

@@ -223,7 +223,8 @@ def test_a_detect_run_finds_the_drawn_boxes(detect_run):
     meta = json.loads((run_dir / "bundle" / "bundle.json").read_text())
     assert set(meta["box_thresholds"]) == set(result["classes"]) == set(result["box_points"])
     assert all(0.05 <= t < 1 for t in meta["box_thresholds"].values())
-    assert meta["box_thresholds"] == result["box_thresholds"] and meta["threshold"] == 0.5
+    assert meta["box_thresholds"] == result["box_thresholds"]
+    assert meta["threshold"] == result["threshold"] and 0 < meta["threshold"] <= 1
     assert "box threshold" in (run_dir / "report.html").read_text()
     predictions = (run_dir / "predictions.csv").read_text().splitlines()
     assert len(predictions) == result["images"] + 1

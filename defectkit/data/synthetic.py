@@ -121,8 +121,6 @@ def make_box_set(
     """A Pascal VOC folder (Annotations/*.xml beside JPEGImages/*.png) of greyscale surfaces
     with one to two boxed defects each: "spot" (a dark square) and "scratch" (a bright
     horizontal bar); `ok_share` of the images carry none."""
-    from xml.sax.saxutils import escape
-
     rng = np.random.default_rng(seed)
     images, notes = Path(root) / "JPEGImages", Path(root) / "Annotations"
     images.mkdir(parents=True, exist_ok=True)
@@ -142,15 +140,63 @@ def make_box_set(
                 continue  # keep defects apart
             image[y : y + h, x : x + w] = 40 if kind == "spot" else 230
             objects.append((kind, (x, y, x + w, y + h)))
-        name = f"part_{i:03d}"
-        Image.fromarray(image.astype(np.uint8), mode="L").save(images / f"{name}.png")
-        boxes = "".join(
-            f"<object><name>{escape(kind)}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
-            f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
-            for kind, (x1, y1, x2, y2) in objects
-        )
-        (notes / f"{name}.xml").write_text(
-            f"<annotation><filename>{name}.png</filename><size><width>{size}</width>"
-            f"<height>{size}</height><depth>1</depth></size>{boxes}</annotation>"
-        )
+        _write_voc(images, notes, f"part_{i:03d}", image, objects)
     return Path(root)
+
+
+def make_crack_set(
+    root: Path,
+    count: int = 48,
+    width: int = 48,
+    height: int = 128,
+    seed: int = 0,
+    ok_share: float = 0.2,
+    thickness: int = 4,
+) -> Path:
+    """A Pascal VOC folder of tall greyscale strips with long thin cracks: one or two dark
+    lines `thickness` px wide, "crack" along the strip (40 to 90% of its height: 1:12 to
+    1:30 at the defaults) or across it (70 to 80% of its width, about 1:9); `ok_share` of the
+    strips carry none. What a detector that learns from box centres alone misses: a thin
+    line leaves most locations of a coarse pyramid level outside its box."""
+    rng = np.random.default_rng(seed)
+    images, notes = Path(root) / "JPEGImages", Path(root) / "Annotations"
+    images.mkdir(parents=True, exist_ok=True)
+    notes.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image = surface(rng, max(width, height))[:height, :width]
+        objects = []
+        wanted = 0 if rng.random() < ok_share else int(rng.integers(1, 3))
+        for _ in range(wanted):
+            if rng.random() < 0.7:  # along the strip
+                w, h = thickness, int(height * rng.uniform(0.4, 0.9))
+            else:  # across it, clear of its edges
+                w, h = int(width * rng.uniform(0.7, 0.8)), thickness
+            x, y = int(rng.integers(3, width - w - 2)), int(rng.integers(3, height - h - 2))
+            if any(
+                x < b[2] + 4 and b[0] < x + w + 4 and y < b[3] + 4 and b[1] < y + h + 4
+                for _, b in objects
+            ):
+                continue  # keep cracks apart
+            image[y : y + h, x : x + w] = rng.uniform(40, 60)
+            objects.append(("crack", (x, y, x + w, y + h)))
+        _write_voc(images, notes, f"strip_{i:03d}", image, objects)
+    return Path(root)
+
+
+def _write_voc(
+    images: Path, notes: Path, name: str, image: np.ndarray, objects: list[tuple[str, tuple]]
+) -> None:
+    """One greyscale image and its Pascal VOC annotation (x1 y1 x2 y2 boxes)."""
+    from xml.sax.saxutils import escape
+
+    Image.fromarray(image.astype(np.uint8), mode="L").save(images / f"{name}.png")
+    height, width = image.shape
+    boxes = "".join(
+        f"<object><name>{escape(kind)}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
+        f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+        for kind, (x1, y1, x2, y2) in objects
+    )
+    (notes / f"{name}.xml").write_text(
+        f"<annotation><filename>{name}.png</filename><size><width>{width}</width>"
+        f"<height>{height}</height><depth>1</depth></size>{boxes}</annotation>"
+    )

@@ -34,6 +34,12 @@ ARCHS = ("fcos", "retinanet")
 # smaller than torchvision's COCO default (32..512) for small defects.
 FCOS_SIZES = (8, 16, 32, 64, 128)
 TOP_K = 1000  # (location, class) candidates per image before NMS (torchvision's default)
+# FCOS's training assignment of pyramid locations to boxes (detect.assign): centre is
+# torchvision's (a location inside the box, within 1.5 strides of its centre); line follows
+# the box's shape, for cracks and scratches of 1:10 and longer (line_matches); auto picks
+# line where at least ELONGATED_SHARE of the training boxes are ELONGATED:1 or longer
+ASSIGNS = ("auto", "centre", "line")
+ELONGATED, ELONGATED_SHARE = 5.0, 0.25
 
 
 class PyramidBackbone(nn.Module):
@@ -56,6 +62,109 @@ class PyramidBackbone(nn.Module):
     def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         maps = self.trunk(images)
         return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
+
+
+def resolve_assign(assign: str, extents: list[tuple[float, float]]) -> str:
+    """detect.assign for a training set whose boxes are (width, height) `extents`: auto
+    becomes line where elongated boxes are common, else centre."""
+    if assign not in ASSIGNS:
+        raise ValueError(f"unknown detect.assign {assign!r}; use one of {ASSIGNS}")
+    if assign != "auto":
+        return assign
+    long = [max(w, h) / max(min(w, h), 1.0) >= ELONGATED for w, h in extents]
+    return "line" if long and sum(long) >= ELONGATED_SHARE * len(long) else "centre"
+
+
+def line_matches(anchors: Tensor, per_level: list[int], boxes: Tensor, radius: float) -> Tensor:
+    """Each location's box (an index into `boxes`, -1 for background), FCOS's rule made to
+    follow the box's shape. A location takes a box when (1) its centre lies inside the box
+    widened to one stride where the box is thinner than that (a 2 px crack still has one
+    column of locations at a 16 px stride: FCOS's rule leaves it none three times in four);
+    (2) it lies within `radius` strides of the box's centre, or within a quarter of the
+    box's side along that side (a long crack is learned along its length, not at its middle
+    alone); (3) half the box's longer side is in the location's level range, 4 to 8 strides
+    (the first level from 0, the last without end): one range for all of a box's locations
+    (FCOS's per-location farthest side splits a long box between two levels and leaves its
+    middle to neither). Of several boxes a location takes the smallest."""
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    stride = (anchors[:, 2] - anchors[:, 0])[:, None, None]  # (N, 1, 1)
+    extent = (boxes[:, 2:] - boxes[:, :2])[None]  # (1, M, 2)
+    offset = (centres[:, None] - (boxes[None, :, :2] + boxes[None, :, 2:]) / 2).abs()  # (N, M, 2)
+    thin = extent < stride
+    inside = torch.where(thin, offset <= stride / 2, offset < extent / 2).all(-1)
+    near = (offset < torch.maximum(radius * stride, extent / 4)).all(-1)
+    reach = extent.amax(-1) / 2  # (1, M)
+    lower, upper = stride[:, 0, 0] * 4, stride[:, 0, 0] * 8
+    lower[: per_level[0]] = 0
+    upper[-per_level[-1] :] = float("inf")
+    fits = (reach >= lower[:, None]) & (reach < upper[:, None])
+    area = extent[0].prod(-1)  # (M,)
+    match = inside & near & fits
+    cost = torch.where(match, area[None], torch.full(match.shape, float("inf"), device=area.device))
+    best, index = cost.min(dim=1)
+    return torch.where(best.isinf(), torch.full_like(index, -1), index)
+
+
+def line_centreness(anchors: Tensor, boxes: Tensor) -> Tensor:
+    """FCOS's centreness target of each location for its box, sqrt((min(l, r) / max(l, r))
+    * (min(t, b) / max(t, b))), with a side thinner than the location's stride counted as
+    centred (a location beside a 2 px line is as central as one on it; FCOS's own target
+    would be 0 there and damp the box's score at inference)."""
+    centres = (anchors[..., :2] + anchors[..., 2:]) / 2
+    stride = (anchors[..., 2] - anchors[..., 0])[..., None]
+    near_side = (centres - boxes[..., :2]).clamp(min=0)
+    far_side = (boxes[..., 2:] - centres).clamp(min=0)
+    ratio = torch.minimum(near_side, far_side) / torch.maximum(near_side, far_side).clamp(min=1e-6)
+    thin = (boxes[..., 2:] - boxes[..., :2]) < stride
+    return torch.where(thin, torch.ones_like(ratio), ratio).prod(-1).sqrt()
+
+
+class SoftplusConv2d(nn.Conv2d):
+    """A convolution followed by softplus: FCOS's box distances for the line assignment.
+    torchvision's head puts a ReLU on them; a thin box's distance across is a fraction of a
+    stride, one overshooting step takes it below 0 and the ReLU never lets it back (measured:
+    predicted cracks 0 px wide). Softplus keeps a gradient everywhere (ReLU after it changes
+    nothing). The parameter names are a Conv2d's, so bundles load as before."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.softplus(super().forward(x))
+
+
+def _line_fcos_classes() -> tuple[type, type]:
+    """FCOS and its head with the line assignment (torchvision imported when first used)."""
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.fcos import FCOSHead
+
+    class LineFCOSHead(FCOSHead):
+        def compute_loss(self, targets, head_outputs, anchors, matched_idxs):
+            """torchvision's losses, with the centreness loss on line_centreness."""
+            losses = super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+            ctrness = head_outputs["bbox_ctrness"][..., 0]
+            predicted, wanted = [], []
+            for i, (target, matched) in enumerate(zip(targets, matched_idxs, strict=True)):
+                mine = matched >= 0
+                if mine.any():
+                    boxes = target["boxes"][matched[mine]]
+                    predicted.append(ctrness[i, mine])
+                    wanted.append(line_centreness(anchors[i][mine], boxes))
+            if predicted:
+                loss = nn.functional.binary_cross_entropy_with_logits(
+                    torch.cat(predicted), torch.cat(wanted), reduction="sum"
+                )
+                losses["bbox_ctrness"] = loss / max(1, sum(len(p) for p in predicted))
+            return losses
+
+    class LineFCOS(FCOS):
+        def compute_loss(self, targets, head_outputs, anchors, num_anchors_per_level):
+            matched = [
+                line_matches(a, num_anchors_per_level, t["boxes"], self.center_sampling_radius)
+                if t["boxes"].numel()
+                else torch.full((len(a),), -1, dtype=torch.int64, device=a.device)
+                for a, t in zip(anchors, targets, strict=True)
+            ]
+            return self.head.compute_loss(targets, head_outputs, anchors, matched)
+
+    return LineFCOS, LineFCOSHead
 
 
 def build_detector(
@@ -99,13 +208,24 @@ def build_detector(
     }
     if config.arch == "fcos":
         anchors = AnchorGenerator(tuple((s,) for s in FCOS_SIZES), ((1.0,),) * len(FCOS_SIZES))
-        head = FCOSHead(config.fpn_channels, 1, classes, num_convs=config.head_convs)
+        detector, head_class = FCOS, FCOSHead
+        if config.assign == "line":  # training only: the model is the same at inference
+            detector, head_class = _line_fcos_classes()
+        head = head_class(config.fpn_channels, 1, classes, num_convs=config.head_convs)
         # box distances start at one anchor size, not at 0: behind the head's ReLU, a
         # distance that starts at 0 gives a degenerate box, no GIoU gradient, and under
         # Adam-like steps that channel can die for good (measured: one side of every box
         # stuck at the anchor's centre)
         nn.init.constant_(head.regression_head.bbox_reg.bias, 1.0)
-        model = FCOS(backbone, classes, anchor_generator=anchors, head=head, **common)
+        if config.assign == "line":  # softplus distances, starting at one anchor size too
+            regression = head.regression_head
+            old = regression.bbox_reg
+            regression.bbox_reg = SoftplusConv2d(
+                old.in_channels, old.out_channels, old.kernel_size, padding=old.padding
+            )
+            regression.bbox_reg.load_state_dict(old.state_dict())
+            nn.init.constant_(regression.bbox_reg.bias, math.log(math.e - 1))
+        model = detector(backbone, classes, anchor_generator=anchors, head=head, **common)
     else:
         sizes = tuple(
             (s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in config.anchor_sizes

@@ -52,6 +52,8 @@ def save_bundle(
         {
             "task": "detect",
             "arch": dc.arch,
+            # FCOS's training assignment; line models also give box distances by softplus
+            "assign": dc.assign,
             "fpn_channels": dc.fpn_channels,
             "head_convs": dc.head_convs,
             "anchor_sizes": list(dc.anchor_sizes),
@@ -78,6 +80,7 @@ def load_model(folder: Path, meta: dict[str, Any]) -> nn.Module:
 
     config = DetectConfig(
         arch=meta["arch"],
+        assign=meta.get("assign", "centre"),
         fpn_channels=meta["fpn_channels"],
         head_convs=meta["head_convs"],
         anchor_sizes=tuple(meta["anchor_sizes"]),

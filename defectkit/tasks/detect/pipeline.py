@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from defectkit.engine.train import (
 from defectkit.metrics import choose_threshold
 from defectkit.models.backbones import load_trunk_weights
 from defectkit.models.classifier import keep_frozen_bn_in_eval
-from defectkit.models.detector import build_detector, trunk_parameters
+from defectkit.models.detector import build_detector, resolve_assign, trunk_parameters
 from defectkit.predictions import (
     Prediction,
     PredictionWriter,
@@ -68,6 +69,11 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
         )
     in_channels = 6 if dc.reference else 3
     size = config.data.image_size
+    extents = [(b.x2 - b.x1, b.y2 - b.y1) for s in split.train for b in s.boxes]
+    dc = replace(dc, assign=resolve_assign(dc.assign, extents))
+    if dc.arch == "fcos":
+        log.info("FCOS assignment: %s (detect.assign=%s)", dc.assign, config.detect.assign)
+    config = replace(config, detect=dc)  # the bundle records the assignment it trained with
     model, weights_info, prep = build_detector(
         config.model, dc, len(classes), size, in_channels, pretrained=config.model.pretrained
     )
@@ -207,6 +213,7 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
             "device": str(device),
             "model_mb": state_mb(model),
             "arch": dc.arch,
+            "assign": dc.assign if dc.arch == "fcos" else None,
         }
     )
     write_json(run_dir / "metrics.json", result)
