@@ -43,23 +43,26 @@ def prepare_image(
     size, edges replicated into the rest), normalised by the backbone's mean and std."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"unknown data.resize {resize!r}; use one of {RESIZE_MODES}")
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    height, width = pixels.shape[:2]
+    rgb = image.convert("RGB")
+    width, height = rgb.size
     top, left, inner_h, inner_w = content_box(height, width, size, resize)
-    if (inner_h, inner_w) != (height, width):
-        mode = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
-        pixels = np.stack(
-            [
-                np.asarray(Image.fromarray(pixels[..., c]).resize((inner_w, inner_h), mode))
-                for c in range(3)
-            ],
-            axis=-1,
-        )
+    mode = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
+    channels = []
+    for band in rgb.split():  # each channel as 32-bit floats (0..255), resized as floats
+        band = band.convert("F")
+        if (inner_h, inner_w) != (height, width):
+            band = band.resize((inner_w, inner_h), mode)
+        channels.append(np.asarray(band, dtype=np.float32))
+    x = np.stack(channels)
     if resize == "pad":
-        rest = ((top, size - inner_h - top), (left, size - inner_w - left), (0, 0))
-        pixels = np.pad(pixels, rest, mode="edge")
-    normalised = (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
+        rest = ((0, 0), (top, size - inner_h - top), (left, size - inner_w - left))
+        x = np.pad(x, rest, mode="edge")
+    # (x / 255 - mean) / std in one multiply-add (resizing is linear: scaling after it is the
+    # same to float rounding)
+    std = np.asarray(std, np.float32)
+    scale = (1 / (255 * std))[:, None, None]
+    shift = (np.asarray(mean, np.float32) / std)[:, None, None]
+    return np.ascontiguousarray(x * scale - shift, dtype=np.float32)
 
 
 def boxes_to_image(
