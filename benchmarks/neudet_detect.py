@@ -22,7 +22,7 @@ from common import (
 
 RUNS_DEFINED = {
     # name: (overrides, what it is)
-    "default": ([], "FCOS, Lite0 + FPN, 256 px, 16 epochs (the recipe)"),
+    "default": ([], "FCOS, Lite0 + FPN, 256 px, 14 epochs, EMA of the weights (the recipe)"),
     # the recipe's graph after one epoch: its speed on this CPU, not its accuracy
     "one_epoch": (["train.epochs=1"], "FCOS, Lite0 + FPN, 256 px, 1 epoch (speed only)"),
 }

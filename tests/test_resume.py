@@ -1,7 +1,8 @@
-"""Resume is exact and refuses what it cannot resume: an interrupted run (classify, segment,
-or an anomaly autoencoder mid-training) continued from its last checkpoint gives the
-uninterrupted run's history value for value; a resumed anomaly run reuses its fit; another
-task, changed settings, a finished run or a run that never checkpointed are refused."""
+"""Resume is exact and refuses what it cannot resume: an interrupted run (classify, with
+and without a moving average of its weights, segment, or an anomaly autoencoder
+mid-training) continued from its last checkpoint gives the uninterrupted run's history
+value for value; a resumed anomaly run reuses its fit; another task, changed settings, a
+finished run or a run that never checkpointed are refused."""
 
 from pathlib import Path
 
@@ -62,10 +63,11 @@ def _interrupt_after_first_epoch(monkeypatch, module, name: str) -> None:
     ("module", "hook", "settings", "data"),
     [
         (classify, "train_one_epoch", CLASSIFY, "synthetic_root"),
+        (classify, "train_one_epoch", [*CLASSIFY, "train.ema=0.9"], "synthetic_root"),
         (segment, "train_one_epoch", SEGMENT, "tiles"),
         (anomaly, "train_one_epoch", AUTOENCODER, "tiles"),
     ],
-    ids=["classify", "segment", "autoencoder"],
+    ids=["classify", "classify-ema", "segment", "autoencoder"],
 )
 @pytest.mark.numerics
 def test_a_resumed_run_reproduces_the_uninterrupted_one(

@@ -279,9 +279,12 @@ def train_over_epochs(
         validate=None,
         score=lambda row: row["epoch"],
         line=lambda row: f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.5f}",
+        ema=config.train.ema,
         extra={"config": config_to_dict(config)},
     )
-    fit(loop, run_dir, resume)
+    best = fit(loop, run_dir, resume)
+    if config.train.ema:  # the moving average of the weights (the last epoch is the best)
+        model.load_state_dict(load_checkpoint(best)["model"])
     model.eval()
     return {
         "epochs": len(loop.history),

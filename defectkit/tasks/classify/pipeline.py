@@ -297,6 +297,7 @@ def run_classify(config: RunConfig, run_dir: Path, resume: bool = False) -> dict
         scaler=scaler,
         rng_sources=(generator_of(rank_sampler),),
         extra={"classes": list(classes), "config": config_to_dict(config)},
+        ema=tc.ema,
     )
     best_path = fit(loop, run_dir, resume)
     history = loop.history

@@ -81,6 +81,8 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
     if tc.init_from:
         weights_info["warm_start"] = warm_start(model, tc.init_from, config.model.backbone, classes)
     model.to(device)
+    if tc.channels_last:  # the convolutions' weights; torchvision batches the images itself
+        model.to(memory_format=torch.channels_last)
     model = sync_batchnorm(model, tc.sync_batchnorm, device)
     options = {
         "size": size,
@@ -179,6 +181,7 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
         scaler=scaler,
         rng_sources=(generator_of(rank_sampler), train_set.rng),
         extra={"config": config_to_dict(config), "classes": classes},
+        ema=tc.ema,
     )
     best_path = fit(loop, run_dir, resume)
     history = loop.history

@@ -277,6 +277,7 @@ def run_segment(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[
         scaler=scaler,
         rng_sources=(generator_of(rank_sampler), train_set.rng),
         extra={"config": config_to_dict(config)},
+        ema=tc.ema,
     )
     best_path = fit(loop, run_dir, resume)
     history = loop.history
