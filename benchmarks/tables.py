@@ -539,6 +539,7 @@ def section(protocol: str, spec: Section, payload: dict[str, Any]) -> str:
         + "\n".join(
             f"- {run['name']}: `{run.get('command') or payload.get('command')}`"
             + (f" ({run['provenance']})" if run.get("provenance") else "")
+            + (f". {run['note']}" if run.get("note") else "")
             for run in runs
         ),
     ]

@@ -125,3 +125,37 @@ def test_box_selection_in_the_onnx_graph_keeps_the_eager_boxes(tmp_path):
             )
             pairs, extra, missing = match_boxes(ours, theirs)
             assert not extra and not missing and len(pairs) == len(ours)
+
+
+@pytest.mark.parametrize(
+    ("batch", "classes", "floor", "most"), [(1, 1, 0.0, 100), (3, 4, 0.3, 5), (2, 6, 0.05, 2)]
+)
+def test_class_nms_keeps_per_image_and_class_what_torchvision_nms_keeps(
+    batch, classes, floor, most
+):
+    from torchvision.ops import nms
+
+    generator = torch.Generator().manual_seed(batch * 10 + classes)
+    candidates = 60
+    corner = torch.rand(batch, candidates, 2, generator=generator) * 100
+    size = torch.rand(batch, candidates, 2, generator=generator) * 40 + 2
+    boxes = torch.cat([corner, corner + size], -1)
+    scores = torch.rand(batch, classes, candidates, generator=generator)
+    kept = torch.ops.defectkit.class_nms(boxes, scores, 0.5, floor, most)
+    assert kept.shape[1] == 3 and kept.dtype == torch.int64
+    wanted = set()
+    for image in range(batch):
+        for k in range(classes):
+            above = torch.nonzero(scores[image, k] > floor).flatten()
+            keep = nms(boxes[image, above], scores[image, k, above], 0.5)[:most]
+            wanted |= {(image, k, int(i)) for i in above[keep]}
+    assert {tuple(row) for row in kept.tolist()} == wanted
+    # rows grouped by image then class, each group best first
+    image, k, index = kept.unbind(1)
+    group = image * classes + k
+    assert bool((group[1:] >= group[:-1]).all())
+    same = group[1:] == group[:-1]
+    ordered = scores[image, k, index]
+    assert bool((ordered[1:][same] <= ordered[:-1][same]).all())
+    # nothing above the floor: no rows
+    assert torch.ops.defectkit.class_nms(boxes, scores, 0.5, 1.0, most).shape == (0, 3)

@@ -300,22 +300,29 @@ def class_nms(boxes: Tensor, scores: Tensor, iou: float, floor: float, most: int
     """ONNX NonMaxSuppression's contract in eager torch: boxes (B, T, 4), scores (B, K, T)
     -> (M, 3) rows of (image, class, box index): per image and class the boxes scored above
     `floor`, NMS at `iou` (a box overlapping a better one by more is dropped), the `most`
-    best. Exported as that ONNX operator (ONNX_TRANSLATIONS)."""
-    from torchvision.ops import nms
+    best. Exported as that ONNX operator (ONNX_TRANSLATIONS). Rows come per image, then per
+    class, each class's best first.
 
-    rows = []
-    for image in range(boxes.shape[0]):
-        for k in range(scores.shape[1]):
-            class_scores = scores[image, k]
-            candidates = torch.nonzero(class_scores > floor).flatten()
-            if not len(candidates):
-                continue
-            kept = nms(boxes[image, candidates], class_scores[candidates], iou)[:most]
-            kept = candidates[kept]
-            rows.append(
-                torch.stack([torch.full_like(kept, image), torch.full_like(kept, k), kept], 1)
-            )
-    return torch.cat(rows) if rows else boxes.new_zeros((0, 3), dtype=torch.int64)
+    One torchvision batched_nms over every (image, class) group at once, not a loop of
+    B x K calls; in float64, where its per-group coordinate offsets stay exact."""
+    from torchvision.ops import batched_nms
+
+    batch, classes, _ = scores.shape
+    image, label, index = torch.nonzero(scores > floor, as_tuple=True)
+    if not len(index):
+        return boxes.new_zeros((0, 3), dtype=torch.int64)
+    group = image * classes + label
+    kept = batched_nms(
+        boxes[image, index].double(), scores[image, label, index].double(), group, iou
+    )
+    # best first within each group (batched_nms's order), groups in order
+    kept = kept[torch.sort(group[kept], stable=True).indices]
+    # each box's rank in its group: its position less the position of the group's first
+    position = torch.arange(len(kept), dtype=torch.int64, device=kept.device)
+    first = torch.full((batch * classes,), len(kept), dtype=torch.int64, device=kept.device)
+    first = first.scatter_reduce(0, group[kept], position, "amin", include_self=True)
+    kept = kept[position - first[group[kept]] < most]
+    return torch.stack([image[kept], label[kept], index[kept]], 1)
 
 
 @class_nms.register_fake
