@@ -16,6 +16,7 @@ from common import (
     SHARED_DATA,
     parse_run_args,
     save_results,
+    split_counts,
     train_or_reuse,
     trained_on,
 )
@@ -32,6 +33,18 @@ RUNS_DEFINED = {
     ),
     # the recipe's graph after one epoch: its speed on this CPU, not its accuracy
     "one_epoch": (["train.epochs=1"], "FCOS, Lite0 + FPN, 256 px, 1 epoch (speed only)"),
+}
+
+
+# rows that train nothing: another run's bundle with some of its rules changed, evaluated on
+# the same test images. name: (the run, bundle.json changes, what it is)
+EVALUATED = {
+    "tta_flips": (
+        "default",
+        {"tta": "flips"},
+        "the default's weights and box thresholds; each image seen as its four flips, their "
+        "boxes pooled (eval.tta=flips)",
+    ),
 }
 
 
@@ -69,11 +82,54 @@ def speed(run_dir, images: int = 60) -> dict:
     return out
 
 
+def evaluated_row(name: str, root) -> dict:
+    """An EVALUATED row: its run's bundle copied with the changed rules, scored on the run's
+    test images through the Inspector (`defectkit eval`), timed as a trained run is."""
+    import json
+    import shutil
+
+    from defectkit.runtime.evaluate import evaluate_bundle
+
+    source, changes, what = EVALUATED[name]
+    source_dir, run_dir = RUNS / f"neudet-detect-{source}", RUNS / f"neudet-detect-{name}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    shutil.copy(source_dir / "split.json", run_dir / "split.json")
+    shutil.copytree(
+        source_dir / "bundle", run_dir / "bundle", ignore=shutil.ignore_patterns("*.onnx")
+    )
+    meta_file = run_dir / "bundle" / "bundle.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), **changes}, indent=1))
+    result = evaluate_bundle(run_dir, root, split_manifest=run_dir / "split.json")
+    trained = json.loads((source_dir / "metrics.json").read_text())
+    return {
+        "name": name,
+        "command": f"python benchmarks/neudet_detect.py --runs {name}",
+        "note": f"{what}; evaluated, not trained: its training is run {source}'s",
+        "images": split_counts(run_dir),
+        "trained_on": trained_on(trained),
+        "epochs": trained["epochs_run"],
+        "map50": result["map_50"],
+        "map50_95": result["map"],
+        "ap50_per_class": result["ap_50"],
+        "precision": result["box_precision"],
+        "recall": result["box_recall"],
+        "train_seconds": trained["train_seconds"],
+        "peak_rss_mb": trained["peak_rss_mb"],
+        "box_rule": trained.get("box_rule"),
+        "box_thresholds": trained.get("box_thresholds"),
+        **speed(run_dir),
+    }
+
+
 def main() -> None:
-    args = parse_run_args(__doc__, RUNS_DEFINED)
+    args = parse_run_args(__doc__, RUNS_DEFINED | {k: v[1:] for k, v in EVALUATED.items()})
     root = SHARED_DATA / "neu-det"
     runs = []
     for name in args.runs.split(","):
+        if name in EVALUATED:
+            runs.append(evaluated_row(name, root))
+            continue
         overrides = [f"data.root={root}", *RUNS_DEFINED[name][0]]
         metrics, command = train_or_reuse(
             f"neudet-detect-{name}", "neudet_detect", overrides, args.reuse

@@ -123,9 +123,10 @@ class EvalConfig:
     threshold_rule: str = "youden"  # youden | recall | specificity
     target: float = 0.95  # target NG recall or OK specificity for those rules
     worst_k: int = 16  # mistakes shown in the report
-    # classify: test-time augmentation of the shipped model: its class probabilities are
-    # the mean over these views of each image, none | flips (4) | dihedral (8: flips and
-    # quarter turns); the threshold, the test metrics and the bundle's graph all use them
+    # test-time augmentation of the shipped model over these views of each image, none |
+    # flips (4) | dihedral (8: flips and quarter turns). classify: its class probabilities
+    # are their mean; detect: each view's boxes, mapped back, are pooled with the image's own
+    # before NMS. The thresholds, the test metrics and the bundle's graph all use them.
     tta: str = "none"
 
 

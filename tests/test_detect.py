@@ -271,6 +271,49 @@ def test_onnx_export_gives_the_same_boxes(detect_run, parts):
     assert matched >= 24  # boxes were compared, not two empty lists
 
 
+@pytest.mark.numerics
+def test_flip_tta_makes_the_detector_mirror_with_its_image(detect_run, parts, tmp_path):
+    """eval.tta=flips for a detector (each image seen as its four flips, each view's boxes
+    flipped back and pooled before NMS): the bundle's boxes on a mirrored image are its
+    boxes on the image, mirrored; it still finds the drawn boxes; ONNX exports the views
+    in its graph."""
+    import shutil
+
+    from PIL import Image
+
+    run_dir, result = detect_run
+    tta = tmp_path / "tta"
+    shutil.copytree(run_dir, tta)
+    meta_file = tta / "bundle" / "bundle.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["tta"] == "none"  # the run's own bundle sees each image once
+    meta_file.write_text(json.dumps({**meta, "tta": "flips"}))
+    evaluated = evaluate_bundle(tta, parts, split_manifest=run_dir / "split.json")
+    assert evaluated["map_50"] >= min(0.6, result["map_50"] - 0.1)
+    assert evaluated["box_recall"] >= 0.5
+    images = sorted(parts.glob("JPEGImages/*.png"))[:12]
+    mirrored = []
+    for image in images:
+        mirrored.append(tmp_path / f"mirrored-{image.name}")
+        Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored[-1])
+    inspector = Inspector(tta, "torch")
+    compared = 0
+    for seen, flipped in zip(inspector.predict(images), inspector.predict(mirrored), strict=True):
+        width = Image.open(seen.image).width
+        back = [
+            Region(width - b.x - b.width, b.y, b.width, b.height, b.area, b.peak, b.label)
+            for b in flipped.boxes
+        ]
+        pairs, only_seen, only_back = match_boxes(seen.boxes, back, tolerance=1e-3)
+        # a box only one side keeps sits at a near-tie of the floor, top-k or NMS
+        assert len(only_seen) + len(only_back) <= 1, seen.image
+        compared += len(pairs)
+    assert compared >= 12
+    export_onnx(tta)
+    check = check_export(tta, images)
+    assert check["passed"], check
+
+
 # an import hook that refuses torch (and what stands on it), as on a line PC without it
 WITHOUT_TORCH = """
 import sys
@@ -563,3 +606,20 @@ def test_warm_start_from_a_detect_run_keeps_what_it_learned(detect_run, parts, t
                 "name=other",
             ],
         )
+
+
+def test_boxes_found_on_each_view_map_back_to_the_image():
+    """unview_boxes undoes data.transforms.view for all eight flips and turns: a box drawn
+    on an image, found on a view of it, lands on the drawn box again."""
+    from defectkit.data.transforms import view
+    from defectkit.tasks.detect.deploy import unview_boxes
+
+    size = 32
+    drawn = torch.zeros(size, size)
+    drawn[5:9, 20:30] = 1  # rows 5..8, columns 20..29: the box (20, 5, 30, 9)
+    for j in range(8):
+        rows, columns = torch.nonzero(view(drawn, j), as_tuple=True)
+        found = torch.tensor(
+            [columns.min(), rows.min(), columns.max() + 1, rows.max() + 1], dtype=torch.float32
+        )
+        assert unview_boxes(found, j, size).tolist() == [20.0, 5.0, 30.0, 9.0], j

@@ -101,7 +101,7 @@ def test_the_bundle_decides_with_the_views_the_run_was_tested_with(tta_run, tmp_
     ("task", "overrides", "message"),
     [
         ("classify", ["eval.tta=rotations"], r"eval.tta='rotations' is not one of"),
-        ("segment", ["eval.tta=flips"], r"eval.tta=flips averages a classifier's"),
+        ("segment", ["eval.tta=flips"], r"eval.tta=flips pools a classifier.s or a detector.s"),
     ],
 )
 def test_a_tta_that_does_not_fit_is_refused_before_training(

@@ -219,12 +219,12 @@ def check_settings(config: RunConfig, dataset: SampleSet) -> None:
     if config.eval.tta not in VIEWS:
         problems.append(
             f"eval.tta={config.eval.tta!r} is not one of {sorted(VIEWS)} (the views of each "
-            "image whose class probabilities the shipped classifier averages)"
+            "image the shipped classifier or detector also looks at)"
         )
-    elif config.eval.tta != "none" and config.task != "classify":
+    elif config.eval.tta != "none" and config.task not in ("classify", "detect"):
         problems.append(
-            f"eval.tta={config.eval.tta} averages a classifier's class probabilities: a "
-            f"{config.task} model has none (leave eval.tta=none)"
+            f"eval.tta={config.eval.tta} pools a classifier's or a detector's views of each "
+            f"image: a {config.task} model has none (leave eval.tta=none)"
         )
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)

@@ -69,6 +69,8 @@ def save_bundle(
             "score_floor": dc.score_floor,
             "nms_iou": dc.nms_iou,
             "max_boxes": dc.max_boxes,
+            # test-time augmentation: the graph pools the boxes of these views (eval.tta)
+            "tta": config.eval.tta,
             "match_iou": dc.match_iou,
         },
     )
@@ -104,11 +106,53 @@ def graph(
     score_floor: float,
     nms_iou: float,
     max_boxes: int,
+    views: int = 1,
     **options: Any,
 ) -> tuple[torch.Tensor, ...]:
-    from defectkit.models.detector import dense_outputs, select_boxes
+    from defectkit.models.detector import select_boxes
 
-    return select_boxes(*dense_outputs(model, images), score_floor, nms_iou, max_boxes)
+    dense = viewed_outputs(model, images, views)
+    return select_boxes(*dense, score_floor, nms_iou, max_boxes)
+
+
+def viewed_outputs(
+    model: nn.Module, images: torch.Tensor, views: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dense_outputs over `views` flips / turns of each image (eval.tta; data.transforms'
+    view numbering), in one batch: each view's boxes mapped back to the image, every view's
+    candidates side by side, (B, views x N, 4) and (B, views x N, K), for NMS to pool (a
+    defect several views find is kept once, at its best score)."""
+    import torch
+
+    from defectkit.data.transforms import view
+    from defectkit.models.detector import dense_outputs
+
+    if views == 1:
+        return dense_outputs(model, images)
+    size = images.shape[-1]
+    boxes, scores = dense_outputs(model, torch.cat([view(images, j) for j in range(views)]))
+    # (views x B, N, .) -> (views, B, N, .), reshaped without naming the batch (ONNX keeps
+    # it dynamic)
+    boxes = boxes.reshape(views, -1, *boxes.shape[1:])
+    scores = scores.reshape(views, -1, *scores.shape[1:])
+    back = torch.stack([unview_boxes(boxes[j], j, size) for j in range(views)], 1)
+    every = scores.transpose(0, 1)
+    return back.flatten(1, 2), every.flatten(1, 2)
+
+
+def unview_boxes(boxes: torch.Tensor, j: int, size: int) -> torch.Tensor:
+    """(..., 4) boxes found on view j of a size x size input -> the same boxes on the input:
+    view's steps undone in reverse (the transpose, then the flips)."""
+    import torch
+
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    if j & 4:
+        x1, y1, x2, y2 = y1, x1, y2, x2
+    if j & 2:
+        y1, y2 = size - y2, size - y1
+    if j & 1:
+        x1, x2 = size - x2, size - x1
+    return torch.stack([x1, y1, x2, y2], -1)
 
 
 def graph_options(meta: dict[str, Any]) -> dict[str, Any]:

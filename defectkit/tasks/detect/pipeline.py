@@ -20,6 +20,7 @@ from defectkit.config import RunConfig, config_to_dict
 from defectkit.data.detection import DetectionDataset, box_classes, collate
 from defectkit.data.prepare import boxes_to_image
 from defectkit.data.samples import DatasetError
+from defectkit.data.transforms import VIEWS
 from defectkit.engine.distributed import is_main, mean_across_ranks, shard, sync_batchnorm, wrap
 from defectkit.engine.fit import Fit, fit
 from defectkit.engine.train import (
@@ -323,7 +324,12 @@ def predict(
     model.eval()
     decisions = []
     classes_args = (classes, threshold, class_thresholds)
-    rules = {"score_floor": dc.score_floor, "nms_iou": dc.nms_iou, "max_boxes": dc.max_boxes}
+    rules = {
+        "score_floor": dc.score_floor,
+        "nms_iou": dc.nms_iou,
+        "max_boxes": dc.max_boxes,
+        "views": VIEWS[config.eval.tta],
+    }
 
     def run(chunk: np.ndarray | torch.Tensor) -> list[np.ndarray]:
         kept = deploy.graph(model, torch.as_tensor(chunk).to(device), **rules)
