@@ -31,6 +31,8 @@ RUNS_DEFINED = {
         ["train.epochs=14", "train.ema=0.9998"],
         "the recipe with 14 epochs and an EMA of the weights (decay 0.9998)",
     ),
+    # multi-scale training: each training image zoomed in or out by up to a quarter
+    "scale_jitter": (["detect.scale_jitter=0.25"], "the recipe with detect.scale_jitter=0.25"),
     # the recipe's graph after one epoch: its speed on this CPU, not its accuracy
     "one_epoch": (["train.epochs=1"], "FCOS, Lite0 + FPN, 256 px, 1 epoch (speed only)"),
 }
