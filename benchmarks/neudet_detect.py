@@ -84,6 +84,17 @@ def speed(run_dir, images: int = 60) -> dict:
     return out
 
 
+def protocol_keys(scored: dict) -> dict:
+    """A run's metrics.json or an evaluation's result under PROTOCOLS.md's keys."""
+    return {
+        "map50": scored["map_50"],
+        "map50_95": scored["map"],
+        "ap50_per_class": scored["ap_50"],
+        "precision": scored["box_precision"],
+        "recall": scored["box_recall"],
+    }
+
+
 def evaluated_row(name: str, root) -> dict:
     """An EVALUATED row: its run's bundle copied with the changed rules, scored on the run's
     test images through the Inspector (`defectkit eval`), timed as a trained run is."""
@@ -111,11 +122,7 @@ def evaluated_row(name: str, root) -> dict:
         "images": split_counts(run_dir),
         "trained_on": trained_on(trained),
         "epochs": trained["epochs_run"],
-        "map50": result["map_50"],
-        "map50_95": result["map"],
-        "ap50_per_class": result["ap_50"],
-        "precision": result["box_precision"],
-        "recall": result["box_recall"],
+        **protocol_keys(result),
         "train_seconds": trained["train_seconds"],
         "peak_rss_mb": trained["peak_rss_mb"],
         "box_rule": trained.get("box_rule"),
@@ -143,12 +150,7 @@ def main() -> None:
                 "images": metrics["images"],
                 "trained_on": trained_on(metrics),
                 "epochs": metrics["epochs_run"],
-                # PROTOCOLS.md keys
-                "map50": metrics["map_50"],
-                "map50_95": metrics["map"],
-                "ap50_per_class": metrics["ap_50"],
-                "precision": metrics["box_precision"],
-                "recall": metrics["box_recall"],
+                **protocol_keys(metrics),
                 "train_seconds": metrics["train_seconds"],
                 "peak_rss_mb": metrics["peak_rss_mb"],
                 "box_rule": metrics.get("box_rule"),
