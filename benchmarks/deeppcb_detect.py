@@ -1,25 +1,29 @@
 """DeepPCB detection protocol (PROTOCOLS.md): the official trainval / test lists, the six
 defect types; mAP@0.5 and mAP@0.5:0.95 (pycocotools), AP per type, box recall and precision
 at the dataset's IoU 0.33, with the template paired (6 channels) and with the tested image
-alone. Boards are 640 px with defects of a few pixels: on this CPU the runs train on 320 px
-windows at full resolution (data.resize=tile) and inspect by sliding windows.
+alone. The recipe (deeppcb_detect) trains on 320 px windows at full resolution and inspects
+whole boards by sliding windows, on this CPU.
 
-    python benchmarks/deeppcb_detect.py [--runs paired,single] [--epochs 10] [--reuse]
+    python benchmarks/deeppcb_detect.py [--runs default,mean_start,single] [--reuse]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 
-from common import HERE, SHARED_DATA, save_results, train_or_reuse, trained_on
+from common import HERE, SHARED_DATA, parse_run_args, save_results, train_or_reuse, trained_on
 
 RUNS_DEFINED = {
-    "paired": ["detect.reference=true"],
-    "single": ["detect.reference=false"],
+    # name: (overrides, what it is)
+    "default": ([], "the recipe: image + template, the first convolution on their difference"),
+    "mean_start": (
+        ["detect.reference_start=mean"],
+        "the recipe with the first convolution starting as the mean of image and template",
+    ),
+    "single": (["detect.reference=false"], "the recipe on the tested image alone"),
 }
-# PROTOCOLS.md keys of a run; the paired run is the shipped recipe's: it is written as
-# `default`, with the single run's map50 beside its own (map50_paired, map50_single)
+# PROTOCOLS.md keys of a run; the paired recipe's run is `default`, with the single run's
+# map50 beside its own (map50_paired, map50_single)
 KEYS = {
     "map_50": "map50",
     "map": "map50_95",
@@ -30,28 +34,19 @@ KEYS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", default="paired,single")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--reuse", action="store_true")
-    args = parser.parse_args()
+    args = parse_run_args(__doc__, RUNS_DEFINED)
     root = SHARED_DATA / "deeppcb"
     runs = []
     for name in args.runs.split(","):
-        overrides = [
-            f"data.root={root}",
-            "data.resize=tile",
-            "data.image_size=320",
-            f"train.epochs={args.epochs}",
-            *RUNS_DEFINED[name],
-        ]
+        overrides = [f"data.root={root}", *RUNS_DEFINED[name][0]]
         metrics, command = train_or_reuse(
             f"deeppcb-detect-{name}", "deeppcb_detect", overrides, args.reuse
         )
         runs.append(
             {
-                "name": "default" if name == "paired" else name,
+                "name": name,
                 "command": command,
+                "note": RUNS_DEFINED[name][1],
                 "trained_on": trained_on(metrics),
                 "epochs": metrics["epochs_run"],
                 **{new: metrics[old] for old, new in KEYS.items()},
@@ -80,7 +75,7 @@ def main() -> None:
     save_results(
         "deeppcb-detect",
         runs,
-        f"python benchmarks/deeppcb_detect.py --runs {args.runs} --epochs {args.epochs}",
+        f"python benchmarks/deeppcb_detect.py --runs {args.runs}",
     )
 
 

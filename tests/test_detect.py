@@ -501,6 +501,40 @@ def test_a_paired_detector_takes_each_image_with_its_template(tmp_path):
     assert result["images"] == len(json.loads((run_dir / "split.json").read_text())["test"])
 
 
+def test_a_paired_detector_starts_from_the_image_and_its_difference():
+    """detect.reference_start=difference: the 6-channel first convolution is [2W, -W], so
+    an image over an identical template gives the pretrained response of the image alone
+    and a change from the template adds the same filters on the difference; mean halves
+    the filters over both."""
+    from defectkit.config import DetectConfig, ModelConfig
+    from defectkit.models.detector import build_detector
+
+    def stem(model):
+        return model.backbone.trunk.state_dict()["conv_stem.weight"]
+
+    rgb, _, _ = build_detector(ModelConfig(), DetectConfig(), 2, 64, 3, pretrained=True)
+    paired, info, _ = build_detector(ModelConfig(), DetectConfig(), 2, 64, 6, pretrained=True)
+    w3, w6 = stem(rgb), stem(paired)
+    assert info["first_conv_adapted"] == ["conv_stem.weight"]
+    assert torch.equal(w6[:, :3], 2 * w3) and torch.equal(w6[:, 3:], -w3)
+    image, change = torch.randn(1, 3, 16, 16), torch.zeros(1, 3, 16, 16)
+    change[..., 4:8, 4:8] = 1.0
+    conv = lambda x, w: torch.nn.functional.conv2d(x, w)  # noqa: E731
+    same = conv(torch.cat([image, image], 1), w6)
+    assert torch.allclose(same, conv(image, w3), atol=1e-5 * float(same.abs().max()))
+    changed = conv(torch.cat([image + change, image], 1), w6)
+    expected = conv(image + change, w3) + conv(change, w3)
+    assert torch.allclose(changed, expected, atol=1e-5 * float(changed.abs().max()))
+    mean, _, _ = build_detector(
+        ModelConfig(), DetectConfig(reference_start="mean"), 2, 64, 6, pretrained=True
+    )
+    assert torch.allclose(stem(mean), torch.cat([w3, w3], 1) / 2)
+    with pytest.raises(ValueError, match="reference_start"):
+        build_detector(
+            ModelConfig(), DetectConfig(reference_start="sum"), 2, 64, 6, pretrained=True
+        )
+
+
 def test_tile_windows_hold_their_boxes(tmp_path):
     """data.resize=tile: each training item is a window at full resolution, the boxes it
     holds moved into it (a box cut to less than half its area is dropped)."""

@@ -355,13 +355,24 @@ def create_backbone(
     return model, info
 
 
-def load_trunk_weights(encoder: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+REFERENCE_STARTS = ("mean", "difference")
+
+
+def load_trunk_weights(
+    encoder: nn.Module, state: dict[str, torch.Tensor], reference: str = "mean"
+) -> dict[str, Any]:
     """Copy the pretrained trunk into the encoder by name; a first convolution with another
-    channel count gets the RGB filters repeated over the channels and scaled by 3 / channels
-    (timm's adapt_input_conv), so a stacked image + reference starts as the mean response
-    of both instead of from random filters."""
+    channel count gets the RGB filters W adapted to it. `reference` says how an image with
+    its aligned reference stacked after it (6 channels) starts: mean (W / 2 on each, timm's
+    adapt_input_conv: the mean response of both, where a defect shows at half its contrast)
+    or difference ([2W, -W]: W on the image plus W on image - reference, so an aligned
+    defect-free area gives the pretrained response of the image and whatever differs from
+    the reference adds to it). Any other channel count takes the RGB filters repeated and
+    scaled by 3 / channels."""
     from timm.models import adapt_input_conv
 
+    if reference not in REFERENCE_STARTS:
+        raise ValueError(f"unknown reference start {reference!r}; use one of {REFERENCE_STARTS}")
     target = encoder.state_dict()
     loaded, adapted = {}, []
     for name, tensor in target.items():
@@ -369,7 +380,10 @@ def load_trunk_weights(encoder: nn.Module, state: dict[str, torch.Tensor]) -> di
             continue
         weight = state[name]
         if weight.shape != tensor.shape and weight.ndim == 4 and weight.shape[1] == 3:
-            weight = adapt_input_conv(tensor.shape[1], weight)
+            if tensor.shape[1] == 6 and reference == "difference":
+                weight = torch.cat([2 * weight, -weight], dim=1)
+            else:
+                weight = adapt_input_conv(tensor.shape[1], weight)
             adapted.append(name)
         if weight.shape == tensor.shape:
             loaded[name] = weight
@@ -380,7 +394,7 @@ def load_trunk_weights(encoder: nn.Module, state: dict[str, torch.Tensor]) -> di
 
 
 def pretrained_trunk(
-    model_config: Any, trunk: nn.Module, pretrained: bool
+    model_config: Any, trunk: nn.Module, pretrained: bool, reference: str = "mean"
 ) -> tuple[dict[str, Any], nn.Module | None]:
     """The backbone's ImageNet weights (resolved and checked as for a classifier) copied
     into `trunk`, a segmenter's encoder or a detector's feature extractor of the same timm
@@ -394,4 +408,4 @@ def pretrained_trunk(
         weights=model_config.weights,
         weights_sha256=model_config.weights_sha256,
     )
-    return {**info, **load_trunk_weights(trunk, source.state_dict())}, source
+    return {**info, **load_trunk_weights(trunk, source.state_dict(), reference)}, source

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from defectkit.config import DetectConfig, ModelConfig
 from defectkit.models.backbones import (
+    REFERENCE_STARTS,
     Preprocessing,
     check_backbone_name,
     preprocessing_for,
@@ -185,6 +186,11 @@ def build_detector(
 
     if config.arch not in ARCHS:
         raise ValueError(f"unknown detect.arch {config.arch!r}; use one of {ARCHS}")
+    if config.reference_start not in REFERENCE_STARTS:
+        raise ValueError(
+            f"unknown detect.reference_start {config.reference_start!r}; use one of "
+            f"{REFERENCE_STARTS}"
+        )
     check_backbone_name(model_config.backbone)
     trunk = timm.create_model(
         model_config.backbone,
@@ -193,7 +199,7 @@ def build_detector(
         out_indices=(2, 3, 4),
         in_chans=in_channels,
     )
-    info, source = pretrained_trunk(model_config, trunk, pretrained)
+    info, source = pretrained_trunk(model_config, trunk, pretrained, config.reference_start)
     backbone = PyramidBackbone(trunk, trunk.feature_info.channels(), config.fpn_channels)
     common = {
         # the images arrive resized to size x size and normalised (the Inspector's input):
