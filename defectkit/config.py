@@ -204,7 +204,8 @@ class DetectConfig:
     max_boxes: int = 100  # boxes kept per image
     # each class's box threshold, chosen on the validation images' boxes: f1 (the best F1
     # of box precision and recall at match_iou) | precision (the most recall at box
-    # precision >= box_target, the best F1 where no threshold reaches it)
+    # precision >= box_target, the best F1 where no threshold reaches it); halfway between
+    # the chosen box's score and the next lower one (tasks/detect/evaluate.py)
     box_rule: str = "f1"
     box_target: float = 0.7
     threshold: float = 0.3  # a class's box threshold where validation has none of its boxes

@@ -145,8 +145,9 @@ def test_faster_coco_eval_measures_what_pycocotools_measures():
 def test_box_thresholds_are_chosen_on_a_hand_worked_curve():
     """Two true dents; dent boxes scored 0.9 (a hit), 0.8 (on nothing) and 0.7 (the other
     hit): precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1 as the threshold falls. F1 is best
-    (0.8) at 0.7; precision >= 0.9 is first reached at 0.9, >= 0.6 last at 0.7. The
-    scratch boxes find no true box: the class keeps the fallback threshold."""
+    (0.8) at 0.7; precision >= 0.9 is first reached at 0.9, >= 0.6 last at 0.7. Each
+    threshold goes halfway to the next box below (0.8 under 0.9; the floor, 0.05, under the
+    last box, 0.7). The scratch boxes find no true box: the class keeps the fallback."""
     truths = [[(0, 0.0, 0.0, 10.0, 10.0)], [(0, 20.0, 20.0, 30.0, 30.0)]]
     found = [
         [(0, 0.9, 0.0, 0.0, 10.0, 10.0), (0, 0.8, 50.0, 50.0, 60.0, 60.0)],
@@ -159,13 +160,15 @@ def test_box_thresholds_are_chosen_on_a_hand_worked_curve():
     assert dent["recall"].tolist() == pytest.approx([0.5, 0.5, 1])
     assert curves["scratch"]["true"] == 0 and curves["scratch"]["precision"].tolist() == [0]
     f1 = choose_box_thresholds(curves, "f1", 0.7, fallback=0.3, floor=0.05)
-    assert f1 == {"dent": pytest.approx(0.7), "scratch": 0.3}
+    assert f1 == {"dent": pytest.approx(0.375), "scratch": 0.3}
+    assert point_at(dent, f1["dent"]) == pytest.approx({"precision": 2 / 3, "recall": 1.0})
     strict = choose_box_thresholds(curves, "precision", 0.9, fallback=0.3, floor=0.05)
-    assert strict["dent"] == pytest.approx(0.9)
+    assert strict["dent"] == pytest.approx(0.85)
+    assert point_at(dent, strict["dent"]) == {"precision": 1.0, "recall": 0.5}
     loose = choose_box_thresholds(curves, "precision", 0.6, fallback=0.3, floor=0.05)
-    assert loose["dent"] == pytest.approx(0.7)
+    assert loose["dent"] == pytest.approx(0.375)
     # no threshold reaches precision 1.01: the best F1 instead; none below the floor
-    assert choose_box_thresholds(curves, "precision", 1.01, 0.3, 0.05)["dent"] == 0.7
+    assert choose_box_thresholds(curves, "precision", 1.01, 0.3, 0.05)["dent"] == 0.375
     assert choose_box_thresholds(curves, "f1", 0.7, 0.3, floor=0.75)["dent"] == 0.75
     assert point_at(dent, 0.85) == {"precision": 1.0, "recall": 0.5}
     assert point_at(dent, 0.95) == {"precision": None, "recall": 0.0}
