@@ -166,6 +166,26 @@ def _brighter(path: Path, shift: int) -> Image.Image:
     return Image.fromarray(np.clip(array + shift, 0, 255).astype(np.uint8))
 
 
+def test_a_model_without_a_reference_refuses_one_and_its_baseline_leaves_them_out(
+    classify_bundle, synthetic_root
+):
+    """A dataset with templates (DeepPCB) trained with detect.reference=false: the baseline
+    after training offers the validation images' templates; the model takes the image
+    alone, so they are left out instead of stacked into a 6-channel input the network
+    cannot take, and the Inspector refuses references given to it by hand."""
+    from defectkit.runtime.inspector import Inspector
+
+    inspector = Inspector(classify_bundle)
+    paths = sorted(synthetic_root.rglob("*.png"))[:4]
+    baseline = build_baseline(inspector, paths, paths, calibration_references=paths)
+    assert baseline["calibration_images"] == 4
+    plain = build_baseline(inspector, paths, paths)
+    assert baseline["scores"] == pytest.approx(plain["scores"], abs=1e-6)
+    images = [Image.open(p).convert("RGB") for p in paths]
+    with pytest.raises(ValueError, match="inspects each image alone"):
+        inspector.predict_images(images, [p.name for p in paths], images)
+
+
 def test_drift_warns_on_shifted_images_and_not_on_the_calibration_images(
     classify_bundle, synthetic_root
 ):

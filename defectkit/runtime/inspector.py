@@ -118,6 +118,11 @@ class Inspector:
         references: Sequence[Image.Image] | None = None,
     ) -> list[Prediction]:
         """`references`: the aligned defect-free image of each, for models that use one."""
+        if not self.meta.get("reference") and any(r is not None for r in references or []):
+            raise ValueError(
+                "this model inspects each image alone (trained without a reference): give "
+                "no references"
+            )
         if self.meta.get("reference") and references is None:
             raise ValueError(
                 "this model compares each image with its aligned defect-free reference "
