@@ -198,10 +198,9 @@ def choose_box_thresholds(
     Every threshold between the chosen point's score and the next box's below it keeps the
     same validation boxes: the threshold goes halfway (the widest margin on both sides; the
     score floor stands in below the last box), so a test box scored a little lower than its
-    validation counterparts is still called. On a small validation set that the model
-    nearly solves, taking the chosen box's own score put DeepPCB's thresholds at 0.6-0.76
-    and cost a fifth of the test recall. A class without validation boxes or true boxes
-    keeps `fallback`; no threshold goes below the score floor."""
+    validation counterparts is still called (benchmarks/RESULTS.md, deeppcb-detect rows
+    default and default_5cb0fb8). A class without validation boxes or true boxes keeps
+    `fallback`; no threshold goes below the score floor."""
     if rule not in BOX_RULES:
         raise ValueError(f"unknown detect.box_rule {rule!r}; use one of {BOX_RULES}")
     chosen = {}
