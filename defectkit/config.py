@@ -153,9 +153,6 @@ class SegmentConfig:
     encoder_depth: int = 5  # 3..5 downsamplings of the encoder: fewer keep small defects
     decoder_channels: tuple[int, ...] = ()  # unet/unet++: () = (256, 128, 64, 32, 16)[-depth:]
     reference: bool = False  # stack the aligned defect-free reference (DeepPCB template) as input
-    # how the pretrained first convolution starts on image + reference (models/backbones.py):
-    # difference (the image's filters plus the same on image - reference) | mean (of both)
-    reference_start: str = "difference"
     # fcos: which locations learn which box (models/detector.py): centre (torchvision's) |
     # line (follows thin, long boxes: cracks, scratches) | auto (line where a quarter of the
     # training boxes are 5:1 or longer)
