@@ -4,7 +4,7 @@ at the dataset's IoU 0.33, with the template paired (6 channels) and with the te
 alone. The recipe (deeppcb_detect) trains on 320 px windows at full resolution and inspects
 whole boards by sliding windows, on this CPU.
 
-    python benchmarks/deeppcb_detect.py [--runs default,mean_start,single] [--reuse]
+    python benchmarks/deeppcb_detect.py [--runs default,mean_start,single,grouped_val] [--reuse]
 """
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ RUNS_DEFINED = {
         "the recipe with the first convolution starting as the mean of image and template",
     ),
     "single": (["detect.reference=false"], "the recipe on the tested image alone"),
+    "grouped_val": (
+        ["split.group_by=folder"],
+        "the recipe with a whole board group held out as validation (group 44000, 50 of the "
+        "311 trainval images; the test list has two groups no trainval image comes from): "
+        "the epoch and the box thresholds chosen on boards of an unseen design",
+    ),
 }
 # PROTOCOLS.md keys of a run; the paired recipe's run is `default`, with the single run's
 # map50 beside its own (map50_paired, map50_single)
