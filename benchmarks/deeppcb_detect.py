@@ -5,7 +5,7 @@ alone. The recipe (deeppcb_detect) trains on 320 px windows at full resolution a
 whole boards by sliding windows, on this CPU.
 
     python benchmarks/deeppcb_detect.py [--runs default,mean_start,single,grouped_val] [--reuse]
-    python benchmarks/deeppcb_detect.py --runs default_p70,grouped_val_p70   # calibrated
+    python benchmarks/deeppcb_detect.py --runs default_p70,default_tta,grouped_val_p70  # calibrated
 
 A calibrated row trains nothing: a copy of a trained run's folder whose box thresholds are
 chosen again on its own validation images by `defectkit calibrate`.
@@ -52,6 +52,12 @@ CALIBRATED = {
         PRECISION_70,
         "the default's weights; each class's box threshold the most validation recall at "
         "box precision >= 0.7 (the issue's target) instead of the best F1",
+    ),
+    "default_tta": (
+        "default",
+        ["eval.tta=flips"],
+        "the default's weights; every window seen as its four flips, their boxes pooled before "
+        "NMS (eval.tta=flips), the box thresholds chosen again on those boxes",
     ),
     "grouped_val_p70": (
         "grouped_val",
