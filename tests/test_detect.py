@@ -690,3 +690,27 @@ def test_calibrate_gives_a_detector_the_box_thresholds_of_another_rule(detect_ru
     assert meta["box_thresholds"] == after["box_thresholds"]
     kept = json.loads((copy / "before" / "1" / "metrics.json").read_text())
     assert kept["box_thresholds"] == pytest.approx(before["box_thresholds"])
+
+
+def test_calibration_rules_that_do_not_exist_are_refused_before_training(parts, tmp_path):
+    from defectkit.config import ConfigError, load_config
+    from defectkit.tasks import get_task
+
+    config = load_config(
+        None,
+        [
+            *DETECT,
+            f"data.root={parts}",
+            f"out_dir={tmp_path}",
+            "detect.box_rule=recall",
+            "detect.box_target=1.5",
+            "eval.threshold_rule=f1",
+        ],
+    )
+    with pytest.raises(ConfigError) as caught:
+        get_task("detect")(config, tmp_path, False)
+    message = str(caught.value)
+    assert "3 setting(s)" in message and "detect.box_rule='recall' is not one of" in message
+    assert "detect.box_target=1.5 is outside (0, 1]" in message
+    assert "eval.threshold_rule='f1' is not one of" in message
+    assert not (tmp_path / "checkpoints").exists()

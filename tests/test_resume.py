@@ -192,11 +192,12 @@ def test_a_resumed_anomaly_run_reuses_its_fit(tiles, tmp_path, monkeypatch):
 
 
 def test_calibrate_chooses_a_finished_runs_threshold_again_and_keeps_the_one_before(
-    tmp_path, capsys
+    tmp_path, capsys, monkeypatch
 ):
     """An OK/NG classifier: `calibrate` with another threshold rule moves the threshold to
     what that rule picks on the same validation images, trains nothing (history and
-    checkpoints untouched, ROC AUC unchanged), and keeps the evaluation it replaced."""
+    checkpoints untouched, ROC AUC unchanged), and keeps the evaluation it replaced; a bad
+    rule is refused before anything moves, and a failure half-way puts the run back."""
     import json
 
     from defectkit.data.synthetic import make_classify_set
@@ -240,6 +241,24 @@ def test_calibrate_chooses_a_finished_runs_threshold_again_and_keeps_the_one_bef
     assert json.loads((kept / "metrics.json").read_text()) == json.loads(json.dumps(first))
     assert (kept / "bundle" / "bundle.json").is_file() and (kept / "report.html").is_file()
     assert yaml.safe_load((kept / "config.yaml").read_text())["eval"]["threshold_rule"] == "youden"
+
+    # a rule that does not exist is refused before anything moves
+    with pytest.raises(ConfigError, match="eval.threshold_rule='best' is not one of"):
+        defectkit.calibrate(run_dir, ["eval.threshold_rule=best"])
+    assert not (run_dir / "before" / "2").exists()
+
+    # a calibration that fails half-way leaves the run as it was
+    def failing(**kwargs):
+        (run_dir / "metrics.json").write_text("{}")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(defectkit, "train", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        defectkit.calibrate(run_dir, ["eval.target=0.9"])
+    assert json.loads((run_dir / "metrics.json").read_text()) == after
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["eval"]["target"] == 1.0
+    assert (run_dir / "bundle" / "bundle.json").is_file()
+    assert sorted(p.name for p in (run_dir / "before").iterdir()) == ["1"]
 
 
 def test_calibrate_refuses_what_would_change_the_weights_and_unfinished_runs(interrupted):

@@ -116,6 +116,24 @@ def set_aside_evaluation(run_dir: Path) -> Path:
     return keep
 
 
+def put_back_evaluation(run_dir: Path, kept: Path) -> None:
+    """Undo set_aside_evaluation: whatever the new evaluation wrote goes, the kept files
+    (config.yaml included) return to the run folder."""
+    import shutil
+
+    for name in (*EVALUATION_OUTPUTS, "config.yaml"):
+        new = run_dir / name
+        if (kept / name).exists():
+            if new.is_dir():
+                shutil.rmtree(new)
+            else:
+                new.unlink(missing_ok=True)
+            (kept / name).rename(new)
+    shutil.rmtree(kept)
+    if not any((run_dir / "before").iterdir()):
+        (run_dir / "before").rmdir()
+
+
 def _unflat(flat: dict[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for dotted, value in flat.items():
