@@ -5,13 +5,28 @@ alone. The recipe (deeppcb_detect) trains on 320 px windows at full resolution a
 whole boards by sliding windows, on this CPU.
 
     python benchmarks/deeppcb_detect.py [--runs default,mean_start,single,grouped_val] [--reuse]
+    python benchmarks/deeppcb_detect.py --runs default_p70,default_tta,grouped_val_p70  # calibrated
+
+A calibrated row trains nothing: a copy of a trained run's folder whose box thresholds are
+chosen again on its own validation images by `defectkit calibrate`.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 
-from common import HERE, SHARED_DATA, parse_run_args, save_results, train_or_reuse, trained_on
+from common import (
+    HERE,
+    RUNS,
+    SHARED_DATA,
+    parse_run_args,
+    save_results,
+    split_counts,
+    train_or_reuse,
+    trained_on,
+)
 
 RUNS_DEFINED = {
     # name: (overrides, what it is)
@@ -28,6 +43,29 @@ RUNS_DEFINED = {
         "the epoch and the box thresholds chosen on boards of an unseen design",
     ),
 }
+# rows that train nothing: another run's weights, its box thresholds chosen again on its own
+# validation images. name: (the run, calibrate settings, what it is)
+PRECISION_70 = ["detect.box_rule=precision", "detect.box_target=0.7"]
+CALIBRATED = {
+    "default_p70": (
+        "default",
+        PRECISION_70,
+        "the default's weights; each class's box threshold the most validation recall at "
+        "box precision >= 0.7 (the issue's target) instead of the best F1",
+    ),
+    "default_tta": (
+        "default",
+        ["eval.tta=flips"],
+        "the default's weights; every window seen as its four flips, their boxes pooled before "
+        "NMS (eval.tta=flips), the box thresholds chosen again on those boxes",
+    ),
+    "grouped_val_p70": (
+        "grouped_val",
+        PRECISION_70,
+        "grouped_val's weights; each class's box threshold the most recall at box precision "
+        ">= 0.7 on the held-out board group",
+    ),
+}
 # PROTOCOLS.md keys of a run; the paired recipe's run is `default`, with the single run's
 # map50 beside its own (map50_paired, map50_single)
 KEYS = {
@@ -39,20 +77,46 @@ KEYS = {
 }
 
 
+def calibrated(name: str, reuse: bool) -> tuple[dict, str, str]:
+    """A CALIBRATED row's metrics: its run's folder copied (checkpoints, split, config; not
+    its evaluation) and `defectkit calibrate`d with the row's settings."""
+    import defectkit
+
+    source, overrides, what = CALIBRATED[name]
+    source_dir, run_dir = RUNS / f"deeppcb-detect-{source}", RUNS / f"deeppcb-detect-{name}"
+    command = shlex.join(
+        ["defectkit", "calibrate", str(run_dir), *[a for o in overrides for a in ("--set", o)]]
+    )
+    note = f"{what}; calibrated, not trained: its training is run {source}'s"
+    if not (reuse and (run_dir / "metrics.json").is_file()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.copytree(
+            source_dir, run_dir, ignore=shutil.ignore_patterns("before", "tensorboard", "*_before*")
+        )
+        defectkit.calibrate(run_dir, overrides)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["images"] = split_counts(run_dir)
+    return metrics, command, note
+
+
 def main() -> None:
-    args = parse_run_args(__doc__, RUNS_DEFINED)
+    args = parse_run_args(__doc__, RUNS_DEFINED | {k: v[1:] for k, v in CALIBRATED.items()})
     root = SHARED_DATA / "deeppcb"
     runs = []
     for name in args.runs.split(","):
-        overrides = [f"data.root={root}", *RUNS_DEFINED[name][0]]
-        metrics, command = train_or_reuse(
-            f"deeppcb-detect-{name}", "deeppcb_detect", overrides, args.reuse
-        )
+        if name in CALIBRATED:
+            metrics, command, note = calibrated(name, args.reuse)
+        else:
+            overrides = [f"data.root={root}", *RUNS_DEFINED[name][0]]
+            metrics, command = train_or_reuse(
+                f"deeppcb-detect-{name}", "deeppcb_detect", overrides, args.reuse
+            )
+            note = RUNS_DEFINED[name][1]
         runs.append(
             {
                 "name": name,
                 "command": command,
-                "note": RUNS_DEFINED[name][1],
+                "note": note,
                 "trained_on": trained_on(metrics),
                 "epochs": metrics["epochs_run"],
                 **{new: metrics[old] for old, new in KEYS.items()},

@@ -76,6 +76,35 @@ def train(
         raise
 
 
+def calibrate(run_dir: str | Path, overrides: list[str]) -> tuple[Path, dict[str, Any]]:
+    """Make a finished run's decisions again from its trained model with other calibration
+    settings (runs.CALIBRATE_MAY_CHANGE: threshold rules and targets, box post-processing,
+    test-time views): its thresholds chosen again on its own validation images, its test
+    images evaluated, its bundle and report rewritten; the weights are not touched. The
+    evaluation it replaces goes to run_dir/before/<n>/. Returns the run folder and the new
+    metrics."""
+    from defectkit.config import ConfigError, save_config
+    from defectkit.tasks.resume import put_back_evaluation, resume_config, set_aside_evaluation
+    from defectkit.tasks.settings import calibration_problems
+
+    run_dir = Path(run_dir)
+    config = resume_config(run_dir, None, overrides, finished=True)
+    problems = calibration_problems(config)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    kept = set_aside_evaluation(run_dir)
+    logging.getLogger("defectkit").info("the evaluation before: %s", kept)
+    save_config(config, run_dir / "config.yaml")
+    try:
+        return train(resume=run_dir)
+    except KeyboardInterrupt:
+        put_back_evaluation(run_dir, kept)
+        raise KeyboardInterrupt(f"interrupted; {run_dir} is as it was before") from None
+    except BaseException:  # the run as it was, then the error
+        put_back_evaluation(run_dir, kept)
+        raise
+
+
 def train_folds(config: RunConfig) -> tuple[Path, dict[str, Any]]:
     """Every fold of split.method=kfold as its own run (<out_dir>/<name>/fold-<k>), then
     kfold.json and report.html beside them: per-fold numbers, mean, standard deviation and

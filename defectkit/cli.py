@@ -1,5 +1,5 @@
-"""The `defectkit` command: data, train, eval, predict, export, serve, baseline, compare,
-review, demo, backbones."""
+"""The `defectkit` command: data, train, calibrate, eval, predict, export, serve, baseline,
+compare, review, demo, backbones."""
 
 from __future__ import annotations
 
@@ -173,6 +173,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result:  # under torchrun, rank 0 reports
         _print_result(result, run_dir, _task_of(run_dir))
         _run_baseline(run_dir)
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """A finished run's thresholds chosen again, its test images evaluated again; the
+    summary before and after."""
+    import json
+
+    import defectkit
+    from defectkit.tasks import get_task
+
+    run_dir = Path(args.run)
+    if not args.set:
+        raise ValueError(
+            "calibrate changes how a finished run decides: give the new settings with --set, "
+            "e.g. --set detect.box_rule=precision --set detect.box_target=0.8"
+        )
+    run_dir, result = defectkit.calibrate(run_dir, args.set)
+    before = sorted((run_dir / "before").iterdir(), key=lambda p: int(p.name))[-1]
+    task = _task_of(run_dir)
+    old = json.loads((before / "metrics.json").read_text())
+    print(f"\nbefore ({before}):\n{get_task(task).summary(old)}")
+    _print_result(result, run_dir, task)
+    _run_baseline(run_dir)
     return 0
 
 
@@ -678,6 +702,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _set_option(show)
     show.set_defaults(func=_cmd_config_show)
+
+    calibrate = _parser(
+        commands,
+        "calibrate",
+        "choose a finished run's thresholds again (another rule or target); no retraining",
+        "Make a finished run's decisions again from its trained model: its thresholds chosen "
+        "on its own validation images by the rules given with --set (eval.threshold_rule / "
+        "eval.target, detect.box_rule / detect.box_target, anomaly.false_alarm_rate, box "
+        "post-processing, eval.tta), its test images evaluated, its bundle, report and "
+        "monitoring baseline rewritten. The weights are not touched; the evaluation it "
+        "replaces is kept in RUN/before/<n>/.",
+    )
+    calibrate.add_argument("run", help="a finished run folder (metrics.json, bundle/)")
+    _set_option(calibrate)
+    calibrate.set_defaults(func=_cmd_calibrate)
 
     evaluate = _parser(commands, "eval", "evaluate a bundle on a labelled dataset")
     evaluate.add_argument("bundle", help="a bundle folder, or a run folder holding bundle/")

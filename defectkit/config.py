@@ -12,6 +12,10 @@ from typing import Any
 import yaml
 
 RECIPES_DIR = Path(__file__).parent / "configs"
+# eval.threshold_rule (metrics.choose_threshold) and detect.box_rule
+# (tasks/detect/evaluate.choose_box_thresholds)
+THRESHOLD_RULES = ("youden", "recall", "specificity")
+BOX_RULES = ("f1", "precision")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,25 @@ RESUME_MAY_CHANGE = (
     "out_dir",
     "name",
 )
+# settings `defectkit calibrate` may change on a finished run: how its trained model's
+# scores become decisions (thresholds, box post-processing, test-time views), not the weights
+CALIBRATE_MAY_CHANGE = (
+    *RESUME_MAY_CHANGE,
+    "eval.positive",
+    "eval.threshold_rule",
+    "eval.target",
+    "eval.tta",
+    "anomaly.false_alarm_rate",
+    "detect.box_rule",
+    "detect.box_target",
+    "detect.threshold",
+    "detect.score_floor",
+    "detect.nms_iou",
+    "detect.max_boxes",
+    "detect.match_iou",
+)
+# what a finished run's evaluation wrote; `defectkit calibrate` moves them to before/<n>/
+EVALUATION_OUTPUTS = ("metrics.json", "bundle", "report.html", "predictions.csv", "plots")
 
 
 def new_run_dir(config: RunConfig) -> tuple[Path, bool]:

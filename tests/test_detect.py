@@ -663,3 +663,54 @@ def test_boxes_found_on_each_view_map_back_to_the_image():
             [columns.min(), rows.min(), columns.max() + 1, rows.max() + 1], dtype=torch.float32
         )
         assert unview_boxes(found, j, size).tolist() == [20.0, 5.0, 30.0, 9.0], j
+
+
+def test_calibrate_gives_a_detector_the_box_thresholds_of_another_rule(detect_run, tmp_path):
+    """`calibrate` a copy of the finished run with box_rule=precision at a low target: each
+    class's threshold is where that rule puts it on the same validation boxes (the most
+    recall at precision >= the target, so at least F1's validation recall), the boxes the
+    bundle keeps are the same (mAP unchanged), and the bundle carries the new thresholds."""
+    import shutil
+
+    run_dir, before = detect_run
+    copy = tmp_path / "d"
+    shutil.copytree(run_dir, copy)
+    moved, after = defectkit.calibrate(copy, ["detect.box_rule=precision", "detect.box_target=0.5"])
+    assert moved == copy and after["box_rule"] == "precision (target 0.5)"
+    assert after["map_50"] == pytest.approx(before["map_50"], rel=1e-6, abs=1e-9)
+    assert after["epochs_run"] == before["epochs_run"]
+    checked = 0
+    for name, point in after["val_box_points"].items():
+        old = before["val_box_points"][name]
+        if old["precision"] is not None and old["precision"] >= 0.5:
+            assert point["precision"] >= 0.5 and point["recall"] >= old["recall"] - 1e-12
+            checked += 1
+    assert checked >= 1  # a class whose F1 point already had precision >= 0.5
+    meta = json.loads((copy / "bundle" / "bundle.json").read_text())
+    assert meta["box_thresholds"] == after["box_thresholds"]
+    kept = json.loads((copy / "before" / "1" / "metrics.json").read_text())
+    assert kept["box_thresholds"] == pytest.approx(before["box_thresholds"])
+
+
+def test_calibration_rules_that_do_not_exist_are_refused_before_training(parts, tmp_path):
+    from defectkit.config import ConfigError, load_config
+    from defectkit.tasks import get_task
+
+    config = load_config(
+        None,
+        [
+            *DETECT,
+            f"data.root={parts}",
+            f"out_dir={tmp_path}",
+            "detect.box_rule=recall",
+            "detect.box_target=1.5",
+            "eval.threshold_rule=f1",
+        ],
+    )
+    with pytest.raises(ConfigError) as caught:
+        get_task("detect")(config, tmp_path, False)
+    message = str(caught.value)
+    assert "3 setting(s)" in message and "detect.box_rule='recall' is not one of" in message
+    assert "detect.box_target=1.5 is outside (0, 1]" in message
+    assert "eval.threshold_rule='f1' is not one of" in message
+    assert not (tmp_path / "checkpoints").exists()

@@ -2,7 +2,8 @@
 and without a moving average of its weights, segment, or an anomaly autoencoder
 mid-training) continued from its last checkpoint gives the uninterrupted run's history
 value for value; a resumed anomaly run reuses its fit; another task, changed settings, a
-finished run or a run that never checkpointed are refused."""
+finished run or a run that never checkpointed are refused. `calibrate` makes a finished
+run's decisions again without training, keeping the evaluation it replaces."""
 
 from pathlib import Path
 
@@ -188,3 +189,91 @@ def test_a_resumed_anomaly_run_reuses_its_fit(tiles, tmp_path, monkeypatch):
     for key in ("image_auroc", "pixel_auroc", "threshold", "f1_calibrated"):
         assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
     assert resumed["training_check"] == whole["training_check"]
+
+
+def test_calibrate_chooses_a_finished_runs_threshold_again_and_keeps_the_one_before(
+    tmp_path, capsys, monkeypatch
+):
+    """An OK/NG classifier: `calibrate` with another threshold rule moves the threshold to
+    what that rule picks on the same validation images, trains nothing (history and
+    checkpoints untouched, ROC AUC unchanged), and keeps the evaluation it replaced; a bad
+    rule is refused before anything moves, and a failure half-way puts the run back."""
+    import json
+
+    from defectkit.data.synthetic import make_classify_set
+
+    root = make_classify_set(tmp_path / "data", per_class=24, size=64, classes=("ok", "spot"))
+    overrides = [f"data.root={root}", f"out_dir={tmp_path}", "name=run", *CLASSIFY]
+    run_dir, first = defectkit.train(
+        None, [*overrides, "split.val_fraction=0.3", "eval.positive=spot"]
+    )
+    history = (run_dir / "history.csv").read_text()
+    last = (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns
+    assert first["binary"]["threshold_rule"] == "youden"
+
+    code = main(
+        [
+            "calibrate",
+            str(run_dir),
+            "--set",
+            "eval.threshold_rule=recall",
+            "--set",
+            "eval.target=1.0",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "before (" in printed and "report:" in printed
+    after = json.loads((run_dir / "metrics.json").read_text())
+    binary = after["binary"]
+    assert binary["threshold_rule"] == "recall" and binary["threshold_chosen_on"] == "validation"
+    # the recall rule with target 1: the highest threshold that keeps every validation NG
+    # image, never above the lowest NG score on validation, so at most youden's threshold
+    assert binary["threshold"] <= first["binary"]["threshold"] + 1e-12
+    assert binary["auc"] == pytest.approx(first["binary"]["auc"], rel=1e-9)  # same weights
+    assert (run_dir / "history.csv").read_text() == history
+    assert (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns == last
+    meta = json.loads((run_dir / "bundle" / "bundle.json").read_text())
+    assert meta["threshold"] == pytest.approx(binary["threshold"])
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["eval"]["threshold_rule"] == "recall" and saved["eval"]["target"] == 1.0
+    kept = run_dir / "before" / "1"
+    assert json.loads((kept / "metrics.json").read_text()) == json.loads(json.dumps(first))
+    assert (kept / "bundle" / "bundle.json").is_file() and (kept / "report.html").is_file()
+    assert yaml.safe_load((kept / "config.yaml").read_text())["eval"]["threshold_rule"] == "youden"
+
+    # a rule that does not exist is refused before anything moves
+    with pytest.raises(ConfigError, match="eval.threshold_rule='best' is not one of"):
+        defectkit.calibrate(run_dir, ["eval.threshold_rule=best"])
+    assert not (run_dir / "before" / "2").exists()
+
+    # a calibration that fails half-way leaves the run as it was
+    def failing(**kwargs):
+        (run_dir / "metrics.json").write_text("{}")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(defectkit, "train", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        defectkit.calibrate(run_dir, ["eval.target=0.9"])
+    assert json.loads((run_dir / "metrics.json").read_text()) == after
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["eval"]["target"] == 1.0
+    assert (run_dir / "bundle" / "bundle.json").is_file()
+    assert sorted(p.name for p in (run_dir / "before").iterdir()) == ["1"]
+
+
+def test_calibrate_refuses_what_would_change_the_weights_and_unfinished_runs(interrupted):
+    with pytest.raises(ConfigError, match="no metrics.json: not a finished run"):
+        defectkit.calibrate(interrupted, ["eval.target=0.9"])
+    assert not (interrupted / "before").exists()
+    import shutil
+
+    finished = interrupted.parent / "finished-copy"
+    shutil.copytree(interrupted, finished)
+    (finished / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError) as caught:
+        defectkit.calibrate(finished, ["train.lr=0.05", "eval.target=0.9"])
+    message = str(caught.value)
+    assert "calibrating" in message and "train.lr: 0.001 -> 0.05" in message
+    assert "eval.target" not in message.split("\n")[1]  # a calibration setting is allowed
+    assert "eval.threshold_rule" in message  # says what may change
+    assert not (finished / "before").exists()  # nothing moved before the check

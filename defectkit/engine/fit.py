@@ -68,7 +68,12 @@ def fit(loop: Fit, run_dir: Path, resume: bool) -> Path:
         # checkpoints before the shared loop kept a classifier's best as a loss (lower wins)
         best = state["best"] if "best" in state else -state["best_loss"]
         stale, start = state.get("stale", 0), state["epoch"] + 1
-        log.info("resumed %s at epoch %d of %d", run_dir, start + 1, loop.epochs)
+        if loop.early_stopping and stale >= loop.early_stopping:
+            start = loop.epochs  # it had stopped early: its training is over
+        if start < loop.epochs:
+            log.info("resumed %s at epoch %d of %d", run_dir, start + 1, loop.epochs)
+        else:
+            log.info("%s: training finished before (%d epochs)", run_dir, len(loop.history))
     main = is_main()  # under torchrun only rank 0 writes; every rank keeps the same history
     with training_log(run_dir, enabled=main) as writer:
         for epoch in range(start, loop.epochs):

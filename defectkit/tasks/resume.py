@@ -1,6 +1,7 @@
 """`defectkit train --resume`: the interrupted run's own config, checked before anything
 runs (an unfinished run of a task that resumes; only the settings that change how it runs,
-not what it computes, may be given again)."""
+not what it computes, may be given again). `defectkit calibrate`: a finished run's
+decisions made again from its trained model, with other calibration settings."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from defectkit.config import RunConfig
-from defectkit.runs import FAILED, RESUME_MAY_CHANGE
+from defectkit.runs import CALIBRATE_MAY_CHANGE, EVALUATION_OUTPUTS, FAILED, RESUME_MAY_CHANGE
 from defectkit.tasks import get_task
 
 
@@ -23,11 +24,16 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resume_config(
-    run_dir: Path, source: str | None = None, overrides: list[str] | None = None
+    run_dir: Path,
+    source: str | None = None,
+    overrides: list[str] | None = None,
+    finished: bool = False,
 ) -> RunConfig:
     """The run's own config, checked before anything runs: the folder must hold an
     unfinished run of a task that resumes, and a --config / --set given with --resume may
-    only change RESUME_MAY_CHANGE (every other difference is listed in the refusal)."""
+    only change RESUME_MAY_CHANGE (every other difference is listed in the refusal).
+    finished: the folder must hold a finished run instead (`defectkit calibrate`), and the
+    settings may change CALIBRATE_MAY_CHANGE."""
     from defectkit.config import (
         ConfigError,
         _merge,
@@ -43,10 +49,17 @@ def resume_config(
     import yaml
 
     saved = config_from_dict(yaml.safe_load(saved_path.read_text()))
-    if (run_dir / "metrics.json").is_file():
+    may_change = CALIBRATE_MAY_CHANGE if finished else RESUME_MAY_CHANGE
+    if finished and not (run_dir / "metrics.json").is_file():
         raise ConfigError(
-            f"{run_dir} is a finished run (metrics.json, bundle/): nothing to resume; train "
-            "a new run, e.g. with train.init_from to start from its weights"
+            f"{run_dir} holds no metrics.json: not a finished run (an interrupted one goes on "
+            f"with `defectkit train --resume {run_dir}`)"
+        )
+    if not finished and (run_dir / "metrics.json").is_file():
+        raise ConfigError(
+            f"{run_dir} is a finished run (metrics.json, bundle/): nothing to resume; "
+            f"`defectkit calibrate {run_dir} --set ...` chooses its thresholds again, or "
+            "train a new run, e.g. with train.init_from to start from its weights"
         )
     checkpoint = get_task(saved.task).checkpoint
     # the task's own checkpoint, or the shared epoch loop's (an anomaly method that trains)
@@ -69,20 +82,56 @@ def resume_config(
             "resumed run keeps its task (train a new run for the other one)"
         )
     before, after = _flat(config_to_dict(saved)), _flat(config_to_dict(requested))
-    changed = [k for k in before if before[k] != after[k] and k not in RESUME_MAY_CHANGE]
+    changed = [k for k in before if before[k] != after[k] and k not in may_change]
     if changed:
         lines = "\n".join(f"  {k}: {before[k]!r} -> {after[k]!r}" for k in changed)
+        what = "calibrating" if finished else "resuming"
         raise ConfigError(
-            f"resuming {run_dir} with other settings would change what the run computes:\n"
-            f"{lines}\nResume without them (only {', '.join(RESUME_MAY_CHANGE)} may change), "
-            "or train a new run."
+            f"{what} {run_dir} with other settings would change what the run computes:\n"
+            f"{lines}\nDrop them (only {', '.join(may_change)} may change), or train a new run."
         )
     return config_from_dict(
         _merge(
             config_to_dict(saved),
-            _unflat({k: after[k] for k in RESUME_MAY_CHANGE if k in after}),
+            _unflat({k: after[k] for k in may_change if k in after}),
         )
     )
+
+
+def set_aside_evaluation(run_dir: Path) -> Path:
+    """Move a finished run's evaluation (EVALUATION_OUTPUTS) and its config.yaml into
+    run_dir/before/<n>/, the next free n, so that nothing written is lost when it is made
+    again; the config stays in place as well (the run's settings until they are changed)."""
+    import shutil
+
+    n = 1
+    while (run_dir / "before" / str(n)).exists():
+        n += 1
+    keep = run_dir / "before" / str(n)
+    keep.mkdir(parents=True)
+    shutil.copy2(run_dir / "config.yaml", keep / "config.yaml")
+    for name in EVALUATION_OUTPUTS:
+        if (run_dir / name).exists():
+            (run_dir / name).rename(keep / name)
+    return keep
+
+
+def put_back_evaluation(run_dir: Path, kept: Path) -> None:
+    """Undo set_aside_evaluation: whatever the new evaluation wrote goes, the kept files
+    (config.yaml included) return to the run folder."""
+    import shutil
+
+    for name in (*EVALUATION_OUTPUTS, "config.yaml"):
+        new = run_dir / name
+        if (kept / name).exists():
+            if new.is_dir():
+                shutil.rmtree(new)
+            else:
+                new.unlink(missing_ok=True)
+            (kept / name).rename(new)
+    shutil.rmtree(kept)
+    if not any((run_dir / "before").iterdir()):
+        (run_dir / "before").rmdir()
 
 
 def _unflat(flat: dict[str, Any]) -> dict[str, Any]:

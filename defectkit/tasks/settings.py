@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from defectkit.config import ConfigError, RunConfig
+from defectkit.config import BOX_RULES, THRESHOLD_RULES, ConfigError, RunConfig
 from defectkit.data.images import is_image
 from defectkit.data.samples import DatasetError, SampleSet, ok_class
 from defectkit.data.transforms import VIEWS
@@ -35,6 +35,36 @@ def _empty_class_folders(dataset: SampleSet) -> list[str]:
         and d.name not in ("images", "masks")
         and not any(p.is_file() and is_image(p) for p in d.rglob("*"))
     )
+
+
+def calibration_problems(config: RunConfig) -> list[str]:
+    """The rules that turn scores into decisions, checked before training rather than after
+    it (they are applied last; `defectkit calibrate` changes them)."""
+    problems = []
+    ev, dc = config.eval, config.detect
+    if ev.threshold_rule not in THRESHOLD_RULES:
+        problems.append(
+            f"eval.threshold_rule={ev.threshold_rule!r} is not one of {list(THRESHOLD_RULES)} "
+            "(youden: the best recall + specificity; recall / specificity: reach eval.target)"
+        )
+    if not 0 < ev.target <= 1:
+        problems.append(
+            f"eval.target={ev.target} is outside (0, 1]: an NG recall or OK specificity"
+        )
+    if config.task == "detect":
+        if dc.box_rule not in BOX_RULES:
+            problems.append(
+                f"detect.box_rule={dc.box_rule!r} is not one of {list(BOX_RULES)} (f1: the best "
+                "box F1; precision: the most recall at box precision >= detect.box_target)"
+            )
+        if not 0 < dc.box_target <= 1:
+            problems.append(f"detect.box_target={dc.box_target} is outside (0, 1]: a box precision")
+        if not 0 <= dc.score_floor < 1 or not 0 < dc.threshold < 1:
+            problems.append(
+                f"detect.score_floor={dc.score_floor} / detect.threshold={dc.threshold}: box "
+                "scores lie in (0, 1); the floor in [0, 1), the fallback threshold in (0, 1)"
+            )
+    return problems
 
 
 def _too_small(dataset: SampleSet, config: RunConfig) -> list[str]:
@@ -216,6 +246,7 @@ def check_settings(config: RunConfig, dataset: SampleSet) -> None:
             f"train.views={config.train.views!r} is not one of {sorted(VIEWS)} (the views "
             "of each training image the fewshot strategy computes features of)"
         )
+    problems += calibration_problems(config)
     if config.eval.tta not in VIEWS:
         problems.append(
             f"eval.tta={config.eval.tta!r} is not one of {sorted(VIEWS)} (the views of each "

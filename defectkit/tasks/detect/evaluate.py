@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from defectkit.config import BOX_RULES
 from defectkit.data.samples import Sample
 from defectkit.metrics import uncertainty
 from defectkit.predictions import Prediction, Region
@@ -140,9 +141,6 @@ def greedy_hits(overlaps: torch.Tensor, allowed: torch.Tensor, iou: float) -> to
         if candidates[best] >= iou:
             taken[best] = hits[row] = True
     return hits
-
-
-BOX_RULES = ("f1", "precision")
 
 
 def box_curves(
