@@ -33,6 +33,12 @@ RUNS_DEFINED = {
     ),
     # multi-scale training: each training image zoomed in or out by up to a quarter
     "scale_jitter": (["detect.scale_jitter=0.25"], "the recipe with detect.scale_jitter=0.25"),
+    # YOLOv4's mosaic on half of the training inputs, whole images in the last 4 epochs
+    "mosaic": (
+        ["detect.mosaic=0.5", "detect.mosaic_off_epochs=4"],
+        "the recipe with detect.mosaic=0.5 (four images' crops in one input), none in the "
+        "last 4 epochs",
+    ),
     # the recipe's graph after one epoch: its speed on this CPU, not its accuracy
     "one_epoch": (["train.epochs=1"], "FCOS, Lite0 + FPN, 256 px, 1 epoch (speed only)"),
 }

@@ -200,6 +200,11 @@ class DetectConfig:
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # retinanet: base size per level
     freeze_epochs: int = 0  # backbone frozen for the first N epochs (freeze then unfreeze)
     scale_jitter: float = 0.0  # training zoom in / out by up to this share (0.25: 0.75..1.25)
+    # the share of training inputs made of four images' crops (YOLOv4's mosaic, at the
+    # input's own scale: data/detection.py), none in the last mosaic_off_epochs epochs
+    # (YOLOv8's close_mosaic: the last epochs see whole images, as the model will)
+    mosaic: float = 0.0
+    mosaic_off_epochs: int = 0
     score_floor: float = 0.05  # boxes scored below this are dropped before NMS
     nms_iou: float = 0.6  # overlapping boxes of one class above this IoU: the best is kept
     max_boxes: int = 100  # boxes kept per image

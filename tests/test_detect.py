@@ -77,6 +77,45 @@ def test_boxes_move_with_the_pixels_under_every_augmentation(tmp_path):
     assert len({max(w, h) for w, h in shapes}) >= 3  # zoomed in and out
 
 
+def test_mosaic_moves_each_images_boxes_with_its_pixels(tmp_path):
+    """Four images, each with one bar of its own class and grey level: in every mosaic each
+    kept box covers a uniform piece of a bar, the boxes' grey levels rank as their classes
+    do (the labels came along with their pixels), inputs mix images, and a bar left without
+    a box is at most a sliver (YOLOv5's rule: 2 pixels a side, a tenth of the box)."""
+    from PIL import Image
+
+    samples = []
+    for k, name in enumerate("abcd"):
+        image = np.zeros((64, 64), dtype=np.uint8)
+        y, x = 8 + 12 * k, 6 + 8 * k
+        image[y : y + 10, x : x + 24] = 64 * (k + 1) - 1
+        Image.fromarray(image).save(tmp_path / f"{name}.png")
+        bar = Box(x, y, x + 24, y + 10, name)
+        samples.append(Sample(tmp_path / f"{name}.png", name, boxes=(bar,)))
+    dataset = DetectionDataset(
+        samples, list("abcd"), size=64, mean=[0, 0, 0], std=[1, 1, 1], augment=True, mosaic=1.0
+    )
+    mixed = 0
+    for draw in range(60):
+        x, target = dataset[draw % 4]
+        background = x[0].min()
+        levels = {}
+        covered = torch.zeros(64, 64, dtype=torch.bool)
+        boxes, labels = target["boxes"].round().int().tolist(), target["labels"].tolist()
+        for (x1, y1, x2, y2), label in zip(boxes, labels, strict=True):
+            inside = x[0, y1:y2, x1:x2]
+            assert inside.numel() > 0 and float(inside.std()) < 0.02  # one bar, nothing else
+            assert float(inside.mean()) > float(background) + 0.1
+            levels[label] = float(inside.mean())
+            covered[y1:y2, x1:x2] = True
+        ranked = [levels[k] for k in sorted(levels)]
+        assert ranked == sorted(ranked)
+        mixed += len(levels) >= 2
+        uncovered = ((x[0] > background + 0.1) & ~covered).sum()
+        assert uncovered <= 4 * 2 * 24  # four slivers at most, each 2 pixels by a bar
+    assert mixed >= 10
+
+
 def test_boxes_go_to_the_input_and_back_for_squash_and_pad():
     boxes = torch.tensor([[10.0, 20.0, 110.0, 40.0]])
     for resize in ("squash", "pad"):
@@ -692,7 +731,9 @@ def test_calibrate_gives_a_detector_the_box_thresholds_of_another_rule(detect_ru
     assert kept["box_thresholds"] == pytest.approx(before["box_thresholds"])
 
 
-def test_calibration_rules_that_do_not_exist_are_refused_before_training(parts, tmp_path):
+def test_calibration_and_augmentation_settings_out_of_range_are_refused_before_training(
+    parts, tmp_path
+):
     from defectkit.config import ConfigError, load_config
     from defectkit.tasks import get_task
 
@@ -705,12 +746,16 @@ def test_calibration_rules_that_do_not_exist_are_refused_before_training(parts, 
             "detect.box_rule=recall",
             "detect.box_target=1.5",
             "eval.threshold_rule=f1",
+            "detect.mosaic=1.5",
+            "detect.mosaic_off_epochs=-1",
         ],
     )
     with pytest.raises(ConfigError) as caught:
         get_task("detect")(config, tmp_path, False)
     message = str(caught.value)
-    assert "3 setting(s)" in message and "detect.box_rule='recall' is not one of" in message
+    assert "detect.mosaic=1.5 is outside [0, 1]" in message
+    assert "detect.mosaic_off_epochs=-1 is outside 0..train.epochs" in message
+    assert "5 setting(s)" in message and "detect.box_rule='recall' is not one of" in message
     assert "detect.box_target=1.5 is outside (0, 1]" in message
     assert "eval.threshold_rule='f1' is not one of" in message
     assert not (tmp_path / "checkpoints").exists()

@@ -1,7 +1,7 @@
 """Images with boxes for the detect task: each image resized (or padded) to the input size
 with its boxes moved along, or (data.resize=tile) a window of the image at its own
 resolution with the boxes it holds, as SAHI does for small objects on large images;
-box-aware augmentation (scale jitter, flips, quarter turns, brightness and contrast), an
+box-aware augmentation (mosaic, scale jitter, flips, quarter turns, brightness and contrast), an
 aligned reference stacked as extra channels (the way back from input pixels to the image's
 own is data/prepare.py `boxes_to_image`)."""
 
@@ -51,6 +51,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         reference: bool = False,
         augment: bool = False,
         scale_jitter: float = 0.0,
+        mosaic: float = 0.0,
         cache: bool = True,
         seed: int = 0,
     ):
@@ -61,6 +62,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.to_size = resize_transform(size, interpolation, resize)
         self.index = {name: i for i, name in enumerate(classes)}
         self.reference, self.augment, self.scale_jitter = reference, augment, scale_jitter
+        self.mosaic = mosaic  # the share of training inputs made of four images (detect.mosaic)
         channels = 6 if reference else 3
         self.mean = torch.tensor(list(mean) * (channels // 3))[:, None, None]
         self.std = torch.tensor(list(std) * (channels // 3))[:, None, None]
@@ -108,17 +110,51 @@ class DetectionDataset(torch.utils.data.Dataset):
         return (self.raw(i).float() / 255 - self.mean) / self.std
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Target]:
-        image = self.raw(i)
-        if self.resize == "tile":
-            x, target = self._window(i, image)
+        if self.augment and self.mosaic and self.rng.random() < self.mosaic:
+            x, target = self._mosaic(i)
         else:
-            target = self.target(i, *image.shape[-2:])
-            x = self.to_size(image.float() / 255)
+            x, target = self._input(i)
         if self.augment:
             if self.scale_jitter and self.rng.random() < 0.5:
                 x, target = self._zoom(x, target)
             x, target["boxes"] = self._augment(x, target["boxes"])
         return (x - self.mean) / self.std, target
+
+    def _input(self, i: int) -> tuple[torch.Tensor, Target]:
+        """Image i as the model takes it, in [0, 1]: resized, or a window of it (tile)."""
+        image = self.raw(i)
+        if self.resize == "tile":
+            return self._window(i, image)
+        return self.to_size(image.float() / 255), self.target(i, *image.shape[-2:])
+
+    def _mosaic(self, i: int) -> tuple[torch.Tensor, Target]:
+        """YOLOv4's mosaic at the input's own scale: the input cut into four rectangles at
+        a random point (a quarter to three quarters of the way across and down), each
+        filled with a random crop of image i or of three other random training images, at
+        the scale each would have alone; the boxes along, clipped to their rectangle and
+        kept where at least a tenth of a box and 2 pixels a side are left (YOLOv5's box
+        candidates). More defects and backgrounds per input, and defects cut at edges."""
+        size, rng = self.size, self.rng
+        cx, cy = (round(size * rng.uniform(0.25, 0.75)) for _ in range(2))
+        cells = [(0, 0, cx, cy), (cx, 0, size, cy), (0, cy, cx, size), (cx, cy, size, size)]
+        sources = [i] + [rng.randrange(len(self)) for _ in range(3)]
+        canvas, boxes, labels = None, [], []
+        for source, (x0, y0, x1, y1) in zip(sources, cells, strict=True):
+            x, target = self._input(source)
+            if canvas is None:
+                canvas = torch.zeros_like(x)
+            left, top = rng.randint(0, size - (x1 - x0)), rng.randint(0, size - (y1 - y0))
+            canvas[:, y0:y1, x0:x1] = x[:, top : top + y1 - y0, left : left + x1 - x0]
+            moved = target["boxes"] + torch.tensor([x0 - left, y0 - top] * 2, dtype=torch.float32)
+            low = torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
+            high = torch.tensor([x1, y1, x1, y1], dtype=torch.float32)
+            clipped = torch.maximum(torch.minimum(moved, high), low)
+            wide, tall = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+            area = (moved[:, 2] - moved[:, 0]) * (moved[:, 3] - moved[:, 1])
+            keep = (wide > 2) & (tall > 2) & (wide * tall >= 0.1 * area.clamp(min=1e-6))
+            boxes.append(clipped[keep])
+            labels.append(target["labels"][keep])
+        return canvas, {"boxes": torch.cat(boxes).reshape(-1, 4), "labels": torch.cat(labels)}
 
     def _window(self, i: int, image: torch.Tensor) -> tuple[torch.Tensor, Target]:
         """A size x size window at the image's own resolution (padded when smaller): half

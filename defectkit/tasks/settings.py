@@ -67,6 +67,29 @@ def calibration_problems(config: RunConfig) -> list[str]:
     return problems
 
 
+def augmentation_problems(config: RunConfig) -> list[str]:
+    """Detect's box-aware augmentation settings, each a share or a count in range."""
+    dc, problems = config.detect, []
+    if config.task != "detect":
+        return problems
+    if not 0 <= dc.mosaic <= 1:
+        problems.append(
+            f"detect.mosaic={dc.mosaic} is outside [0, 1]: the share of training inputs made "
+            "of four images (0 turns mosaic off; 0.5 is a common start)"
+        )
+    if not 0 <= dc.mosaic_off_epochs <= config.train.epochs:
+        problems.append(
+            f"detect.mosaic_off_epochs={dc.mosaic_off_epochs} is outside 0..train.epochs "
+            f"({config.train.epochs}): the last epochs trained on whole images"
+        )
+    if not 0 <= dc.scale_jitter < 1:
+        problems.append(
+            f"detect.scale_jitter={dc.scale_jitter} is outside [0, 1): the zoom in / out "
+            "share (0.25: 0.75..1.25)"
+        )
+    return problems
+
+
 def _too_small(dataset: SampleSet, config: RunConfig) -> list[str]:
     """Classes of a classifier that the split cannot place in training, validation and test
     (each class needs all three for its metrics to mean anything)."""
@@ -246,7 +269,7 @@ def check_settings(config: RunConfig, dataset: SampleSet) -> None:
             f"train.views={config.train.views!r} is not one of {sorted(VIEWS)} (the views "
             "of each training image the fewshot strategy computes features of)"
         )
-    problems += calibration_problems(config)
+    problems += calibration_problems(config) + augmentation_problems(config)
     if config.eval.tta not in VIEWS:
         problems.append(
             f"eval.tta={config.eval.tta!r} is not one of {sorted(VIEWS)} (the views of each "

@@ -99,6 +99,7 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
         classes,
         augment=config.data.augment != "none",
         scale_jitter=dc.scale_jitter,
+        mosaic=dc.mosaic,
         seed=tc.seed,
         **options,
     )
@@ -146,6 +147,8 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
             parameter.requires_grad = not frozen
         if epoch_setter is not None:
             epoch_setter.set_epoch(epoch)
+        # set from the epoch alone, so a resumed run mixes as the uninterrupted one did
+        train_set.mosaic = dc.mosaic if epoch < tc.epochs - dc.mosaic_off_epochs else 0.0
         stats = train_one_epoch(
             wrap(model, device),
             train_loader,
