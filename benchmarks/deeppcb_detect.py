@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import subprocess
+import sys
 
 from common import (
     HERE,
+    REPO,
     RUNS,
     SHARED_DATA,
     parse_run_args,
@@ -79,9 +82,8 @@ KEYS = {
 
 def calibrated(name: str, reuse: bool) -> tuple[dict, str, str]:
     """A CALIBRATED row's metrics: its run's folder copied (checkpoints, split, config; not
-    its evaluation) and `defectkit calibrate`d with the row's settings."""
-    import defectkit
-
+    its evaluation) and `defectkit calibrate`d with the row's settings, in its own process
+    (the command's progress, its before / after summary and the monitoring baseline)."""
     source, overrides, what = CALIBRATED[name]
     source_dir, run_dir = RUNS / f"deeppcb-detect-{source}", RUNS / f"deeppcb-detect-{name}"
     command = shlex.join(
@@ -93,7 +95,9 @@ def calibrated(name: str, reuse: bool) -> tuple[dict, str, str]:
         shutil.copytree(
             source_dir, run_dir, ignore=shutil.ignore_patterns("before", "tensorboard", "*_before*")
         )
-        defectkit.calibrate(run_dir, overrides)
+        print(f"\n== {name}: {command}", flush=True)
+        cli = [sys.executable, "-m", "defectkit.cli", *shlex.split(command)[1:]]
+        subprocess.run(cli, check=True, cwd=REPO)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["images"] = split_counts(run_dir)
     return metrics, command, note
