@@ -687,6 +687,44 @@ def test_warm_start_from_a_detect_run_keeps_what_it_learned(detect_run, parts, t
         )
 
 
+def test_frozen_stages_keep_their_imagenet_weights_and_statistics(parts, tmp_path):
+    """detect.frozen_stages=2: the trunk's stem and first two stages end the run as loaded
+    (weights and batch-norm statistics), the stages after them and the heads trained; a
+    stage count the trunk does not have is refused."""
+    from defectkit.config import DetectConfig, ModelConfig
+    from defectkit.engine.train import load_checkpoint
+    from defectkit.models.detector import build_detector, frozen_stage_parameters
+
+    run_dir, _ = defectkit.train(
+        None,
+        [
+            *DETECT,
+            f"data.root={parts}",
+            "detect.frozen_stages=2",
+            "train.epochs=1",
+            "train.warmup_epochs=0",
+            f"out_dir={tmp_path}",
+            "name=frozen",
+        ],
+    )
+    loaded, _, _ = build_detector(ModelConfig(), DetectConfig(), 2, 96, pretrained=True)
+    before = loaded.state_dict()
+    after = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    trunk = "backbone.trunk."
+    for name in (
+        "conv_stem.weight",
+        "bn1.running_mean",
+        "blocks.1.0.conv_pw.weight",
+        "blocks.1.1.bn3.running_var",
+    ):
+        assert torch.equal(after[trunk + name], before[trunk + name]), name
+    for name in ("blocks.2.0.conv_pw.weight", "blocks.2.1.bn3.running_var"):
+        assert not torch.equal(after[trunk + name], before[trunk + name]), name
+    assert len(frozen_stage_parameters(loaded, 2)) < len(list(loaded.backbone.trunk.parameters()))
+    with pytest.raises(ValueError, match="detect.frozen_stages=5: the encoder has 5 stages"):
+        frozen_stage_parameters(loaded, 5)
+
+
 def test_boxes_found_on_each_view_map_back_to_the_image():
     """unview_boxes undoes data.transforms.view for all eight flips and turns: a box drawn
     on an image, found on a view of it, lands on the drawn box again."""

@@ -325,6 +325,26 @@ def check_backbone_name(name: str) -> None:
     )
 
 
+def early_stage_parameters(trunk: nn.Module, stages: int, setting: str) -> list[nn.Parameter]:
+    """The stem's and the first `stages` feature stages' parameters of a timm features_only
+    trunk (its feature_info names each stage's last module; parameters come in forward
+    order), e.g. 2 on EfficientNet: conv_stem, bn1, blocks.0, blocks.1 (strides 2 and 4).
+    `setting` names the option in the error where the trunk has no stage after them."""
+    if stages <= 0:
+        return []
+    info = trunk.feature_info
+    levels = info.info[: max(info.out_indices) + 1]  # the stages the trunk runs
+    if stages >= len(levels):
+        raise ValueError(
+            f"{setting}={stages}: the encoder has {len(levels)} stages; freeze fewer "
+            f"(e.g. 2) or freeze the whole encoder for some epochs (freeze_epochs)"
+        )
+    last = levels[stages - 1]["module"]
+    named = list(trunk.named_parameters())
+    end = max(i for i, (name, _) in enumerate(named) if name.startswith(last + "."))
+    return [parameter for _, parameter in named[: end + 1]]
+
+
 def zero_init_head(model: nn.Module) -> None:
     """Start a fresh head at zero, so every class starts at probability 1/k. timm scales some
     heads' init by the number of classes (EfficientNet: 1/sqrt(k)), which for a 3-class

@@ -25,6 +25,7 @@ from defectkit.models.backbones import (
     REFERENCE_STARTS,
     Preprocessing,
     check_backbone_name,
+    early_stage_parameters,
     preprocessing_for,
     pretrained_trunk,
 )
@@ -299,6 +300,11 @@ def _decode_deltas(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
 
 def trunk_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(model.backbone.trunk.parameters())
+
+
+def frozen_stage_parameters(model: nn.Module, stages: int) -> list[nn.Parameter]:
+    """The trunk's stem and first `stages` stages (detect.frozen_stages)."""
+    return early_stage_parameters(model.backbone.trunk, stages, "detect.frozen_stages")
 
 
 @torch.library.custom_op("defectkit::class_nms", mutates_args=())

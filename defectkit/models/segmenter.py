@@ -13,7 +13,12 @@ import torch
 from torch import nn
 
 from defectkit.config import ModelConfig, SegmentConfig
-from defectkit.models.backbones import Preprocessing, preprocessing_for, pretrained_trunk
+from defectkit.models.backbones import (
+    Preprocessing,
+    early_stage_parameters,
+    preprocessing_for,
+    pretrained_trunk,
+)
 
 ARCHS = {
     "unet": "Unet",
@@ -43,22 +48,8 @@ class Segmenter(nn.Module):
         return list(self.net.encoder.parameters())
 
     def early_stage_parameters(self, stages: int) -> list[nn.Parameter]:
-        """The stem's and the first `stages` feature stages' parameters (timm's feature_info
-        names each stage's last module; parameters come in forward order), e.g. 2 on
-        EfficientNet: conv_stem, bn1, blocks.0, blocks.1 (strides 2 and 4)."""
-        if stages <= 0:
-            return []
-        trunk = self.net.encoder.model
-        levels = trunk.feature_info.get_dicts()
-        if stages >= len(levels):
-            raise ValueError(
-                f"segment.frozen_stages={stages}: the encoder has {len(levels)} stages; "
-                f"freeze fewer (e.g. 2) or use train.freeze_epochs for the whole encoder"
-            )
-        last = levels[stages - 1]["module"]
-        named = list(trunk.named_parameters())
-        end = max(i for i, (name, _) in enumerate(named) if name.startswith(last + "."))
-        return [parameter for _, parameter in named[: end + 1]]
+        """The stem's and the encoder's first `stages` stages' parameters."""
+        return early_stage_parameters(self.net.encoder.model, stages, "segment.frozen_stages")
 
 
 def build_segmenter(

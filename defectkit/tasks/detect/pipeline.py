@@ -37,7 +37,12 @@ from defectkit.engine.train import (
 from defectkit.metrics import choose_threshold
 from defectkit.models.backbones import load_trunk_weights
 from defectkit.models.classifier import keep_frozen_bn_in_eval
-from defectkit.models.detector import build_detector, resolve_assign, trunk_parameters
+from defectkit.models.detector import (
+    build_detector,
+    frozen_stage_parameters,
+    resolve_assign,
+    trunk_parameters,
+)
 from defectkit.predictions import (
     Prediction,
     PredictionWriter,
@@ -78,6 +83,7 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
     model, weights_info, prep = build_detector(
         config.model, dc, len(classes), size, in_channels, pretrained=config.model.pretrained
     )
+    frozen_stage_parameters(model, dc.frozen_stages)  # a stage count the trunk has, or stop
     prep = prep.for_data(config.data)
     if tc.init_from:
         weights_info["warm_start"] = warm_start(model, tc.init_from, config.model.backbone, classes)
@@ -145,6 +151,8 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
         frozen = epoch < dc.freeze_epochs
         for parameter in trunk_parameters(model):
             parameter.requires_grad = not frozen
+        for parameter in frozen_stage_parameters(model, dc.frozen_stages):
+            parameter.requires_grad = False
         if epoch_setter is not None:
             epoch_setter.set_epoch(epoch)
         # set from the epoch alone, so a resumed run mixes as the uninterrupted one did
