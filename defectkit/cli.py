@@ -588,13 +588,13 @@ def _parser(commands, name: str, help: str, description: str | None = None):
     )
 
 
-def _set_option(parser: argparse.ArgumentParser) -> None:
+def _set_option(parser: argparse.ArgumentParser, example: str = "train.epochs=5") -> None:
     parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.epochs=5 (repeatable; "
+        help=f"override a config value, e.g. --set {example} (repeatable; "
         "`defectkit config show` lists the keys)",
     )
 
@@ -715,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
         "replaces is kept in RUN/before/<n>/.",
     )
     calibrate.add_argument("run", help="a finished run folder (metrics.json, bundle/)")
-    _set_option(calibrate)
+    _set_option(calibrate, "detect.box_rule=precision")
     calibrate.set_defaults(func=_cmd_calibrate)
 
     evaluate = _parser(commands, "eval", "evaluate a bundle on a labelled dataset")

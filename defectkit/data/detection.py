@@ -33,6 +33,26 @@ def to_input(boxes: torch.Tensor, height: int, width: int, size: int, resize: st
     return boxes * scale + torch.tensor([left, top, left, top], dtype=boxes.dtype)
 
 
+def clip_boxes(
+    moved: torch.Tensor,
+    labels: torch.Tensor,
+    low: tuple[float, float],
+    high: tuple[float, float],
+    min_share: float,
+    min_side: float = 0.0,
+) -> Target:
+    """Boxes already moved into a rectangle's pixels (low: its left, top; high: its right,
+    bottom), clipped to it and kept where at least `min_share` of a box's area and more
+    than `min_side` pixels a side are left (a window, a zoom, a mosaic cell)."""
+    lo = torch.tensor([*low, *low], dtype=moved.dtype)
+    hi = torch.tensor([*high, *high], dtype=moved.dtype)
+    clipped = torch.maximum(torch.minimum(moved, hi), lo)
+    wide, tall = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+    area = (moved[:, 2] - moved[:, 0]) * (moved[:, 3] - moved[:, 1])
+    keep = (wide > min_side) & (tall > min_side) & (wide * tall >= min_share * area.clamp(min=1e-6))
+    return {"boxes": clipped[keep].reshape(-1, 4), "labels": labels[keep]}
+
+
 class DetectionDataset(torch.utils.data.Dataset):
     """Samples -> (input (C, S, S) normalised, {"boxes": (M, 4) float in input pixels,
     "labels": (M,) int64 indices into `classes`}). Images without boxes are OK images
@@ -146,14 +166,9 @@ class DetectionDataset(torch.utils.data.Dataset):
             left, top = rng.randint(0, size - (x1 - x0)), rng.randint(0, size - (y1 - y0))
             canvas[:, y0:y1, x0:x1] = x[:, top : top + y1 - y0, left : left + x1 - x0]
             moved = target["boxes"] + torch.tensor([x0 - left, y0 - top] * 2, dtype=torch.float32)
-            low = torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
-            high = torch.tensor([x1, y1, x1, y1], dtype=torch.float32)
-            clipped = torch.maximum(torch.minimum(moved, high), low)
-            wide, tall = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
-            area = (moved[:, 2] - moved[:, 0]) * (moved[:, 3] - moved[:, 1])
-            keep = (wide > 2) & (tall > 2) & (wide * tall >= 0.1 * area.clamp(min=1e-6))
-            boxes.append(clipped[keep])
-            labels.append(target["labels"][keep])
+            cell = clip_boxes(moved, target["labels"], (x0, y0), (x1, y1), 0.1, min_side=2)
+            boxes.append(cell["boxes"])
+            labels.append(cell["labels"])
         return canvas, {"boxes": torch.cat(boxes).reshape(-1, 4), "labels": torch.cat(labels)}
 
     def _window(self, i: int, image: torch.Tensor) -> tuple[torch.Tensor, Target]:
@@ -172,10 +187,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             top = _start_around(y1, y2, height, self.size, self.rng)
         window = image[:, top : top + self.size, left : left + self.size].float() / 255
         shifted = boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype)
-        clipped = shifted.clamp(0, self.size)
-        area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
-        keep = area(clipped) >= 0.5 * area(shifted).clamp(min=1e-6)
-        return window, {"boxes": clipped[keep], "labels": target["labels"][keep]}
+        return window, clip_boxes(shifted, target["labels"], (0, 0), (self.size,) * 2, 0.5)
 
     def _zoom(self, x: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
         """Scale jitter: the input zoomed by 1 -/+ scale_jitter about a random point, cropped
@@ -197,10 +209,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             x = torch.nn.functional.pad(x[None], padding, mode="replicate")[0]
             shift = torch.tensor([left, top, left, top], dtype=torch.float32)
         moved = target["boxes"] * z + shift
-        clipped = moved.clamp(0, size)
-        area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
-        keep = area(clipped) >= 0.5 * area(moved).clamp(min=1e-6)
-        return x.contiguous(), {"boxes": clipped[keep], "labels": target["labels"][keep]}
+        return x.contiguous(), clip_boxes(moved, target["labels"], (0, 0), (size, size), 0.5)
 
     def _augment(self, x: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flips and quarter turns move the image and its boxes together; brightness and
