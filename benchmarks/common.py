@@ -49,7 +49,8 @@ def split_counts(run_dir: Path) -> dict[str, int]:
 
 
 def train(name: str, recipe: str, overrides: list[str]) -> tuple[dict, str]:
-    """Train one run from scratch in its own process; returns (metrics, command)."""
+    """Train one run from scratch in its own process; returns (metrics, command), the metrics
+    with the run's wall time and the yardstick step time before and after it."""
     run_dir = RUNS / name
     if run_dir.exists():
         import shutil
@@ -67,10 +68,14 @@ def train(name: str, recipe: str, overrides: list[str]) -> tuple[dict, str]:
         *[a for o in overrides for a in ("--set", o)],
     ]
     print(f"\n== {name}: {shlex.join(args)}", flush=True)
+    before = yardstick_step_seconds()
     tick = time.perf_counter()
     subprocess.run([sys.executable, "-m", "defectkit.cli", *args[1:]], check=True, cwd=REPO)
+    wall = time.perf_counter() - tick
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics["wall_seconds"] = time.perf_counter() - tick
+    metrics["wall_seconds"] = wall
+    # the machine's speed just before and just after the run (yardstick_step_seconds)
+    metrics["yardstick_step_s"] = [before, yardstick_step_seconds()]
     metrics["images"] = split_counts(run_dir)
     return metrics, shlex.join(args)
 
@@ -131,6 +136,42 @@ def cpu_speed(run_dir: Path, root: Path) -> dict:
         cwd=REPO,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def yardstick_step_seconds(steps: int = 6) -> float:
+    """This machine's speed now, as one fixed piece of work: the median time of a training
+    step of the NEU-DET recipe's graph (FCOS on Lite0 + FPN, random weights, batch 8 of
+    256 px, channels-last, 2 threads) after one warm-up step. Recorded beside a run's
+    train_seconds, it tells a slow day from a slow recipe: this 2-core machine's speed has
+    varied about 2x between days (0.65 s and 1.2 s a step)."""
+    import statistics
+
+    import torch
+
+    from defectkit.config import DetectConfig, ModelConfig
+    from defectkit.models.detector import build_detector
+
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    model = build_detector(
+        ModelConfig(backbone="tf_efficientnet_lite0"), DetectConfig(), 6, 256, pretrained=False
+    )[0]
+    model = model.train().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+    images = [torch.rand(3, 256, 256) for _ in range(8)]
+    boxes = torch.tensor([[10.0, 20.0, 90.0, 120.0], [50.0, 50.0, 200.0, 90.0]])
+    targets = [{"boxes": boxes, "labels": torch.tensor([1, 3])} for _ in images]
+    times = []
+    for _ in range(steps + 1):
+        tick = time.perf_counter()
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - tick)
+    torch.set_num_threads(threads)
+    return float(statistics.median(times[1:]))
 
 
 def trained_on(metrics: dict) -> str:

@@ -125,6 +125,7 @@ def main() -> None:
                 "epochs": metrics["epochs_run"],
                 **{new: metrics[old] for old, new in KEYS.items()},
                 "train_seconds": metrics["train_seconds"],
+                "yardstick_step_s": metrics.get("yardstick_step_s"),
                 "ms_per_image": metrics["ms_per_image"],
                 "peak_rss_mb": metrics["peak_rss_mb"],
                 "images": metrics["images"],

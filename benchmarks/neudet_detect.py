@@ -170,6 +170,7 @@ def main() -> None:
                 "epochs": metrics["epochs_run"],
                 **protocol_keys(metrics),
                 "train_seconds": metrics["train_seconds"],
+                "yardstick_step_s": metrics.get("yardstick_step_s"),
                 "peak_rss_mb": metrics["peak_rss_mb"],
                 "box_rule": metrics.get("box_rule"),
                 "box_thresholds": metrics.get("box_thresholds"),
