@@ -692,9 +692,11 @@ def test_frozen_stages_keep_their_imagenet_weights_and_statistics(parts, tmp_pat
     """detect.frozen_stages=2: the trunk's stem and first two stages end the run as loaded
     (weights and batch-norm statistics), the stages after them and the heads trained; a
     stage count the trunk does not have is refused."""
-    from defectkit.config import DetectConfig, ModelConfig
+    from defectkit.config import ConfigError, DetectConfig, ModelConfig, load_config
+    from defectkit.data.formats import read_dataset
     from defectkit.engine.train import load_checkpoint
     from defectkit.models.detector import build_detector, frozen_stage_parameters
+    from defectkit.tasks.settings import check_settings
 
     run_dir, _ = defectkit.train(
         None,
@@ -713,8 +715,13 @@ def test_frozen_stages_keep_their_imagenet_weights_and_statistics(parts, tmp_pat
     after = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
     assert_first_two_stages_as_loaded(before, after, "backbone.trunk.")
     assert len(frozen_stage_parameters(loaded, 2)) < len(list(loaded.backbone.trunk.parameters()))
-    with pytest.raises(ValueError, match="detect.frozen_stages=5: the encoder has 5 stages"):
+    with pytest.raises(
+        ValueError, match=r"frozen_stages=5: the backbone has 5 .*detect\.freeze_epochs"
+    ):
         frozen_stage_parameters(loaded, 5)
+    negative = load_config(None, [*DETECT, f"data.root={parts}", "detect.frozen_stages=-1"])
+    with pytest.raises(ConfigError, match=r"detect\.frozen_stages=-1 is negative"):
+        check_settings(negative, read_dataset(parts))
 
 
 def test_boxes_found_on_each_view_map_back_to_the_image():

@@ -248,6 +248,13 @@ def check_settings(config: RunConfig, dataset: SampleSet) -> None:
     problems += _too_small(dataset, config)
     problems += _no_mask_marks_a_defect(dataset, config)
     problems += _boxes_are_whole_images(dataset, config)
+    if config.task in ("segment", "detect"):
+        stages = getattr(config, config.task).frozen_stages
+        if stages < 0:
+            problems.append(
+                f"{config.task}.frozen_stages={stages} is negative: 0 trains every stage "
+                "of the backbone, n > 0 keeps its stem and first n stages as loaded"
+            )
     if config.split.per_class < 0:
         problems.append(
             f"split.per_class={config.split.per_class} is negative: 0 keeps every training "
