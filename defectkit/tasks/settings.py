@@ -287,6 +287,17 @@ def check_settings(config: RunConfig, dataset: SampleSet) -> None:
             f"eval.tta={config.eval.tta} pools a classifier's or a detector's views of each "
             f"image: a {config.task} model has none (leave eval.tta=none)"
         )
+    merge = config.detect.tta_merge
+    if config.task == "detect" and merge not in ("nms", "wbf"):
+        problems.append(
+            f"detect.tta_merge={merge!r} is not one of ['nms', 'wbf'] (how the boxes of the "
+            "eval.tta views become one)"
+        )
+    elif config.task == "detect" and merge == "wbf" and config.eval.tta == "none":
+        problems.append(
+            "detect.tta_merge=wbf fuses the boxes of several views of each image: give them "
+            "with eval.tta (e.g. flips)"
+        )
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{len(problems)} setting(s) do not fit the data:\n{lines}")
