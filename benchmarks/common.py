@@ -125,6 +125,33 @@ def train_or_reuse(name: str, recipe: str, overrides: list[str], reuse: bool) ->
     return train(name, recipe, overrides)
 
 
+def calibrated(
+    protocol: str, name: str, source: str, overrides: list[str], what: str, reuse: bool
+) -> tuple[dict, str, str]:
+    """A row that trains nothing: run `source`'s folder copied (checkpoints, split, config;
+    not its evaluation) to <protocol>-<name> and `defectkit calibrate`d with `overrides`, in
+    its own process (the command's progress, its before / after summary and the monitoring
+    baseline). Returns (metrics, command, note)."""
+    import shutil
+
+    source_dir, run_dir = RUNS / f"{protocol}-{source}", RUNS / f"{protocol}-{name}"
+    command = shlex.join(
+        ["defectkit", "calibrate", str(run_dir), *[a for o in overrides for a in ("--set", o)]]
+    )
+    note = f"{what}; calibrated, not trained: its training is run {source}'s"
+    if not (reuse and (run_dir / "metrics.json").is_file()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.copytree(
+            source_dir, run_dir, ignore=shutil.ignore_patterns("before", "tensorboard", "*_before*")
+        )
+        print(f"\n== {name}: {command}", flush=True)
+        cli = [sys.executable, "-m", "defectkit.cli", *shlex.split(command)[1:]]
+        subprocess.run(cli, check=True, cwd=REPO)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["images"] = split_counts(run_dir)
+    return metrics, command, note
+
+
 def cpu_speed(run_dir: Path, root: Path) -> dict:
     """ms per image and peak memory of a segment run's model on this CPU, in a fresh
     process (benchmarks/segment_speed.py); runs trained on a GPU are timed here too."""

@@ -14,19 +14,13 @@ chosen again on its own validation images by `defectkit calibrate`.
 from __future__ import annotations
 
 import json
-import shlex
-import shutil
-import subprocess
-import sys
 
 from common import (
     HERE,
-    REPO,
-    RUNS,
     SHARED_DATA,
+    calibrated,
     parse_run_args,
     save_results,
-    split_counts,
     train_or_reuse,
     trained_on,
 )
@@ -80,36 +74,15 @@ KEYS = {
 }
 
 
-def calibrated(name: str, reuse: bool) -> tuple[dict, str, str]:
-    """A CALIBRATED row's metrics: its run's folder copied (checkpoints, split, config; not
-    its evaluation) and `defectkit calibrate`d with the row's settings, in its own process
-    (the command's progress, its before / after summary and the monitoring baseline)."""
-    source, overrides, what = CALIBRATED[name]
-    source_dir, run_dir = RUNS / f"deeppcb-detect-{source}", RUNS / f"deeppcb-detect-{name}"
-    command = shlex.join(
-        ["defectkit", "calibrate", str(run_dir), *[a for o in overrides for a in ("--set", o)]]
-    )
-    note = f"{what}; calibrated, not trained: its training is run {source}'s"
-    if not (reuse and (run_dir / "metrics.json").is_file()):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.copytree(
-            source_dir, run_dir, ignore=shutil.ignore_patterns("before", "tensorboard", "*_before*")
-        )
-        print(f"\n== {name}: {command}", flush=True)
-        cli = [sys.executable, "-m", "defectkit.cli", *shlex.split(command)[1:]]
-        subprocess.run(cli, check=True, cwd=REPO)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics["images"] = split_counts(run_dir)
-    return metrics, command, note
-
-
 def main() -> None:
     args = parse_run_args(__doc__, RUNS_DEFINED | {k: v[1:] for k, v in CALIBRATED.items()})
     root = SHARED_DATA / "deeppcb"
     runs = []
     for name in args.runs.split(","):
         if name in CALIBRATED:
-            metrics, command, note = calibrated(name, args.reuse)
+            metrics, command, note = calibrated(
+                "deeppcb-detect", name, *CALIBRATED[name], args.reuse
+            )
         else:
             overrides = [f"data.root={root}", *RUNS_DEFINED[name][0]]
             metrics, command = train_or_reuse(

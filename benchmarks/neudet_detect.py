@@ -14,6 +14,7 @@ import numpy as np
 from common import (
     RUNS,
     SHARED_DATA,
+    calibrated,
     parse_run_args,
     save_results,
     split_counts,
@@ -64,6 +65,26 @@ EVALUATED = {
         {"tta": "flips"},
         "the default's weights and box thresholds; each image seen as its four flips, their "
         "boxes pooled (eval.tta=flips)",
+    ),
+}
+
+
+# rows that train nothing: another run's weights, its box thresholds chosen again on its
+# own validation images by `defectkit calibrate` with other rules. name: (the run,
+# calibrate settings, what it is)
+CALIBRATED = {
+    "frozen_stages_2_tta": (
+        "frozen_stages_2",
+        ["eval.tta=flips"],
+        "frozen_stages_2's weights; each image seen as its four flips, their boxes pooled "
+        "before NMS (eval.tta=flips), the box thresholds chosen again on those boxes",
+    ),
+    "frozen_stages_2_wbf": (
+        "frozen_stages_2",
+        ["eval.tta=flips", "detect.tta_merge=wbf"],
+        "frozen_stages_2's weights; the four flips' boxes fused: each kept box the "
+        "score-weighted mean of every view's best overlapping box, scored their sum over "
+        "the views (detect.tta_merge=wbf), the box thresholds chosen again",
     ),
 }
 
@@ -150,21 +171,29 @@ def evaluated_row(name: str, root) -> dict:
 
 
 def main() -> None:
-    args = parse_run_args(__doc__, RUNS_DEFINED | {k: v[1:] for k, v in EVALUATED.items()})
+    others = {k: v[1:] for k, v in (EVALUATED | CALIBRATED).items()}
+    args = parse_run_args(__doc__, RUNS_DEFINED | others)
     root = SHARED_DATA / "neu-det"
     runs = []
     for name in args.runs.split(","):
         if name in EVALUATED:
             runs.append(evaluated_row(name, root))
             continue
-        overrides = [f"data.root={root}", *RUNS_DEFINED[name][0]]
-        metrics, command = train_or_reuse(
-            f"neudet-detect-{name}", "neudet_detect", overrides, args.reuse
-        )
+        if name in CALIBRATED:
+            metrics, command, note = calibrated(
+                "neudet-detect", name, *CALIBRATED[name], args.reuse
+            )
+        else:
+            overrides = [f"data.root={root}", *RUNS_DEFINED[name][0]]
+            metrics, command = train_or_reuse(
+                f"neudet-detect-{name}", "neudet_detect", overrides, args.reuse
+            )
+            note = None
         runs.append(
             {
                 "name": name,
                 "command": command,
+                **({"note": note} if note else {}),
                 "images": metrics["images"],
                 "trained_on": trained_on(metrics),
                 "epochs": metrics["epochs_run"],

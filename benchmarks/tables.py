@@ -146,6 +146,9 @@ SECTIONS: dict[str, Section] = {
             F("cpu_ms_per_image", "torch ms", "ms"),
             F("onnx_ms_per_image", "ONNX ms", "ms"),
             F("peak_rss_mb", "training peak MB", "mb"),
+            # the machine's speed before -> after the training: one fixed training step
+            # (benchmarks/common.yardstick_step_seconds); tells a slow day from a slow recipe
+            F("yardstick_step_s", "yardstick step s", "ms_s"),
         ),
     ),
     "deeppcb-detect": Section(
@@ -165,6 +168,9 @@ SECTIONS: dict[str, Section] = {
             F("trained_on", "trained on", "text"),
             F("ms_per_image", "ms per board", "ms"),
             F("peak_rss_mb", "peak MB", "mb"),
+            # the machine's speed before -> after the training: one fixed training step
+            # (benchmarks/common.yardstick_step_seconds); tells a slow day from a slow recipe
+            F("yardstick_step_s", "yardstick step s", "ms_s"),
         ),
     ),
     "neu6-fewshot": Section(
@@ -437,6 +443,8 @@ def formatted(value: Any, kind: str) -> str:
         return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
     if kind == "classes":
         return ", ".join(f"{k} {formatted(v, 'fraction')}" for k, v in value.items())
+    if isinstance(value, list):  # a value measured at several moments: before -> after
+        return " → ".join(formatted(v, kind) for v in value)
     if isinstance(value, bool):
         return str(value)
     if kind == "count":

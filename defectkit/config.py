@@ -209,6 +209,10 @@ class DetectConfig:
     # (YOLOv8's close_mosaic: the last epochs see whole images, as the model will)
     mosaic: float = 0.0
     mosaic_off_epochs: int = 0
+    # how the boxes of eval.tta's views become one: nms (pooled, the best view's box kept) |
+    # wbf (weighted box fusion: each view's best overlapping box averaged, weighted by its
+    # score; the score their sum over the views: models/detector.fuse_views)
+    tta_merge: str = "nms"
     score_floor: float = 0.05  # boxes scored below this are dropped before NMS
     nms_iou: float = 0.6  # overlapping boxes of one class above this IoU: the best is kept
     max_boxes: int = 100  # boxes kept per image

@@ -49,6 +49,7 @@ CALIBRATE_MAY_CHANGE = (
     "detect.nms_iou",
     "detect.max_boxes",
     "detect.match_iou",
+    "detect.tta_merge",
 )
 # what a finished run's evaluation wrote; `defectkit calibrate` moves them to before/<n>/
 EVALUATION_OUTPUTS = ("metrics.json", "bundle", "report.html", "predictions.csv", "plots")

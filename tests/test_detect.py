@@ -6,10 +6,12 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 import defectkit
 from defectkit.data.detection import DetectionDataset, to_input
@@ -357,6 +359,95 @@ def test_flip_tta_makes_the_detector_mirror_with_its_image(detect_run, parts, tm
     assert check["passed"], check
 
 
+def test_weighted_box_fusion_averages_each_views_best_box():
+    """fuse_views on a hand-worked case: the kept box (view 0, 0.8) and view 1's best box
+    of its class overlapping it (0.4; view 1's better box of another class and its box
+    that overlaps too little are not taken, nor view 0's weaker duplicate) -> their
+    score-weighted mean, scored (0.8 + 0.4) / 2 views."""
+    from defectkit.models.detector import fuse_views
+
+    kept = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    boxes = torch.tensor(
+        [
+            [
+                [0.0, 0.0, 10.0, 10.0],  # the kept box itself, view 0
+                [1.0, 0.0, 11.0, 10.0],  # view 0, weaker: its view's best is the kept box
+                [2.0, 0.0, 12.0, 10.0],  # view 1, IoU 8/12: taken
+                [0.0, 0.0, 10.0, 10.0],  # view 1, another class
+                [6.0, 0.0, 16.0, 10.0],  # view 1, IoU 4/16: too little
+            ]
+        ]
+    )
+    scores = torch.tensor([[0.8, 0.7, 0.4, 0.9, 0.6]])
+    labels = torch.tensor([[2, 2, 2, 1, 2]])
+    view = torch.tensor([[0, 0, 1, 1, 1]])
+    fused, score = fuse_views(kept, torch.tensor([2]), boxes, scores, labels, view, 2, 0.6, 0.05)
+    expected = (0.8 * torch.tensor([0.0, 0, 10, 10]) + 0.4 * torch.tensor([2.0, 0, 12, 10])) / 1.2
+    assert fused[0].tolist() == pytest.approx(expected.tolist(), rel=1e-6)
+    assert score.tolist() == pytest.approx([0.6], rel=1e-6)
+    # a box no other view finds keeps its place and half its score
+    alone, half = fuse_views(
+        kept,
+        torch.tensor([2]),
+        boxes[:, :2],
+        scores[:, :2],
+        labels[:, :2],
+        view[:, :2],
+        2,
+        0.6,
+        0.05,
+    )
+    assert alone[0].tolist() == pytest.approx([0.0, 0, 10, 10], abs=1e-6)
+    assert half.tolist() == pytest.approx([0.4], rel=1e-6)
+
+
+def test_wbf_tta_fuses_the_boxes_nms_keeps_and_exports(detect_run, parts, tmp_path):
+    """detect.tta_merge=wbf: the same boxes as the flips' pooled NMS (each within IoU 0.5
+    of one, one to one), none scored above it (a mean over the views), the drawn boxes
+    still found, and the fusion inside the ONNX graph."""
+    import shutil
+
+    from defectkit.bundle import read_meta
+    from defectkit.tasks.detect import deploy
+
+    run_dir, result = detect_run
+    wbf = tmp_path / "wbf"
+    shutil.copytree(run_dir, wbf, ignore=shutil.ignore_patterns("*.onnx"))
+    meta_file = wbf / "bundle" / "bundle.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "tta": "flips", "tta_merge": "wbf"}))
+    evaluated = evaluate_bundle(wbf, parts, split_manifest=run_dir / "split.json")
+    assert evaluated["map_50"] >= min(0.6, result["map_50"] - 0.1)
+    meta = read_meta(wbf)
+    model = deploy.load_model(Path(meta["folder"]), meta)
+    from PIL import Image
+
+    inspector = Inspector(wbf, "torch")
+    paths = sorted(parts.glob("JPEGImages/*.png"))[:4]
+    images = torch.as_tensor(
+        np.stack([inspector._input(Image.open(p).convert("RGB"), None) for p in paths])
+    )
+    # a floor that leaves a few boxes per image, none at the max_boxes cut
+    rules = {"score_floor": 0.3, "nms_iou": meta["nms_iou"], "max_boxes": meta["max_boxes"]}
+    with torch.no_grad():
+        nms = deploy.graph(model, images, views=4, merge="nms", **rules)
+        fused = deploy.graph(model, images, views=4, merge="wbf", **rules)
+    assert len(nms[0]) == len(fused[0]) > 0
+    compared = 0
+    for i in range(4):
+        a, b = nms[1][nms[0] == i], fused[1][fused[0] == i]
+        if not 0 < len(a) < meta["max_boxes"]:  # at the cut, fused scores keep other boxes
+            continue
+        overlap = box_iou(a, b)
+        assert (overlap.max(1).values >= 0.5).all() and (overlap.max(0).values >= 0.5).all()
+        compared += len(a)
+    assert compared > 0
+    assert fused[2].max() <= nms[2].max() + 1e-6
+    export_onnx(wbf)
+    check = check_export(wbf, sorted(parts.glob("JPEGImages/*.png"))[:12])
+    assert check["passed"], check
+
+
 # an import hook that refuses torch (and what stands on it), as on a line PC without it
 WITHOUT_TORCH = """
 import sys
@@ -692,9 +783,11 @@ def test_frozen_stages_keep_their_imagenet_weights_and_statistics(parts, tmp_pat
     """detect.frozen_stages=2: the trunk's stem and first two stages end the run as loaded
     (weights and batch-norm statistics), the stages after them and the heads trained; a
     stage count the trunk does not have is refused."""
-    from defectkit.config import DetectConfig, ModelConfig
+    from defectkit.config import ConfigError, DetectConfig, ModelConfig, load_config
+    from defectkit.data.formats import read_dataset
     from defectkit.engine.train import load_checkpoint
     from defectkit.models.detector import build_detector, frozen_stage_parameters
+    from defectkit.tasks.settings import check_settings
 
     run_dir, _ = defectkit.train(
         None,
@@ -713,8 +806,13 @@ def test_frozen_stages_keep_their_imagenet_weights_and_statistics(parts, tmp_pat
     after = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
     assert_first_two_stages_as_loaded(before, after, "backbone.trunk.")
     assert len(frozen_stage_parameters(loaded, 2)) < len(list(loaded.backbone.trunk.parameters()))
-    with pytest.raises(ValueError, match="detect.frozen_stages=5: the encoder has 5 stages"):
+    with pytest.raises(
+        ValueError, match=r"frozen_stages=5: the backbone has 5 .*detect\.freeze_epochs"
+    ):
         frozen_stage_parameters(loaded, 5)
+    negative = load_config(None, [*DETECT, f"data.root={parts}", "detect.frozen_stages=-1"])
+    with pytest.raises(ConfigError, match=r"detect\.frozen_stages=-1 is negative"):
+        check_settings(negative, read_dataset(parts))
 
 
 def test_boxes_found_on_each_view_map_back_to_the_image():

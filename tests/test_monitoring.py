@@ -166,24 +166,43 @@ def _brighter(path: Path, shift: int) -> Image.Image:
     return Image.fromarray(np.clip(array + shift, 0, 255).astype(np.uint8))
 
 
-def test_a_model_without_a_reference_refuses_one_and_its_baseline_leaves_them_out(
-    classify_bundle, synthetic_root
-):
-    """A dataset with templates (DeepPCB) trained with detect.reference=false: the baseline
-    after training offers the validation images' templates; the model takes the image
-    alone, so they are left out instead of stacked into a 6-channel input the network
-    cannot take, and the Inspector refuses references given to it by hand."""
+@pytest.mark.parametrize("paired", [True, False])
+def test_a_runs_baseline_offers_templates_only_to_a_model_that_takes_them(tmp_path, paired):
+    """A dataset with templates (DeepPCB): a run with detect.reference=true gets each
+    calibration image's template for its baseline; one trained with reference=false gets
+    none (they would be stacked into a 6-channel input the network cannot take)."""
+    from defectkit.config import load_config, save_config
+    from defectkit.data.formats import read_dataset
+    from defectkit.data.splits import Split, save_manifest
+    from defectkit.data.synthetic import make_paired_set
+    from defectkit.runtime.baseline import baseline_images
+
+    root = make_paired_set(tmp_path / "pcb", count=8, size=32)
+    dataset = read_dataset(root)
+    config = load_config(None, ["task=detect", f"data.root={root}", f"detect.reference={paired}"])
+    samples = tuple(dataset.samples)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_config(config, run_dir / "config.yaml")
+    split = Split(train=samples[:5], val=samples[5:7], test=samples[7:])
+    save_manifest(split, dataset, run_dir / "split.json", config.split)
+    calibration, training, references = baseline_images(run_dir)
+    assert calibration == [s.image for s in samples[5:7]]
+    assert training == [s.image for s in samples[:5]]
+    assert references == ([s.reference for s in samples[5:7]] if paired else None)
+
+
+def test_a_model_without_a_reference_refuses_one(classify_bundle, synthetic_root):
+    """References given by hand to a model of the image alone are refused, not stacked."""
     from defectkit.runtime.inspector import Inspector
 
     inspector = Inspector(classify_bundle)
     paths = sorted(synthetic_root.rglob("*.png"))[:4]
-    baseline = build_baseline(inspector, paths, paths, calibration_references=paths)
-    assert baseline["calibration_images"] == 4
-    plain = build_baseline(inspector, paths, paths)
-    assert baseline["scores"] == pytest.approx(plain["scores"], abs=1e-6)
     images = [Image.open(p).convert("RGB") for p in paths]
     with pytest.raises(ValueError, match="inspects each image alone"):
         inspector.predict_images(images, [p.name for p in paths], images)
+    with pytest.raises(ValueError, match="inspects each image alone"):
+        build_baseline(inspector, paths, paths, calibration_references=paths)
 
 
 def test_drift_warns_on_shifted_images_and_not_on_the_calibration_images(

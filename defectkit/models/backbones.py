@@ -335,9 +335,10 @@ def early_stage_parameters(trunk: nn.Module, stages: int, setting: str) -> list[
     info = trunk.feature_info
     levels = info.info[: max(info.out_indices) + 1]  # the stages the trunk runs
     if stages >= len(levels):
+        task = setting.split(".")[0]
         raise ValueError(
-            f"{setting}={stages}: the encoder has {len(levels)} stages; freeze fewer "
-            f"(e.g. 2) or freeze the whole encoder for some epochs (freeze_epochs)"
+            f"{setting}={stages}: the backbone has {len(levels)} stages; freeze fewer "
+            f"(e.g. 2) or freeze the whole backbone for some epochs ({task}.freeze_epochs)"
         )
     last = levels[stages - 1]["module"]
     named = list(trunk.named_parameters())

@@ -360,12 +360,24 @@ ONNX_TRANSLATIONS = {torch.ops.defectkit.class_nms.default: _class_nms_onnx}
 
 
 def select_boxes(
-    boxes: Tensor, scores: Tensor, floor: float, nms_iou: float, most: int, top_k: int = TOP_K
+    boxes: Tensor,
+    scores: Tensor,
+    floor: float,
+    nms_iou: float,
+    most: int,
+    top_k: int = TOP_K,
+    views: int = 1,
+    merge: str = "nms",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """dense_outputs' (B, N, 4) boxes and (B, N, K) scores -> the kept detections of the
     batch, flat: image index (M,), boxes (M, 4), scores (M,), class index (M,); ordered by
     image, then score (best first). Per image: the top_k best (location, class) pairs, NMS
-    within each class, scores above `floor`, the `most` best."""
+    within each class, scores above `floor`, the `most` best.
+
+    With `views` > 1 the N locations are the views' own in turn (deploy.viewed_outputs) and
+    `merge` says what becomes of a box several views found: nms keeps the best view's box
+    and score; wbf fuses each kept box with every view's best box of its class overlapping
+    it by nms_iou or more (fuse_views)."""
     batch, locations, k = scores.shape
     top = min(top_k, locations * k)
     best, index = scores.reshape(batch, locations * k).topk(top, dim=1)
@@ -376,14 +388,62 @@ def select_boxes(
     by_class = by_class.scatter(1, labels.unsqueeze(1), best.unsqueeze(1))
     kept = torch.ops.defectkit.class_nms(candidates, by_class, nms_iou, floor, most)
     image, candidate = kept[:, 0], kept[:, 2]
-    found_scores = best[image, candidate]
+    found_boxes, found_scores = candidates[image, candidate], best[image, candidate]
+    if views > 1 and merge == "wbf":
+        found_boxes, found_scores = fuse_views(
+            found_boxes,
+            labels[image, candidate],
+            candidates[image],
+            best[image],
+            labels[image],
+            where[image] // (locations // views),
+            views,
+            nms_iou,
+            floor,
+        )
     # image first, then the best score: one float64 key (exact for any batch size)
     order = torch.argsort(image.double() * 2 + (1 - found_scores.double()))
-    image, candidate, found_scores = image[order], candidate[order], found_scores[order]
+    image, candidate = image[order], candidate[order]
+    found_boxes, found_scores = found_boxes[order], found_scores[order]
     # each box's rank within its image: its position less the position of the image's first
     position = torch.arange(image.shape[0], dtype=torch.int64, device=image.device)
     first = torch.full((batch,), image.shape[0], dtype=torch.int64, device=image.device)
     first = first.scatter_reduce(0, image, position, "amin", include_self=True)
     keep = position - first[image] < most
     image, candidate = image[keep], candidate[keep]
-    return image, candidates[image, candidate], found_scores[keep], labels[image, candidate]
+    return image, found_boxes[keep], found_scores[keep], labels[image, candidate]
+
+
+def fuse_views(
+    kept: Tensor,
+    kept_labels: Tensor,
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    view: Tensor,
+    views: int,
+    iou: float,
+    floor: float,
+) -> tuple[Tensor, Tensor]:
+    """Weighted box fusion (Solovyev et al. 2021) of test-time views: each kept box (M, 4)
+    of class kept_labels (M,) against its image's candidates (M, T, 4), scored (M, T), of
+    class labels (M, T) from view (M, T). From each view the best-scored candidate of the
+    kept box's class overlapping it by `iou` or more (none where a view has none above
+    `floor`): the fused box is their score-weighted mean, its score their sum over
+    `views`, so a box every view finds keeps its mean score and a box one view of four
+    finds a quarter of it. The kept box is its own view's best, so every weight sum is > 0.
+    Tensor operations only: exported into the ONNX graph as they are."""
+    low = torch.maximum(kept[:, None, :2], boxes[..., :2])
+    high = torch.minimum(kept[:, None, 2:], boxes[..., 2:])
+    inter = (high - low).clamp(min=0).prod(-1)
+    area = (kept[:, 2:] - kept[:, :2]).prod(-1)[:, None]
+    union = area + (boxes[..., 2:] - boxes[..., :2]).prod(-1) - inter
+    match = (inter >= iou * union) & (labels == kept_labels[:, None]) & (scores > floor)
+    each_view = torch.arange(views, device=view.device)[None, :, None]
+    from_view = match[:, None, :] & (view[:, None, :] == each_view)  # (M, views, T)
+    best, at = torch.where(from_view, scores[:, None, :], torch.zeros_like(scores[:, None, :])).max(
+        -1
+    )
+    chosen = torch.gather(boxes, 1, at[..., None].expand(-1, -1, 4))  # (M, views, 4)
+    weight = best / best.sum(1, keepdim=True).clamp(min=1e-12)
+    return (weight[..., None] * chosen).sum(1), best.sum(1) / views

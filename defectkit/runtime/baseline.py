@@ -10,7 +10,9 @@ from pathlib import Path
 
 def baseline_images(run_dir: Path) -> tuple[list[Path], list[Path], list[Path] | None]:
     """Calibration (validation) and training images of a run folder's split.json, with the
-    validation images' references for paired models."""
+    validation images' references where the run's model takes them (segment or detect
+    .reference=true); None for a model of the image alone, on a dataset with templates
+    too (DeepPCB trained with detect.reference=false)."""
     import yaml
 
     from defectkit.data.formats import read_dataset
@@ -25,8 +27,9 @@ def baseline_images(run_dir: Path) -> tuple[list[Path], list[Path], list[Path] |
     split = load_manifest(dataset, run_dir / "split.json")
     calibration = list(split.val) or list(split.test)
     references = [s.reference for s in calibration]
+    paired = bool((config.get(config.get("task", "classify")) or {}).get("reference"))
     return (
         [s.image for s in calibration],
         [s.image for s in split.train],
-        references if all(r is not None for r in references) else None,
+        references if paired and all(r is not None for r in references) else None,
     )

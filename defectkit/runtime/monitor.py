@@ -70,8 +70,6 @@ def build_baseline(
     statistics of up to `limit` training images (spread evenly over the list)."""
     if not calibration or not training:
         raise ValueError("a baseline needs calibration images and training images")
-    if not inspector.meta.get("reference"):  # a dataset with templates, a model without
-        calibration_references = None
     predictions = inspector.predict(calibration, 16, None, calibration_references)
     scores = [monitored_score(p) for p in predictions]
     step = max(1, len(training) // limit)

@@ -248,6 +248,13 @@ def check_settings(config: RunConfig, dataset: SampleSet) -> None:
     problems += _too_small(dataset, config)
     problems += _no_mask_marks_a_defect(dataset, config)
     problems += _boxes_are_whole_images(dataset, config)
+    if config.task in ("segment", "detect"):
+        stages = getattr(config, config.task).frozen_stages
+        if stages < 0:
+            problems.append(
+                f"{config.task}.frozen_stages={stages} is negative: 0 trains every stage "
+                "of the backbone, n > 0 keeps its stem and first n stages as loaded"
+            )
     if config.split.per_class < 0:
         problems.append(
             f"split.per_class={config.split.per_class} is negative: 0 keeps every training "
@@ -279,6 +286,17 @@ def check_settings(config: RunConfig, dataset: SampleSet) -> None:
         problems.append(
             f"eval.tta={config.eval.tta} pools a classifier's or a detector's views of each "
             f"image: a {config.task} model has none (leave eval.tta=none)"
+        )
+    merge = config.detect.tta_merge
+    if config.task == "detect" and merge not in ("nms", "wbf"):
+        problems.append(
+            f"detect.tta_merge={merge!r} is not one of ['nms', 'wbf'] (how the boxes of the "
+            "eval.tta views become one)"
+        )
+    elif config.task == "detect" and merge == "wbf" and config.eval.tta == "none":
+        problems.append(
+            "detect.tta_merge=wbf fuses the boxes of several views of each image: give them "
+            "with eval.tta (e.g. flips)"
         )
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)

@@ -71,6 +71,7 @@ def save_bundle(
             "max_boxes": dc.max_boxes,
             # test-time augmentation: the graph pools the boxes of these views (eval.tta)
             "tta": config.eval.tta,
+            "tta_merge": dc.tta_merge,  # how the views' boxes become one (detect.tta_merge)
             "match_iou": dc.match_iou,
         },
     )
@@ -107,12 +108,13 @@ def graph(
     nms_iou: float,
     max_boxes: int,
     views: int = 1,
+    merge: str = "nms",
     **options: Any,
 ) -> tuple[torch.Tensor, ...]:
-    from defectkit.models.detector import select_boxes
+    from defectkit.models.detector import TOP_K, select_boxes
 
     dense = viewed_outputs(model, images, views)
-    return select_boxes(*dense, score_floor, nms_iou, max_boxes)
+    return select_boxes(*dense, score_floor, nms_iou, max_boxes, TOP_K, views, merge)
 
 
 def viewed_outputs(
@@ -156,7 +158,8 @@ def unview_boxes(boxes: torch.Tensor, j: int, size: int) -> torch.Tensor:
 
 
 def graph_options(meta: dict[str, Any]) -> dict[str, Any]:
-    return {k: meta[k] for k in ("score_floor", "nms_iou", "max_boxes")}
+    options = {k: meta[k] for k in ("score_floor", "nms_iou", "max_boxes")}
+    return {**options, "merge": meta.get("tta_merge", "nms")}  # bundles before tta_merge: nms
 
 
 def onnx_translations() -> dict:

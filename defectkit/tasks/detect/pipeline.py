@@ -340,6 +340,7 @@ def predict(
         "nms_iou": dc.nms_iou,
         "max_boxes": dc.max_boxes,
         "views": VIEWS[config.eval.tta],
+        "merge": dc.tta_merge,
     }
 
     def run(chunk: np.ndarray | torch.Tensor) -> list[np.ndarray]:
