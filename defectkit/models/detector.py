@@ -400,6 +400,8 @@ def select_boxes(
             views,
             nms_iou,
             floor,
+            image,
+            batch,
         )
     # image first, then the best score: one float64 key (exact for any batch size)
     order = torch.argsort(image.double() * 2 + (1 - found_scores.double()))
@@ -424,6 +426,8 @@ def fuse_views(
     views: int,
     iou: float,
     floor: float,
+    image: Tensor | None = None,
+    batch: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Weighted box fusion (Solovyev et al. 2021) of test-time views: each kept box (M, 4)
     of class kept_labels (M,) against its image's candidates (M, T, 4), scored (M, T), of
@@ -431,14 +435,24 @@ def fuse_views(
     kept box's class overlapping it by `iou` or more (none where a view has none above
     `floor`): the fused box is their score-weighted mean, its score their sum over
     `views`, so a box every view finds keeps its mean score and a box one view of four
-    finds a quarter of it. The kept box is its own view's best, so every weight sum is > 0.
+    finds a quarter of it. As in WBF's clusters, a candidate counts for one kept box only:
+    of those of its image (`image` (M,), of `batch` images) it overlaps by `iou` or more,
+    the one it overlaps most (else one strong box would lift every weaker duplicate near
+    it to its own score). The kept box is its own view's best, so every weight sum is > 0.
     Tensor operations only: exported into the ONNX graph as they are."""
     low = torch.maximum(kept[:, None, :2], boxes[..., :2])
     high = torch.minimum(kept[:, None, 2:], boxes[..., 2:])
     inter = (high - low).clamp(min=0).prod(-1)
     area = (kept[:, 2:] - kept[:, :2]).prod(-1)[:, None]
     union = area + (boxes[..., 2:] - boxes[..., :2]).prod(-1) - inter
-    match = (inter >= iou * union) & (labels == kept_labels[:, None]) & (scores > floor)
+    overlap = inter / union.clamp(min=1e-12)
+    match = (overlap >= iou) & (labels == kept_labels[:, None]) & (scores > floor)
+    # each candidate with the kept box of its image it overlaps most
+    image = torch.zeros_like(kept_labels) if image is None else image
+    mine = torch.where(match, overlap, torch.full_like(overlap, -1.0))
+    most = torch.full((batch, mine.shape[1]), -1.0, dtype=mine.dtype, device=mine.device)
+    most = most.scatter_reduce(0, image[:, None].expand_as(mine), mine, "amax")
+    match = match & (mine >= most[image])
     each_view = torch.arange(views, device=view.device)[None, :, None]
     from_view = match[:, None, :] & (view[:, None, :] == each_view)  # (M, views, T)
     best, at = torch.where(from_view, scores[:, None, :], torch.zeros_like(scores[:, None, :])).max(
