@@ -399,6 +399,26 @@ def test_weighted_box_fusion_averages_each_views_best_box():
     )
     assert alone[0].tolist() == pytest.approx([0.0, 0, 10, 10], abs=1e-6)
     assert half.tolist() == pytest.approx([0.4], rel=1e-6)
+    # two kept boxes of one image: view 1's box overlaps both by 0.6 or more and counts
+    # for the one it overlaps most only; the other keeps half its score
+    pair = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.5, 0.0, 11.5, 10.0]])
+    shared = torch.tensor([[[0.0, 0, 10, 10], [1.5, 0, 11.5, 10], [1.0, 0, 11, 10]]])
+    fused, score = fuse_views(
+        pair,
+        torch.tensor([0, 0]),
+        shared.expand(2, -1, -1),
+        torch.tensor([[0.8, 0.5, 0.9]]).expand(2, -1),
+        torch.zeros(2, 3, dtype=torch.int64),
+        torch.tensor([[0, 0, 1]]).expand(2, -1),
+        2,
+        0.6,
+        0.05,
+        torch.tensor([0, 0]),
+        1,
+    )
+    # IoU of [1, 11] with [0, 10]: 9/11; with [1.5, 11.5]: 9.5/10.5 -> the second kept box
+    assert score.tolist() == pytest.approx([0.4, 0.7], rel=1e-6)
+    assert fused[0].tolist() == pytest.approx([0.0, 0, 10, 10], abs=1e-6)
 
 
 def test_wbf_tta_fuses_the_boxes_nms_keeps_and_exports(detect_run, parts, tmp_path):
