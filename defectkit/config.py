@@ -240,6 +240,12 @@ class RunConfig:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
 
+    @property
+    def paired(self) -> bool:
+        """Whether the task's model takes each image with its aligned reference (segment
+        and detect have `reference`; classify and anomaly take the image alone)."""
+        return bool(getattr(getattr(self, self.task, None), "reference", False))
+
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the dataclasses."""

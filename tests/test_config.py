@@ -80,3 +80,13 @@ def test_one_registry_refuses_duplicates_and_names_the_known():
             registry.add(name, registry[name])
         with pytest.raises(ValueError, match=f"unknown {registry.kind} 'nope'; registered: "):
             registry.lookup("nope")
+
+
+def test_paired_follows_the_tasks_own_reference_setting():
+    """RunConfig.paired: the task's own `reference` (segment, detect); never for a task
+    without one, whatever another task's section says."""
+    assert load_config("deeppcb_detect").paired
+    assert not load_config("deeppcb_detect", ["detect.reference=false"]).paired
+    assert not load_config("neudet_detect").paired
+    classify = load_config("elpv_classify", ["detect.reference=true"])
+    assert not classify.paired

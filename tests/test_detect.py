@@ -381,7 +381,10 @@ def test_weighted_box_fusion_averages_each_views_best_box():
     scores = torch.tensor([[0.8, 0.7, 0.4, 0.9, 0.6]])
     labels = torch.tensor([[2, 2, 2, 1, 2]])
     view = torch.tensor([[0, 0, 1, 1, 1]])
-    fused, score = fuse_views(kept, torch.tensor([2]), boxes, scores, labels, view, 2, 0.6, 0.05)
+    one = (torch.tensor([0]), 1)  # the kept box's image, of one
+    fused, score = fuse_views(
+        kept, torch.tensor([2]), boxes, scores, labels, view, 2, 0.6, 0.05, *one
+    )
     expected = (0.8 * torch.tensor([0.0, 0, 10, 10]) + 0.4 * torch.tensor([2.0, 0, 12, 10])) / 1.2
     assert fused[0].tolist() == pytest.approx(expected.tolist(), rel=1e-6)
     assert score.tolist() == pytest.approx([0.6], rel=1e-6)
@@ -396,6 +399,7 @@ def test_weighted_box_fusion_averages_each_views_best_box():
         2,
         0.6,
         0.05,
+        *one,
     )
     assert alone[0].tolist() == pytest.approx([0.0, 0, 10, 10], abs=1e-6)
     assert half.tolist() == pytest.approx([0.4], rel=1e-6)

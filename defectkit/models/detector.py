@@ -426,8 +426,8 @@ def fuse_views(
     views: int,
     iou: float,
     floor: float,
-    image: Tensor | None = None,
-    batch: int = 1,
+    image: Tensor,
+    batch: int,
 ) -> tuple[Tensor, Tensor]:
     """Weighted box fusion (Solovyev et al. 2021) of test-time views: each kept box (M, 4)
     of class kept_labels (M,) against its image's candidates (M, T, 4), scored (M, T), of
@@ -448,16 +448,14 @@ def fuse_views(
     overlap = inter / union.clamp(min=1e-12)
     match = (overlap >= iou) & (labels == kept_labels[:, None]) & (scores > floor)
     # each candidate with the kept box of its image it overlaps most
-    image = torch.zeros_like(kept_labels) if image is None else image
     mine = torch.where(match, overlap, torch.full_like(overlap, -1.0))
     most = torch.full((batch, mine.shape[1]), -1.0, dtype=mine.dtype, device=mine.device)
     most = most.scatter_reduce(0, image[:, None].expand_as(mine), mine, "amax")
     match = match & (mine >= most[image])
     each_view = torch.arange(views, device=view.device)[None, :, None]
     from_view = match[:, None, :] & (view[:, None, :] == each_view)  # (M, views, T)
-    best, at = torch.where(from_view, scores[:, None, :], torch.zeros_like(scores[:, None, :])).max(
-        -1
-    )
+    view_scores = torch.where(from_view, scores[:, None, :], torch.zeros_like(scores[:, None, :]))
+    best, at = view_scores.max(-1)  # each view's best matching candidate
     chosen = torch.gather(boxes, 1, at[..., None].expand(-1, -1, 4))  # (M, views, 4)
     weight = best / best.sum(1, keepdim=True).clamp(min=1e-12)
     return (weight[..., None] * chosen).sum(1), best.sum(1) / views

@@ -15,21 +15,20 @@ def baseline_images(run_dir: Path) -> tuple[list[Path], list[Path], list[Path] |
     too (DeepPCB trained with detect.reference=false)."""
     import yaml
 
+    from defectkit.config import config_from_dict
     from defectkit.data.formats import read_dataset
     from defectkit.data.splits import load_manifest
 
     manifest = json.loads((run_dir / "split.json").read_text())
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    label_mode = (config.get("data") or {}).get("label_mode", "default")
+    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
     dataset = read_dataset(
-        manifest["root"], manifest["layout"], label_mode, manifest.get("labels") or None
+        manifest["root"], manifest["layout"], config.data.label_mode, manifest.get("labels") or None
     )
     split = load_manifest(dataset, run_dir / "split.json")
     calibration = list(split.val) or list(split.test)
     references = [s.reference for s in calibration]
-    paired = bool((config.get(config.get("task", "classify")) or {}).get("reference"))
     return (
         [s.image for s in calibration],
         [s.image for s in split.train],
-        references if paired and all(r is not None for r in references) else None,
+        references if config.paired and all(r is not None for r in references) else None,
     )
