@@ -24,7 +24,11 @@ from common import (
 
 RUNS_DEFINED = {
     # name: (overrides, what it is)
-    "default": ([], "FCOS, Lite0 + FPN, 256 px, 24 epochs, channels-last (the recipe)"),
+    "default": (
+        [],
+        "FCOS, Lite0 (stem and first two stages frozen) + FPN, 256 px, 24 epochs, "
+        "channels-last (the recipe)",
+    ),
     # the recipe at 6d31eb0: a shorter cosine schedule
     "epochs_16": (["train.epochs=16"], "the recipe with 16 epochs"),
     # the recipe at 74ebc45: two epochs fewer, validated and shipped as the EMA of the weights
@@ -40,8 +44,9 @@ RUNS_DEFINED = {
         "the recipe with detect.mosaic=0.5 (four images' crops in one input), none in the "
         "last 4 epochs",
     ),
-    # Detectron2's FREEZE_AT=2: the stem and the stride-2 and stride-4 stages keep their
-    # ImageNet weights and statistics, no backward pass through them (a step ~1/3 shorter)
+    # the recipe at 6ebae7d (every stage trained) with Detectron2's FREEZE_AT=2: the stem
+    # and the stride-2 and stride-4 stages keep their ImageNet weights and statistics, no
+    # backward pass through them (a step ~1/3 shorter); the recipe since
     "frozen_stages_2": (
         ["detect.frozen_stages=2"],
         "the recipe with the trunk's stem and first two stages frozen (detect.frozen_stages=2)",
