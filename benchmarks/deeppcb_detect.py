@@ -18,11 +18,10 @@ import json
 from common import (
     HERE,
     SHARED_DATA,
-    calibrated,
+    detect_row,
     parse_run_args,
+    row_run,
     save_results,
-    train_or_reuse,
-    trained_on,
 )
 
 RUNS_DEFINED = {
@@ -79,31 +78,14 @@ def main() -> None:
     root = SHARED_DATA / "deeppcb"
     runs = []
     for name in args.runs.split(","):
-        if name in CALIBRATED:
-            metrics, command, note = calibrated(
-                "deeppcb-detect", name, *CALIBRATED[name], args.reuse
-            )
-        else:
-            overrides = [f"data.root={root}", *RUNS_DEFINED[name][0]]
-            metrics, command = train_or_reuse(
-                f"deeppcb-detect-{name}", "deeppcb_detect", overrides, args.reuse
-            )
-            note = RUNS_DEFINED[name][1]
+        metrics, command, note = row_run(
+            "deeppcb-detect", "deeppcb_detect", name, RUNS_DEFINED, CALIBRATED, root, args.reuse
+        )
         runs.append(
             {
-                "name": name,
-                "command": command,
-                "note": note,
-                "trained_on": trained_on(metrics),
-                "epochs": metrics["epochs_run"],
+                **detect_row(name, metrics, command, note),
                 **{new: metrics[old] for old, new in KEYS.items()},
-                "train_seconds": metrics["train_seconds"],
-                "yardstick_step_s": metrics.get("yardstick_step_s"),
                 "ms_per_image": metrics["ms_per_image"],
-                "peak_rss_mb": metrics["peak_rss_mb"],
-                "images": metrics["images"],
-                "box_rule": metrics.get("box_rule"),
-                "box_thresholds": metrics.get("box_thresholds"),
             }
         )
     by_name = {r["name"]: r for r in runs}

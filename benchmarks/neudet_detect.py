@@ -14,11 +14,11 @@ import numpy as np
 from common import (
     RUNS,
     SHARED_DATA,
-    calibrated,
+    detect_row,
     parse_run_args,
+    row_run,
     save_results,
     split_counts,
-    train_or_reuse,
     trained_on,
 )
 
@@ -184,30 +184,13 @@ def main() -> None:
         if name in EVALUATED:
             runs.append(evaluated_row(name, root))
             continue
-        if name in CALIBRATED:
-            metrics, command, note = calibrated(
-                "neudet-detect", name, *CALIBRATED[name], args.reuse
-            )
-        else:
-            overrides = [f"data.root={root}", *RUNS_DEFINED[name][0]]
-            metrics, command = train_or_reuse(
-                f"neudet-detect-{name}", "neudet_detect", overrides, args.reuse
-            )
-            note = None
+        metrics, command, note = row_run(
+            "neudet-detect", "neudet_detect", name, RUNS_DEFINED, CALIBRATED, root, args.reuse
+        )
         runs.append(
             {
-                "name": name,
-                "command": command,
-                **({"note": note} if note else {}),
-                "images": metrics["images"],
-                "trained_on": trained_on(metrics),
-                "epochs": metrics["epochs_run"],
+                **detect_row(name, metrics, command, note),
                 **protocol_keys(metrics),
-                "train_seconds": metrics["train_seconds"],
-                "yardstick_step_s": metrics.get("yardstick_step_s"),
-                "peak_rss_mb": metrics["peak_rss_mb"],
-                "box_rule": metrics.get("box_rule"),
-                "box_thresholds": metrics.get("box_thresholds"),
                 **speed(RUNS / f"neudet-detect-{name}"),
             }
         )
