@@ -57,6 +57,9 @@ RUNS_DEFINED = {
         ["model.backbone=tf_efficientnet_lite2", "detect.frozen_stages=2"],
         "the recipe on EfficientNet-Lite2 with its stem and first two stages frozen",
     ),
+    # ATSS (adaptive training sample selection) in place of torchvision's centre rule:
+    # each box's locations by its own IoU bar over its nearest candidates on every level
+    "atss": (["detect.assign=atss"], "the recipe with the ATSS assignment (detect.assign=atss)"),
     # the recipe's graph after one epoch: its speed on this CPU, not its accuracy
     "one_epoch": (["train.epochs=1"], "FCOS, Lite0 + FPN, 256 px, 1 epoch (speed only)"),
 }
