@@ -4,6 +4,10 @@ training time and where it ran, and CPU ms per image (batch 1, p50) through the 
 with PyTorch and with ONNX Runtime on the run's own test images.
 
     python benchmarks/neudet_detect.py [--runs default,...] [--reuse]
+    python benchmarks/neudet_detect.py --runs default_p70  # calibrated: after default
+
+A calibrated row trains nothing: a copy of a trained run's folder whose box thresholds are
+chosen again on its own validation images by `defectkit calibrate`.
 """
 
 from __future__ import annotations
@@ -81,6 +85,12 @@ EVALUATED = {
 # own validation images by `defectkit calibrate` with other rules. name: (the run,
 # calibrate settings, what it is)
 CALIBRATED = {
+    "default_p70": (
+        "default",
+        ["detect.box_rule=precision", "detect.box_target=0.7"],
+        "the default's weights; each class's box threshold the most validation recall at "
+        "box precision >= 0.7 (the issue's target) instead of the best F1",
+    ),
     "frozen_stages_2_tta": (
         "frozen_stages_2",
         ["eval.tta=flips"],
