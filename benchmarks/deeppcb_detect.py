@@ -4,7 +4,7 @@ at the dataset's IoU 0.33, with the template paired (6 channels) and with the te
 alone. The recipe (deeppcb_detect) trains on 320 px windows at full resolution and inspects
 whole boards by sliding windows, on this CPU.
 
-    python benchmarks/deeppcb_detect.py [--runs default,mean_start,single,grouped_val] [--reuse]
+    python benchmarks/deeppcb_detect.py [--runs default,mean_start,single,grouped_val,...] [--reuse]
     python benchmarks/deeppcb_detect.py --runs default_p70,default_tta,grouped_val_p70  # calibrated
 
 A calibrated row trains nothing: a copy of a trained run's folder whose box thresholds are
@@ -32,6 +32,13 @@ RUNS_DEFINED = {
         "the recipe with the first convolution starting as the mean of image and template",
     ),
     "single": (["detect.reference=false"], "the recipe on the tested image alone"),
+    # NEU-DET's gain from keeping the stem and first two stages as loaded (the 6-channel
+    # stem then keeps its difference start: the image's filters plus those on image -
+    # template), and a CPU step about a third shorter
+    "frozen_stages_2": (
+        ["detect.frozen_stages=2"],
+        "the recipe with the trunk's stem and first two stages frozen (detect.frozen_stages=2)",
+    ),
     "grouped_val": (
         ["split.group_by=folder"],
         "the recipe with a whole board group held out as validation (group 44000, 50 of the "
