@@ -152,6 +152,45 @@ def calibrated(
     return metrics, command, note
 
 
+def row_run(
+    protocol: str,
+    recipe: str,
+    name: str,
+    trained: dict[str, tuple[list[str], str]],
+    calibrated_rows: dict[str, tuple[str, list[str], str]],
+    root: Path,
+    reuse: bool,
+) -> tuple[dict, str, str]:
+    """(metrics, command, note) of a benchmark row: a `calibrated` one (calibrated_rows:
+    name -> (the run, calibrate settings, what it is)) or one trained from `recipe` with the
+    row's overrides on the data at `root` (trained: name -> (overrides, what it is))."""
+    if name in calibrated_rows:
+        return calibrated(protocol, name, *calibrated_rows[name], reuse)
+    overrides, what = trained[name]
+    metrics, command = train_or_reuse(
+        f"{protocol}-{name}", recipe, [f"data.root={root}", *overrides], reuse
+    )
+    return metrics, command, what
+
+
+def detect_row(name: str, metrics: dict, command: str, note: str) -> dict:
+    """What every detect benchmark row says besides its accuracy: what ran, on what, for
+    how long, on how fast a machine, and the box thresholds it shipped."""
+    return {
+        "name": name,
+        "command": command,
+        "note": note,
+        "images": metrics["images"],
+        "trained_on": trained_on(metrics),
+        "epochs": metrics["epochs_run"],
+        "train_seconds": metrics["train_seconds"],
+        "yardstick_step_s": metrics.get("yardstick_step_s"),
+        "peak_rss_mb": metrics["peak_rss_mb"],
+        "box_rule": metrics.get("box_rule"),
+        "box_thresholds": metrics.get("box_thresholds"),
+    }
+
+
 def cpu_speed(run_dir: Path, root: Path) -> dict:
     """ms per image and peak memory of a segment run's model on this CPU, in a fresh
     process (benchmarks/segment_speed.py); runs trained on a GPU are timed here too."""

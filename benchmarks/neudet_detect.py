@@ -4,6 +4,10 @@ training time and where it ran, and CPU ms per image (batch 1, p50) through the 
 with PyTorch and with ONNX Runtime on the run's own test images.
 
     python benchmarks/neudet_detect.py [--runs default,...] [--reuse]
+    python benchmarks/neudet_detect.py --runs default_p70  # calibrated: after default
+
+A calibrated row trains nothing: a copy of a trained run's folder whose box thresholds are
+chosen again on its own validation images by `defectkit calibrate`.
 """
 
 from __future__ import annotations
@@ -14,11 +18,11 @@ import numpy as np
 from common import (
     RUNS,
     SHARED_DATA,
-    calibrated,
+    detect_row,
     parse_run_args,
+    row_run,
     save_results,
     split_counts,
-    train_or_reuse,
     trained_on,
 )
 
@@ -57,6 +61,9 @@ RUNS_DEFINED = {
         ["model.backbone=tf_efficientnet_lite2", "detect.frozen_stages=2"],
         "the recipe on EfficientNet-Lite2 with its stem and first two stages frozen",
     ),
+    # ATSS (adaptive training sample selection) in place of torchvision's centre rule:
+    # each box's locations by its own IoU bar over its nearest candidates on every level
+    "atss": (["detect.assign=atss"], "the recipe with the ATSS assignment (detect.assign=atss)"),
     # the recipe's graph after one epoch: its speed on this CPU, not its accuracy
     "one_epoch": (["train.epochs=1"], "FCOS, Lite0 + FPN, 256 px, 1 epoch (speed only)"),
 }
@@ -78,6 +85,12 @@ EVALUATED = {
 # own validation images by `defectkit calibrate` with other rules. name: (the run,
 # calibrate settings, what it is)
 CALIBRATED = {
+    "default_p70": (
+        "default",
+        ["detect.box_rule=precision", "detect.box_target=0.7"],
+        "the default's weights; each class's box threshold the most validation recall at "
+        "box precision >= 0.7 (the issue's target) instead of the best F1",
+    ),
     "frozen_stages_2_tta": (
         "frozen_stages_2",
         ["eval.tta=flips"],
@@ -184,30 +197,13 @@ def main() -> None:
         if name in EVALUATED:
             runs.append(evaluated_row(name, root))
             continue
-        if name in CALIBRATED:
-            metrics, command, note = calibrated(
-                "neudet-detect", name, *CALIBRATED[name], args.reuse
-            )
-        else:
-            overrides = [f"data.root={root}", *RUNS_DEFINED[name][0]]
-            metrics, command = train_or_reuse(
-                f"neudet-detect-{name}", "neudet_detect", overrides, args.reuse
-            )
-            note = None
+        metrics, command, note = row_run(
+            "neudet-detect", "neudet_detect", name, RUNS_DEFINED, CALIBRATED, root, args.reuse
+        )
         runs.append(
             {
-                "name": name,
-                "command": command,
-                **({"note": note} if note else {}),
-                "images": metrics["images"],
-                "trained_on": trained_on(metrics),
-                "epochs": metrics["epochs_run"],
+                **detect_row(name, metrics, command, note),
                 **protocol_keys(metrics),
-                "train_seconds": metrics["train_seconds"],
-                "yardstick_step_s": metrics.get("yardstick_step_s"),
-                "peak_rss_mb": metrics["peak_rss_mb"],
-                "box_rule": metrics.get("box_rule"),
-                "box_thresholds": metrics.get("box_thresholds"),
                 **speed(RUNS / f"neudet-detect-{name}"),
             }
         )

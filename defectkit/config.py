@@ -158,8 +158,9 @@ class SegmentConfig:
     decoder_channels: tuple[int, ...] = ()  # unet/unet++: () = (256, 128, 64, 32, 16)[-depth:]
     reference: bool = False  # stack the aligned defect-free reference (DeepPCB template) as input
     # fcos: which locations learn which box (models/detector.py): centre (torchvision's) |
-    # line (follows thin, long boxes: cracks, scratches) | auto (line where a quarter of the
-    # training boxes are 5:1 or longer)
+    # line (follows thin, long boxes: cracks, scratches) | atss (each box's locations chosen
+    # by its own IoU bar: adaptive training sample selection) | auto (line where a quarter
+    # of the training boxes are 5:1 or longer, else centre)
     assign: str = "auto"
     loss: str = "bce_dice"  # bce | dice | bce_dice | focal | tversky | lovasz
     bce_weight: float = 0.8  # bce_dice: the steel study's 0.8 BCE + 0.2 Dice

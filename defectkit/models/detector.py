@@ -39,9 +39,13 @@ TOP_K = 1000  # (location, class) candidates per image before NMS (torchvision's
 # FCOS's training assignment of pyramid locations to boxes (detect.assign): centre is
 # torchvision's (a location inside the box, within 1.5 strides of its centre); line follows
 # the box's shape, for cracks and scratches of 1:10 and longer (line_matches); auto picks
-# line where at least ELONGATED_SHARE of the training boxes are ELONGATED:1 or longer
-ASSIGNS = ("auto", "centre", "line")
+# line where at least ELONGATED_SHARE of the training boxes are ELONGATED:1 or longer;
+# atss is adaptive training sample selection (atss_matches)
+ASSIGNS = ("auto", "centre", "line", "atss")
 ELONGATED, ELONGATED_SHARE = 5.0, 0.25
+# ATSS: each level's ATSS_TOP locations nearest a box's centre are its candidates, each
+# seen as an anchor box ATSS_SCALE strides on a side (the paper's k=9 and scale 8)
+ATSS_TOP, ATSS_SCALE = 9, 8
 
 
 class PyramidBackbone(nn.Module):
@@ -107,6 +111,41 @@ def line_matches(anchors: Tensor, per_level: list[int], boxes: Tensor, radius: f
     return torch.where(best.isinf(), torch.full_like(index, -1), index)
 
 
+def atss_matches(
+    anchors: Tensor, per_level: list[int], boxes: Tensor, top: int = ATSS_TOP
+) -> Tensor:
+    """Each location's box (an index into `boxes`, -1 for background) by adaptive training
+    sample selection (ATSS, Zhang et al. 2020; its FCOS form). For each box, the `top`
+    locations of each level nearest its centre are candidates, each seen as an anchor box
+    ATSS_SCALE strides square about it; those whose anchor box overlaps the box by at least
+    the mean plus the standard deviation of the candidates' IoUs, and whose centre lies
+    inside the box, learn it. The bar is each box's own: one its level fits well gets that
+    level's locations, where FCOS's fixed size ranges and 1.5-stride radius give a small or
+    odd-shaped box few or none. Of several boxes a location takes the one its anchor box
+    overlaps most."""
+    from torchvision.ops import box_iou
+
+    if not len(boxes):  # an image without defects: every location is background
+        return torch.full((len(anchors),), -1, dtype=torch.int64, device=anchors.device)
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    half = (anchors[:, 2:3] - anchors[:, 0:1]) * ATSS_SCALE / 2
+    overlap = box_iou(torch.cat([centres - half, centres + half], 1), boxes)  # (N, M)
+    distance = torch.cdist(centres, (boxes[:, :2] + boxes[:, 2:]) / 2)  # (N, M)
+    candidate = torch.zeros_like(overlap, dtype=torch.bool)
+    start = 0
+    for count in per_level:
+        nearest = distance[start : start + count].topk(min(top, count), 0, largest=False)
+        candidate[start : start + count].scatter_(0, nearest.indices, True)
+        start += count
+    among = candidate.sum(0).clamp(min=2)  # (M,)
+    mean = (overlap * candidate).sum(0) / among
+    spread = (((overlap - mean) ** 2 * candidate).sum(0) / (among - 1)).sqrt()
+    inside = (centres[:, None] > boxes[None, :, :2]) & (centres[:, None] < boxes[None, :, 2:])
+    match = candidate & (overlap >= mean + spread) & inside.all(-1)
+    best, index = torch.where(match, overlap, torch.full_like(overlap, -1.0)).max(dim=1)
+    return torch.where(best < 0, torch.full_like(index, -1), index)
+
+
 def line_centreness(anchors: Tensor, boxes: Tensor) -> Tensor:
     """FCOS's centreness target of each location for its box, sqrt((min(l, r) / max(l, r))
     * (min(t, b) / max(t, b))), with a side thinner than the location's stride counted as
@@ -169,6 +208,21 @@ def _line_fcos_classes() -> tuple[type, type]:
     return LineFCOS, LineFCOSHead
 
 
+def _atss_fcos_class() -> type:
+    """FCOS trained with the ATSS assignment (torchvision's head and losses)."""
+    from torchvision.models.detection import FCOS
+
+    class ATSSFCOS(FCOS):
+        def compute_loss(self, targets, head_outputs, anchors, num_anchors_per_level):
+            matched = [
+                atss_matches(a, num_anchors_per_level, t["boxes"])
+                for a, t in zip(anchors, targets, strict=True)
+            ]
+            return self.head.compute_loss(targets, head_outputs, anchors, matched)
+
+    return ATSSFCOS
+
+
 def build_detector(
     model_config: ModelConfig,
     config: DetectConfig,
@@ -218,6 +272,8 @@ def build_detector(
         detector, head_class = FCOS, FCOSHead
         if config.assign == "line":  # training only: the model is the same at inference
             detector, head_class = _line_fcos_classes()
+        elif config.assign == "atss":  # training only, as line
+            detector = _atss_fcos_class()
         head = head_class(config.fpn_channels, 1, classes, num_convs=config.head_convs)
         # box distances start at one anchor size, not at 0: behind the head's ReLU, a
         # distance that starts at 0 gives a degenerate box, no GIoU gradient, and under
