@@ -39,6 +39,9 @@ RUNS_DEFINED = {
         ["detect.frozen_stages=2"],
         "the recipe with the trunk's stem and first two stages frozen (detect.frozen_stages=2)",
     ),
+    # ATSS in place of torchvision's centre rule (NEU-DET: benchmarks/RESULTS.md row atss):
+    # each box's locations by its own IoU bar, where DeepPCB's few-pixel defects get few
+    "atss": (["detect.assign=atss"], "the recipe with the ATSS assignment (detect.assign=atss)"),
     "grouped_val": (
         ["split.group_by=folder"],
         "the recipe with a whole board group held out as validation (group 44000, 50 of the "

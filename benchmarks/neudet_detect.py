@@ -23,7 +23,6 @@ from common import (
     row_run,
     save_results,
     split_counts,
-    trained_on,
 )
 
 RUNS_DEFINED = {
@@ -172,20 +171,10 @@ def evaluated_row(name: str, root) -> dict:
     meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), **changes}, indent=1))
     result = evaluate_bundle(run_dir, root, split_manifest=run_dir / "split.json")
     trained = json.loads((source_dir / "metrics.json").read_text())
-    return {
-        "name": name,
-        "command": f"python benchmarks/neudet_detect.py --runs {name}",
-        "note": f"{what}; evaluated, not trained: its training is run {source}'s",
-        "images": split_counts(run_dir),
-        "trained_on": trained_on(trained),
-        "epochs": trained["epochs_run"],
-        **protocol_keys(result),
-        "train_seconds": trained["train_seconds"],
-        "peak_rss_mb": trained["peak_rss_mb"],
-        "box_rule": trained.get("box_rule"),
-        "box_thresholds": trained.get("box_thresholds"),
-        **speed(run_dir),
-    }
+    trained["images"] = split_counts(run_dir)
+    command = f"python benchmarks/neudet_detect.py --runs {name}"
+    note = f"{what}; evaluated, not trained: its training is run {source}'s"
+    return {**detect_row(name, trained, command, note), **protocol_keys(result), **speed(run_dir)}
 
 
 def main() -> None:

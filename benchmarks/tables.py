@@ -2,8 +2,8 @@
 alone: every measured number shown is a key of a run there (published anchors are cited as
 text). Each row says where its numbers come from: the commit the run measured, its date and
 machine, the images it trained and tested on; a run measured on another version of the
-code (defectkit/ or constraints.txt changed since its commit) or with no commit recorded is
-marked stale.
+code (the code its task runs, or constraints.txt, changed since its commit: `code_paths`) or
+with no commit recorded is marked stale.
 
     python benchmarks/tables.py            # rewrite RESULTS.md and the README's table
     python benchmarks/tables.py --check    # exit 1 where either differs from the JSON
@@ -14,6 +14,7 @@ Every benchmark script calls `write_tables()` after writing its JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import subprocess
@@ -27,6 +28,21 @@ REPO = HERE.parent
 RESULTS = HERE / "results"
 # what a run's numbers depend on: the package (code and recipes) and the library versions
 CODE_PATHS = ("defectkit", "constraints.txt")
+TASKS = ("classify", "segment", "anomaly", "detect")
+# the task each protocol's runs train: their rows go stale only when code that task's runs
+# can execute changes (code_paths); a protocol not named here (speed, serving, the cluster,
+# no-recipe) depends on all of CODE_PATHS
+PROTOCOL_TASK = {
+    "neu6-classify": "classify",
+    "neu6-fewshot": "classify",
+    "elpv-classify": "classify",
+    "demo": "classify",
+    "mt-segment": "segment",
+    "deeppcb-paired": "segment",
+    "mt-anomaly": "anomaly",
+    "neudet-detect": "detect",
+    "deeppcb-detect": "detect",
+}
 
 
 @dataclass(frozen=True)
@@ -473,23 +489,65 @@ def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
 
 
-def freshness(sha: str | None) -> str:
-    """'' when the run measured the code as it is now; else why its numbers may be stale."""
+@functools.cache
+def code_paths(task: str | None) -> tuple[str, ...]:
+    """git pathspecs of what a run of `task` depends on: CODE_PATHS without the other tasks'
+    folders (defectkit/tasks/<other>/), the modules only they import (by the import graph,
+    grimp's, as lint-imports reads it: models/detector.py is detect's alone) and the other
+    tasks' recipes. Kept: every module reachable by imports from one that nothing imports
+    (the package, the command line, a module the task registry loads by name) outside the
+    other tasks' folders: whatever cannot be shown to be another task's counts."""
+    if task is None:
+        return CODE_PATHS
+    import grimp
+    import yaml
+
+    graph = grimp.build_graph("defectkit")
+    others = tuple(f"defectkit.tasks.{t}" for t in TASKS if t != task)
+
+    def theirs(module: str) -> bool:
+        return any(module == o or module.startswith(o + ".") for o in others)
+
+    kept = {
+        m for m in graph.modules if not theirs(m) and not graph.find_modules_that_directly_import(m)
+    }
+    todo = list(kept)
+    while todo:
+        for imported in graph.find_modules_directly_imported_by(todo.pop()):
+            if imported not in kept and not theirs(imported):
+                kept.add(imported)
+                todo.append(imported)
+    owned = graph.modules - kept
+    files = set()
+    for module in owned:
+        path = REPO.joinpath(*module.split("."))
+        files.add(path / "__init__.py" if path.is_dir() else path.with_suffix(".py"))
+    for recipe in (REPO / "defectkit" / "configs").glob("*.yaml"):
+        if (yaml.safe_load(recipe.read_text()) or {}).get("task") not in (task, None):
+            files.add(recipe)
+    excluded = sorted(f":(exclude){f.relative_to(REPO).as_posix()}" for f in files)
+    return (*CODE_PATHS, *excluded)
+
+
+def freshness(sha: str | None, protocol: str | None = None) -> str:
+    """'' when the run measured the code its protocol's task runs as it is now
+    (code_paths); else why its numbers may be stale."""
     if not sha:
         return "stale: no commit recorded"
     if sha.endswith("+dirty"):
         return "stale: measured with uncommitted changes"
     if _git("cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
         return "stale: commit not in this history"
-    if _git("diff", "--quiet", sha, "HEAD", "--", *CODE_PATHS).returncode != 0:
+    paths = code_paths(PROTOCOL_TASK.get(protocol or ""))
+    if _git("diff", "--quiet", sha, "HEAD", "--", *paths).returncode != 0:
         return "stale: code changed since"
     return ""
 
 
-def provenance(run: dict[str, Any], machines: list[str]) -> list[str]:
+def provenance(run: dict[str, Any], machines: list[str], protocol: str) -> list[str]:
     sha = run.get("git_sha")
     commit = f"`{sha[:8]}`" if sha else "—"
-    why = freshness(sha)
+    why = freshness(sha, protocol)
     machine = run.get("machine") or "not recorded"
     if machine not in machines:
         machines.append(machine)
@@ -532,7 +590,7 @@ def section(protocol: str, spec: Section, payload: dict[str, Any]) -> str:
         [
             run["name"],
             *(formatted(lookup(run, c.key), c.kind) for c in spec.columns),
-            *provenance(run, machines),
+            *provenance(run, machines, protocol),
         ]
         for run in runs
     ]
@@ -588,7 +646,7 @@ def readme_table() -> str:
                 where,
                 run.get("date") or "",
                 f"`{sha[:8]}`" if sha else "",
-                freshness(sha),
+                freshness(sha, row.protocol),
             )
             if x
         )
@@ -611,7 +669,7 @@ def demo_sentence() -> str:
     if run is None:
         return "Not measured yet: `python benchmarks/demo.py` measures it."
     sha = run.get("git_sha")
-    stale = freshness(sha)
+    stale = freshness(sha, "demo")
     return (
         f"Measured by `python benchmarks/demo.py` on {run['date']} ({run['machine']}, commit "
         f"`{(sha or 'none')[:8]}`{'; ' + stale if stale else ''}): ROC AUC "

@@ -72,3 +72,29 @@ def test_every_benchmark_script_imports(script):
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     assert module.__doc__, f"benchmarks/{script}.py says what it measures"
+
+
+def test_a_detect_row_depends_on_detect_code_and_the_shared_code_alone(tables):
+    """code_paths: the files git compares for a detect row are what a detect run can
+    execute (its task, the models and data code it imports, the shared modules, detect
+    recipes), not the other tasks' folders, their models or their recipes."""
+    listed = set(tables._git("ls-files", "--", *tables.code_paths("detect")).stdout.split())
+    assert {
+        "defectkit/tasks/detect/pipeline.py",
+        "defectkit/models/detector.py",
+        "defectkit/models/classifier.py",  # detect's pipeline imports it
+        "defectkit/models/backbones.py",
+        "defectkit/engine/train.py",
+        "defectkit/configs/neudet_detect.yaml",
+        "constraints.txt",
+    } <= listed
+    assert not listed & {
+        "defectkit/tasks/segment/pipeline.py",
+        "defectkit/tasks/anomaly/deploy.py",
+        "defectkit/models/segmenter.py",
+        "defectkit/models/anomaly/patchcore.py",
+        "defectkit/configs/mt_anomaly.yaml",
+    }
+    # a protocol not tied to one task depends on all of the package
+    everything = set(tables._git("ls-files", "--", *tables.code_paths(None)).stdout.split())
+    assert listed < everything and "defectkit/models/segmenter.py" in everything

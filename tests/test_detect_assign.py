@@ -1,14 +1,16 @@
 """FCOS's ATSS assignment (detect.assign=atss): each box's locations chosen by its own IoU
-bar, checked against the rule worked out box by box, and a detector that trains with it."""
+bar, checked against the rule worked out box by box, and a detector that trains with it;
+an image without boxes is background under every assignment."""
 
 from __future__ import annotations
 
 import statistics
 
+import pytest
 import torch
 
-from defectkit.models.detector import ATSS_SCALE, ATSS_TOP, atss_matches
-from tests.test_detect_thin import grid
+from defectkit.models.detector import ATSS_SCALE, ATSS_TOP, atss_matches, line_matches
+from tests.pyramid import grid
 
 STRIDES = (8, 16, 32, 64, 128)
 
@@ -80,9 +82,14 @@ def test_atss_matches_each_box_by_its_own_bar():
     assert 0 not in set(level[matched == 1].tolist())
 
 
-def test_atss_leaves_an_image_without_boxes_to_the_background():
+@pytest.mark.parametrize(
+    "matches",
+    [atss_matches, lambda anchors, counts, boxes: line_matches(anchors, counts, boxes, 1.5)],
+    ids=["atss", "line"],
+)
+def test_an_image_without_boxes_is_left_to_the_background(matches):
     anchors, counts = grid(128, STRIDES)
-    matched = atss_matches(anchors, counts, torch.zeros((0, 4)))
+    matched = matches(anchors, counts, torch.zeros((0, 4)))
     assert matched.shape == (len(anchors),) and (matched == -1).all()
 
 
@@ -101,7 +108,7 @@ def test_a_detector_trained_with_atss_learns_from_its_locations():
         96,
         pretrained=False,
     )
-    assert type(model).__name__ == "ATSSFCOS"
+    assert model.assign == "atss"
     images = torch.randn(2, 3, 96, 96)
     targets = [
         {"boxes": torch.tensor([[10.0, 12.0, 40.0, 38.0]]), "labels": torch.tensor([0])},

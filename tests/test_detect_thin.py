@@ -10,21 +10,7 @@ import torch
 import defectkit
 from defectkit.data.synthetic import make_crack_set
 from defectkit.models.detector import line_centreness, line_matches, resolve_assign
-
-
-def grid(size: int, strides: tuple[int, ...]) -> tuple[torch.Tensor, list[int]]:
-    """Every pyramid location of a size x size input as its square anchor (one stride on a
-    side), level by level, as torchvision's FCOS anchors are laid out."""
-    anchors, counts = [], []
-    for stride in strides:
-        centres = torch.arange(stride / 2, size, stride)
-        y, x = torch.meshgrid(centres, centres, indexing="ij")
-        x, y = x.flatten(), y.flatten()
-        anchors.append(
-            torch.stack([x - stride / 2, y - stride / 2, x + stride / 2, y + stride / 2], 1)
-        )
-        counts.append(len(x))
-    return torch.cat(anchors), counts
+from tests.pyramid import grid
 
 
 def centre_rule(anchors: torch.Tensor, counts: list[int], box: torch.Tensor) -> torch.Tensor:

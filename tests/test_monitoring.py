@@ -192,6 +192,21 @@ def test_a_runs_baseline_offers_templates_only_to_a_model_that_takes_them(tmp_pa
     assert references == ([s.reference for s in samples[5:7]] if paired else None)
 
 
+def test_a_run_folder_with_a_removed_key_is_refused_naming_its_config(tmp_path):
+    """A run's config.yaml holding a key this version no longer has: the error names the
+    file and the key, and says how to mend it."""
+    from defectkit.config import ConfigError
+    from defectkit.runtime.baseline import baseline_images
+
+    (tmp_path / "split.json").write_text("{}")
+    (tmp_path / "config.yaml").write_text("task: detect\ndetect:\n  old_knob: 3\n")
+    with pytest.raises(ConfigError) as raised:
+        baseline_images(tmp_path)
+    message = str(raised.value)
+    assert str(tmp_path / "config.yaml") in message
+    assert "detect.old_knob" in message and "delete the named keys" in message
+
+
 def test_a_model_without_a_reference_refuses_one(classify_bundle, synthetic_root):
     """References given by hand to a model of the image alone are refused, not stacked."""
     from defectkit.runtime.inspector import Inspector

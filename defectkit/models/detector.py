@@ -92,6 +92,8 @@ def line_matches(anchors: Tensor, per_level: list[int], boxes: Tensor, radius: f
     (the first level from 0, the last without end): one range for all of a box's locations
     (FCOS's per-location farthest side splits a long box between two levels and leaves its
     middle to neither). Of several boxes a location takes the smallest."""
+    if not len(boxes):  # an image without defects: every location is background
+        return torch.full((len(anchors),), -1, dtype=torch.int64, device=anchors.device)
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2
     stride = (anchors[:, 2] - anchors[:, 0])[:, None, None]  # (N, 1, 1)
     extent = (boxes[:, 2:] - boxes[:, :2])[None]  # (1, M, 2)
@@ -171,9 +173,9 @@ class SoftplusConv2d(nn.Conv2d):
         return nn.functional.softplus(super().forward(x))
 
 
-def _line_fcos_classes() -> tuple[type, type]:
-    """FCOS and its head with the line assignment (torchvision imported when first used)."""
-    from torchvision.models.detection import FCOS
+def _line_fcos_head() -> type:
+    """FCOS's head with the centreness loss on line_centreness (torchvision imported when
+    first used)."""
     from torchvision.models.detection.fcos import FCOSHead
 
     class LineFCOSHead(FCOSHead):
@@ -195,32 +197,27 @@ def _line_fcos_classes() -> tuple[type, type]:
                 losses["bbox_ctrness"] = loss / max(1, sum(len(p) for p in predicted))
             return losses
 
-    class LineFCOS(FCOS):
+    return LineFCOSHead
+
+
+def _assigned_fcos(assign: str) -> type:
+    """FCOS whose training assigns pyramid locations to boxes by `assign` (line or atss:
+    line_matches or atss_matches in place of torchvision's centre rule; training only, the
+    model is the same at inference)."""
+    from torchvision.models.detection import FCOS
+
+    class AssignedFCOS(FCOS):
         def compute_loss(self, targets, head_outputs, anchors, num_anchors_per_level):
             matched = [
                 line_matches(a, num_anchors_per_level, t["boxes"], self.center_sampling_radius)
-                if t["boxes"].numel()
-                else torch.full((len(a),), -1, dtype=torch.int64, device=a.device)
+                if assign == "line"
+                else atss_matches(a, num_anchors_per_level, t["boxes"])
                 for a, t in zip(anchors, targets, strict=True)
             ]
             return self.head.compute_loss(targets, head_outputs, anchors, matched)
 
-    return LineFCOS, LineFCOSHead
-
-
-def _atss_fcos_class() -> type:
-    """FCOS trained with the ATSS assignment (torchvision's head and losses)."""
-    from torchvision.models.detection import FCOS
-
-    class ATSSFCOS(FCOS):
-        def compute_loss(self, targets, head_outputs, anchors, num_anchors_per_level):
-            matched = [
-                atss_matches(a, num_anchors_per_level, t["boxes"])
-                for a, t in zip(anchors, targets, strict=True)
-            ]
-            return self.head.compute_loss(targets, head_outputs, anchors, matched)
-
-    return ATSSFCOS
+    AssignedFCOS.assign = assign
+    return AssignedFCOS
 
 
 def build_detector(
@@ -270,10 +267,10 @@ def build_detector(
     if config.arch == "fcos":
         anchors = AnchorGenerator(tuple((s,) for s in FCOS_SIZES), ((1.0,),) * len(FCOS_SIZES))
         detector, head_class = FCOS, FCOSHead
-        if config.assign == "line":  # training only: the model is the same at inference
-            detector, head_class = _line_fcos_classes()
-        elif config.assign == "atss":  # training only, as line
-            detector = _atss_fcos_class()
+        if config.assign in ("line", "atss"):
+            detector = _assigned_fcos(config.assign)
+        if config.assign == "line":
+            head_class = _line_fcos_head()
         head = head_class(config.fpn_channels, 1, classes, num_convs=config.head_convs)
         # box distances start at one anchor size, not at 0: behind the head's ReLU, a
         # distance that starts at 0 gives a degenerate box, no GIoU gradient, and under

@@ -15,12 +15,20 @@ def baseline_images(run_dir: Path) -> tuple[list[Path], list[Path], list[Path] |
     too (DeepPCB trained with detect.reference=false)."""
     import yaml
 
-    from defectkit.config import config_from_dict
+    from defectkit.config import ConfigError, config_from_dict
     from defectkit.data.formats import read_dataset
     from defectkit.data.splits import load_manifest
 
     manifest = json.loads((run_dir / "split.json").read_text())
-    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+    config_path = run_dir / "config.yaml"
+    try:
+        config = config_from_dict(yaml.safe_load(config_path.read_text()) or {})
+    except ConfigError as error:  # a run folder written by another defectkit version
+        raise ConfigError(
+            f"{config_path}: {error}. The run was written by another defectkit version: "
+            "delete the named keys from that file (they no longer change training), or "
+            "build the baseline from a run of this version"
+        ) from error
     dataset = read_dataset(
         manifest["root"], manifest["layout"], config.data.label_mode, manifest.get("labels") or None
     )
