@@ -9,7 +9,12 @@ import torch
 
 import defectkit
 from defectkit.data.synthetic import make_crack_set
-from defectkit.models.detector import line_centreness, line_matches, resolve_assign
+from defectkit.models.detector import (
+    assign_warning,
+    line_centreness,
+    line_matches,
+    resolve_assign,
+)
 from tests.pyramid import grid
 
 
@@ -77,6 +82,16 @@ def test_auto_assignment_follows_the_share_of_long_boxes():
     assert resolve_assign("centre", [(2, 100)] * 10) == "centre"
     with pytest.raises(ValueError, match="detect.assign"):
         resolve_assign("diagonal", [])
+
+
+def test_a_rule_that_misses_thin_boxes_is_named_where_they_are_common():
+    cracks = [(2, 100)] * 3 + [(20, 20)] * 7
+    for assign in ("atss", "centre"):
+        warning = assign_warning(assign, cracks)
+        assert warning and f"detect.assign={assign}" in warning and "30%" in warning
+    assert assign_warning("line", cracks) is None
+    assert assign_warning("atss", [(2, 100)] * 2 + [(20, 20)] * 8) is None
+    assert assign_warning("atss", []) is None
 
 
 @pytest.mark.slow

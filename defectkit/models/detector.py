@@ -70,6 +70,12 @@ class PyramidBackbone(nn.Module):
         return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
 
 
+def elongated_share(extents: list[tuple[float, float]]) -> float:
+    """The share of boxes (width, height) that are ELONGATED:1 or longer (0 without boxes)."""
+    long = [max(w, h) / max(min(w, h), 1.0) >= ELONGATED for w, h in extents]
+    return sum(long) / len(long) if long else 0.0
+
+
 def resolve_assign(assign: str, extents: list[tuple[float, float]]) -> str:
     """detect.assign for a training set whose boxes are (width, height) `extents`: auto
     becomes line where elongated boxes are common, else centre."""
@@ -77,8 +83,22 @@ def resolve_assign(assign: str, extents: list[tuple[float, float]]) -> str:
         raise ValueError(f"unknown detect.assign {assign!r}; use one of {ASSIGNS}")
     if assign != "auto":
         return assign
-    long = [max(w, h) / max(min(w, h), 1.0) >= ELONGATED for w, h in extents]
-    return "line" if long and sum(long) >= ELONGATED_SHARE * len(long) else "centre"
+    return "line" if elongated_share(extents) >= ELONGATED_SHARE else "centre"
+
+
+def assign_warning(assign: str, extents: list[tuple[float, float]]) -> str | None:
+    """Why detect.assign=`assign` (as resolved) may miss this training set's boxes, or None:
+    the centre and ATSS rules where elongated boxes are common (measured on synthetic 4 px
+    cracks of 1:9 to 1:30, 30 epochs: mAP@0.5 0.0 with either, 0.64 with line)."""
+    share = elongated_share(extents)
+    if assign in ("centre", "atss") and share >= ELONGATED_SHARE:
+        return (
+            f"{share:.0%} of the training boxes are {ELONGATED:g}:1 or longer: "
+            f"detect.assign={assign} gives such thin boxes few or no pyramid locations to "
+            "learn from (synthetic 4 px cracks: mAP@0.5 0.0 with centre or atss, 0.64 with "
+            "line); detect.assign=line or auto suits them"
+        )
+    return None
 
 
 def line_matches(anchors: Tensor, per_level: list[int], boxes: Tensor, radius: float) -> Tensor:

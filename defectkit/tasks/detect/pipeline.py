@@ -38,6 +38,7 @@ from defectkit.metrics import choose_threshold
 from defectkit.models.backbones import load_trunk_weights
 from defectkit.models.classifier import keep_frozen_bn_in_eval
 from defectkit.models.detector import (
+    assign_warning,
     build_detector,
     frozen_stage_parameters,
     resolve_assign,
@@ -79,6 +80,8 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
     dc = replace(dc, assign=resolve_assign(dc.assign, extents))
     if dc.arch == "fcos":
         log.info("FCOS assignment: %s (detect.assign=%s)", dc.assign, config.detect.assign)
+        if warning := assign_warning(dc.assign, extents):
+            log.warning(warning)
     config = replace(config, detect=dc)  # the bundle records the assignment it trained with
     model, weights_info, prep = build_detector(
         config.model, dc, len(classes), size, in_channels, pretrained=config.model.pretrained
