@@ -42,6 +42,7 @@ PROTOCOL_TASK = {
     "mt-anomaly": "anomaly",
     "neudet-detect": "detect",
     "deeppcb-detect": "detect",
+    "thin-cracks": "detect",
 }
 
 
@@ -269,6 +270,18 @@ SECTIONS: dict[str, Section] = {
             F("recipe_value", "recipe", "fraction"),
             F("seconds", "s", "seconds"),
             F("recipe_seconds", "recipe s", "seconds"),
+        ),
+    ),
+    "thin-cracks": Section(
+        "Thin cracks (synthetic)",
+        "FCOS's training assignments on 4 px cracks of 1:9 to 1:30 on tall strips "
+        "(benchmarks/thin_cracks.py: the slow test's data and settings, one seed).",
+        (
+            F("map50", "mAP@0.5"),
+            F("map50_95", "mAP@0.5:0.95"),
+            F("recall", "box recall"),
+            F("precision", "box precision"),
+            F("train_seconds", "training s", "seconds"),
         ),
     ),
     "demo": Section(
