@@ -28,7 +28,8 @@ REPO = HERE.parent
 RESULTS = HERE / "results"
 # what a run's numbers depend on: the package (code and recipes) and the library versions
 CODE_PATHS = ("defectkit", "constraints.txt")
-TASKS = ("classify", "segment", "anomaly", "detect")
+# a task is one folder under defectkit/tasks/ (defectkit/tasks/__init__.py)
+TASKS = tuple(sorted(p.parent.name for p in (REPO / "defectkit" / "tasks").glob("*/__init__.py")))
 # the task each protocol's runs train: their rows go stale only when code that task's runs
 # can execute changes (code_paths); a protocol not named here (speed, serving, the cluster,
 # no-recipe) depends on all of CODE_PATHS
@@ -517,20 +518,13 @@ def code_paths(task: str | None) -> tuple[str, ...]:
 
     graph = grimp.build_graph("defectkit")
     others = tuple(f"defectkit.tasks.{t}" for t in TASKS if t != task)
-
-    def theirs(module: str) -> bool:
-        return any(module == o or module.startswith(o + ".") for o in others)
-
-    kept = {
-        m for m in graph.modules if not theirs(m) and not graph.find_modules_that_directly_import(m)
-    }
-    todo = list(kept)
-    while todo:
-        for imported in graph.find_modules_directly_imported_by(todo.pop()):
-            if imported not in kept and not theirs(imported):
-                kept.add(imported)
-                todo.append(imported)
-    owned = graph.modules - kept
+    theirs = {m for m in graph.modules if any(m == o or m.startswith(o + ".") for o in others)}
+    roots = {m for m in graph.modules - theirs if not graph.find_modules_that_directly_import(m)}
+    everything = set(graph.modules)
+    for module in theirs:  # imports through another task's code do not count
+        graph.remove_module(module)
+    kept = roots.union(*(graph.find_upstream_modules(r) for r in roots))
+    owned = everything - kept
     files = set()
     for module in owned:
         path = REPO.joinpath(*module.split("."))

@@ -26,7 +26,7 @@ def baseline_images(run_dir: Path) -> tuple[list[Path], list[Path], list[Path] |
     except ConfigError as error:  # a run folder written by another defectkit version
         raise ConfigError(
             f"{config_path}: {error}. The run was written by another defectkit version: "
-            "delete the named keys from that file (they no longer change training), or "
+            "delete the named keys from that file (this version has no such setting), or "
             "build the baseline from a run of this version"
         ) from error
     dataset = read_dataset(
