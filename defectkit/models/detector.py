@@ -89,7 +89,8 @@ def resolve_assign(assign: str, extents: list[tuple[float, float]]) -> str:
 def assign_warning(assign: str, extents: list[tuple[float, float]]) -> str | None:
     """Why detect.assign=`assign` (as resolved) may miss this training set's boxes, or None:
     the centre and ATSS rules where elongated boxes are common (measured on synthetic 4 px
-    cracks of 1:9 to 1:30, 30 epochs: mAP@0.5 0.0 with either, 0.64 with line)."""
+    cracks of 1:9 to 1:30, 30 epochs, benchmarks/thin_cracks.py: mAP@0.5 0.0 with either,
+    0.64 with line)."""
     share = elongated_share(extents)
     if assign in ("centre", "atss") and share >= ELONGATED_SHARE:
         return (
