@@ -187,7 +187,8 @@ class SegmentConfig:
 
 @dataclass(frozen=True)
 class DetectConfig:
-    arch: str = "fcos"  # fcos | retinanet (torchvision, on the backbone through an FPN P3-P7)
+    # fcos | retinanet | faster_rcnn (torchvision, on the backbone through an FPN P3-P7)
+    arch: str = "fcos"
     fpn_channels: int = 128  # feature pyramid width (torchvision's COCO models: 256)
     head_convs: int = 4  # FCOS: convolutions in each head branch (2 halves the head's cost)
     reference: bool = False  # stack the aligned defect-free reference (DeepPCB template) as input
@@ -198,7 +199,8 @@ class DetectConfig:
     # line (follows thin, long boxes: cracks, scratches) | auto (line where a quarter of the
     # training boxes are 5:1 or longer)
     assign: str = "auto"
-    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # retinanet: base size per level
+    # retinanet, faster_rcnn: base anchor size per level
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
     freeze_epochs: int = 0  # backbone frozen for the first N epochs (freeze then unfreeze)
     # the trunk's stem and first N stages keep their ImageNet weights and batch-norm statistics
     # for the whole run (Detectron2's FREEZE_AT=2, torchvision's trainable_backbone_layers=3):

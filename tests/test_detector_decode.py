@@ -1,5 +1,5 @@
 """The detector's inference graph decodes boxes as torchvision does: RetinaNet's hand-written
-broadcast decoder against torchvision's BoxCoder, and for both architectures the graph's
+broadcast decoder against torchvision's BoxCoder, and for every architecture the graph's
 boxes after the score floor and NMS against the torchvision model's own post-processing."""
 
 import pytest
@@ -40,11 +40,16 @@ def _regions(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) ->
     ]
 
 
-@pytest.mark.parametrize(("arch", "floor"), [("retinanet", 0.05), ("fcos", 0.1)])
-def test_the_graph_keeps_the_boxes_torchvision_postprocessing_keeps(arch, floor):
-    """Untrained weights with noise in the head, a floor that keeps 8 to 15 boxes an image:
+@pytest.mark.parametrize(
+    ("arch", "floor", "noise"),
+    [("retinanet", 0.05, 0.05), ("fcos", 0.1, 0.05), ("faster_rcnn", 0.85, 0.1)],
+)
+def test_the_graph_keeps_the_boxes_torchvision_postprocessing_keeps(arch, floor, noise):
+    """Untrained weights with noise in the head, a floor that keeps 7 to 20 boxes an image:
     the boxes torchvision's own eval-mode forward returns and the graph's boxes after
-    select_boxes are the same (class, IoU >= 0.9, score within 1e-4), none left over."""
+    select_boxes are the same (class, IoU >= 0.9, score within 1e-4), none left over. For
+    Faster R-CNN that takes the graph's proposals, RoIAlign levels and per-class boxes to
+    be torchvision's."""
     torch.manual_seed(0)
     config = DetectConfig(arch=arch, fpn_channels=32, head_convs=1, score_floor=floor)
     model, _, _ = build_detector(
@@ -52,8 +57,9 @@ def test_the_graph_keeps_the_boxes_torchvision_postprocessing_keeps(arch, floor)
     )
     model.eval()
     with torch.no_grad():
-        for p in model.head.parameters():  # spread the scores apart: fewer near-ties
-            p.add_(torch.randn_like(p) * 0.05)
+        head = model.roi_heads if arch == "faster_rcnn" else model.head
+        for p in head.parameters():  # spread the scores apart: fewer near-ties
+            p.add_(torch.randn_like(p) * noise)
         images = torch.randn(2, 3, 64, 64)
         image, *kept = select_boxes(
             *dense_outputs(model, images), config.score_floor, config.nms_iou, 100

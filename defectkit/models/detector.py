@@ -1,10 +1,13 @@
-"""Box detectors: torchvision's one-stage detection models (FCOS, RetinaNet; BSD licence) on
-any timm trunk with offline ImageNet weights, through a feature pyramid (P3-P7).
+"""Box detectors: torchvision's detection models (FCOS, RetinaNet, Faster R-CNN; BSD licence)
+on any timm trunk with offline ImageNet weights, through a feature pyramid (P3-P7).
 
 The model trains the torchvision way (`model(images, targets)` returns its losses). For
 inference, `dense_outputs` runs the trunk, the pyramid and the head on a batch of
-fixed-size images and decodes every location's box: boxes (B, N, 4) in input pixels and
-per-class scores (B, N, K). `select_boxes` then keeps the detections, inside the same graph:
+fixed-size images and decodes every candidate's box: boxes (B, N, 4) in input pixels and
+per-class scores (B, N, K). A one-stage model's candidates are its pyramid locations;
+Faster R-CNN's are its proposals, each once per class (its box head gives each class its
+own box), proposed inside the graph too (`two_stage_outputs`). `select_boxes` then keeps
+the detections, inside the same graph:
 the TOP_K best (location, class) pairs of each image, NMS within each image and class
 (ONNX NonMaxSuppression in the exported file, torchvision's nms in eager), the score floor
 and the `most` best of each image. Both backends run that whole graph and ONNX export writes
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from functools import partial
 from typing import Any
 
 import timm
@@ -30,12 +34,23 @@ from defectkit.models.backbones import (
     pretrained_trunk,
 )
 
-ARCHS = ("fcos", "retinanet")
+ARCHS = ("fcos", "retinanet", "faster_rcnn")
 # FCOS: one point per location; its sizes are the pyramid strides (they set which level
 # learns which box size). RetinaNet: three scales and three aspect ratios per location,
-# smaller than torchvision's COCO default (32..512) for small defects.
+# smaller than torchvision's COCO default (32..512) for small defects. Faster R-CNN's
+# proposals: one scale (detect.anchor_sizes) and three aspect ratios per location.
 FCOS_SIZES = (8, 16, 32, 64, 128)
 TOP_K = 1000  # (location, class) candidates per image before NMS (torchvision's default)
+# Faster R-CNN, sized for a CPU: each level's RPN_TOP best anchors, NMS at RPN_NMS within
+# each level, the RPN_KEEP best proposals of an image (torchvision's 1000, 0.7, 1000 at
+# inference; RPN_KEEP_TRAIN of 2000 in training). The box head learns from ROI_SAMPLES of
+# them an image (a quarter at most defects; torchvision's 512 for COCO's many objects) and
+# pools ROI_SIZE x ROI_SIZE from P3-P6 (ROI_MAPS, strides ROI_STRIDES) by the FPN paper's
+# level rule into two fully connected layers of BOX_HEAD (torchvision's 1024 on 256-channel
+# maps; 256 keeps the head a fraction of Lite0's cost on 300 proposals)
+RPN_TOP, RPN_NMS, RPN_KEEP, RPN_KEEP_TRAIN = 1000, 0.7, 300, 600
+ROI_SAMPLES, ROI_SIZE, BOX_HEAD = 128, 7, 256
+ROI_MAPS, ROI_STRIDES = ("0", "1", "2", "p6"), (8, 16, 32, 64)
 # FCOS's training assignment of pyramid locations to boxes (detect.assign): centre is
 # torchvision's (a location inside the box, within 1.5 strides of its centre); line follows
 # the box's shape, for cracks and scratches of 1:10 and longer (line_matches); auto picks
@@ -228,17 +243,114 @@ def _assigned_fcos(assign: str) -> type:
     from torchvision.models.detection import FCOS
 
     class AssignedFCOS(FCOS):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.matches = (
+                partial(line_matches, radius=self.center_sampling_radius)
+                if assign == "line"
+                else atss_matches
+            )
+
         def compute_loss(self, targets, head_outputs, anchors, num_anchors_per_level):
             matched = [
-                line_matches(a, num_anchors_per_level, t["boxes"], self.center_sampling_radius)
-                if assign == "line"
-                else atss_matches(a, num_anchors_per_level, t["boxes"])
+                self.matches(a, num_anchors_per_level, t["boxes"])
                 for a, t in zip(anchors, targets, strict=True)
             ]
             return self.head.compute_loss(targets, head_outputs, anchors, matched)
 
     AssignedFCOS.assign = assign
     return AssignedFCOS
+
+
+def _fcos(backbone: nn.Module, config: DetectConfig, classes: int, common: dict) -> nn.Module:
+    """FCOS with detect.assign's training rule: centre is torchvision's own; atss changes
+    which locations learn a box; line changes that, the centreness target and the box
+    distances' activation (softplus)."""
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.fcos import FCOSHead
+
+    anchors = AnchorGenerator(tuple((s,) for s in FCOS_SIZES), ((1.0,),) * len(FCOS_SIZES))
+    line = config.assign == "line"
+    head_class = _line_fcos_head() if line else FCOSHead
+    head = head_class(config.fpn_channels, 1, classes, num_convs=config.head_convs)
+    # box distances start at one anchor size, not at 0: behind the head's ReLU, a distance
+    # that starts at 0 gives a degenerate box, no GIoU gradient, and under Adam-like steps
+    # that channel can die for good (measured: one side of every box stuck at the anchor's
+    # centre)
+    regression = head.regression_head
+    nn.init.constant_(regression.bbox_reg.bias, 1.0)
+    if line:  # softplus distances, starting at one anchor size too
+        old = regression.bbox_reg
+        regression.bbox_reg = SoftplusConv2d(
+            old.in_channels, old.out_channels, old.kernel_size, padding=old.padding
+        )
+        regression.bbox_reg.load_state_dict(old.state_dict())
+        nn.init.constant_(regression.bbox_reg.bias, math.log(math.e - 1))
+    detector = _assigned_fcos(config.assign) if config.assign in ("line", "atss") else FCOS
+    return detector(backbone, classes, anchor_generator=anchors, head=head, **common)
+
+
+def _retinanet(backbone: nn.Module, config: DetectConfig, classes: int, common: dict) -> nn.Module:
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.retinanet import RetinaNetHead
+
+    sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in config.anchor_sizes)
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    head = RetinaNetHead(
+        config.fpn_channels,
+        anchors.num_anchors_per_location()[0],
+        classes,
+        norm_layer=lambda c: nn.GroupNorm(min(32, c), c),
+    )
+    return RetinaNet(backbone, classes, anchor_generator=anchors, head=head, **common)
+
+
+def _faster_rcnn(
+    backbone: nn.Module, config: DetectConfig, classes: int, common: dict
+) -> nn.Module:
+    """torchvision's Faster R-CNN (its region proposal network on every pyramid level, its
+    RoIAlign box head on P3-P6), at the CPU sizes above. torchvision counts class 0 as
+    background: the box classes 0..K-1 are its 1..K inside the model, shifted on the way in
+    and out."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.rpn import RPNHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    class BoxClassFasterRCNN(FasterRCNN):
+        def forward(self, images, targets=None):
+            if targets is not None:
+                targets = [{**t, "labels": t["labels"] + 1} for t in targets]
+            found = super().forward(images, targets)
+            if self.training:
+                return found
+            return [{**f, "labels": f["labels"] - 1} for f in found]
+
+    anchors = AnchorGenerator(
+        tuple((s,) for s in config.anchor_sizes), ((0.5, 1.0, 2.0),) * len(config.anchor_sizes)
+    )
+    channels = config.fpn_channels
+    return BoxClassFasterRCNN(
+        backbone,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0]),
+        rpn_pre_nms_top_n_train=RPN_TOP,
+        rpn_pre_nms_top_n_test=RPN_TOP,
+        rpn_post_nms_top_n_train=RPN_KEEP_TRAIN,
+        rpn_post_nms_top_n_test=RPN_KEEP,
+        rpn_nms_thresh=RPN_NMS,
+        box_roi_pool=MultiScaleRoIAlign(list(ROI_MAPS), ROI_SIZE, sampling_ratio=2),
+        box_head=TwoMLPHead(channels * ROI_SIZE**2, BOX_HEAD),
+        box_predictor=FastRCNNPredictor(BOX_HEAD, classes + 1),
+        box_batch_size_per_image=ROI_SAMPLES,
+        box_score_thresh=common.pop("score_thresh"),
+        box_nms_thresh=common.pop("nms_thresh"),
+        box_detections_per_img=common.pop("detections_per_img"),
+        **common,
+    )
 
 
 def build_detector(
@@ -252,11 +364,6 @@ def build_detector(
 ) -> tuple[nn.Module, dict[str, Any], Preprocessing]:
     """A torchvision detector for `classes` box classes (labels 0..classes-1) on
     model_config.backbone, for size x size inputs that are already normalised."""
-    from torchvision.models.detection import FCOS, RetinaNet
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.fcos import FCOSHead
-    from torchvision.models.detection.retinanet import RetinaNetHead
-
     if config.arch not in ARCHS:
         raise ValueError(f"unknown detect.arch {config.arch!r}; use one of {ARCHS}")
     if config.reference_start not in REFERENCE_STARTS:
@@ -285,40 +392,8 @@ def build_detector(
         "nms_thresh": config.nms_iou,
         "detections_per_img": config.max_boxes,
     }
-    if config.arch == "fcos":
-        anchors = AnchorGenerator(tuple((s,) for s in FCOS_SIZES), ((1.0,),) * len(FCOS_SIZES))
-        detector, head_class = FCOS, FCOSHead
-        if config.assign in ("line", "atss"):
-            detector = _assigned_fcos(config.assign)
-        if config.assign == "line":
-            head_class = _line_fcos_head()
-        head = head_class(config.fpn_channels, 1, classes, num_convs=config.head_convs)
-        # box distances start at one anchor size, not at 0: behind the head's ReLU, a
-        # distance that starts at 0 gives a degenerate box, no GIoU gradient, and under
-        # Adam-like steps that channel can die for good (measured: one side of every box
-        # stuck at the anchor's centre)
-        nn.init.constant_(head.regression_head.bbox_reg.bias, 1.0)
-        if config.assign == "line":  # softplus distances, starting at one anchor size too
-            regression = head.regression_head
-            old = regression.bbox_reg
-            regression.bbox_reg = SoftplusConv2d(
-                old.in_channels, old.out_channels, old.kernel_size, padding=old.padding
-            )
-            regression.bbox_reg.load_state_dict(old.state_dict())
-            nn.init.constant_(regression.bbox_reg.bias, math.log(math.e - 1))
-        model = detector(backbone, classes, anchor_generator=anchors, head=head, **common)
-    else:
-        sizes = tuple(
-            (s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in config.anchor_sizes
-        )
-        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-        head = RetinaNetHead(
-            config.fpn_channels,
-            anchors.num_anchors_per_location()[0],
-            classes,
-            norm_layer=lambda c: nn.GroupNorm(min(32, c), c),
-        )
-        model = RetinaNet(backbone, classes, anchor_generator=anchors, head=head, **common)
+    build = {"fcos": _fcos, "retinanet": _retinanet, "faster_rcnn": _faster_rcnn}[config.arch]
+    model = build(backbone, config, classes, common)
     model.defect_arch = config.arch
     fix_anchors(model, size, in_channels)
     return model, info, preprocessing_for(model_config.backbone, source)
@@ -334,7 +409,8 @@ def fix_anchors(model: nn.Module, size: int, in_channels: int) -> None:
     with torch.no_grad():
         probe = torch.zeros(1, in_channels, size, size, device=_device_of(model))
         features = list(model.backbone(probe).values())
-        anchors = model.anchor_generator(ImageList(probe, [(size, size)]), features)[0]
+        generator = model.rpn.anchor_generator if hasattr(model, "rpn") else model.anchor_generator
+        anchors = generator(ImageList(probe, [(size, size)]), features)[0]
     model.register_buffer("inference_anchors", anchors, persistent=False)
     model.train(was_training)
 
@@ -345,14 +421,17 @@ def _device_of(model: nn.Module) -> torch.device:
 
 def dense_outputs(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised size x size images -> (boxes (B, N, 4) in input pixels, class scores
-    (B, N, K) in [0, 1]) for every anchor location, before any score floor or NMS."""
+    (B, N, K) in [0, 1]) for every candidate, before any score floor or NMS."""
+    arch = getattr(model, "defect_arch", "fcos")
+    if arch == "faster_rcnn":
+        return two_stage_outputs(model, images)
     features = list(model.backbone(images).values())
     head = model.head(features)
     anchors = model.inference_anchors.to(images.device)
     logits = head["cls_logits"].float()
     regression = head["bbox_regression"].float()
     # anchors broadcast over the batch (no batch-sized copies: ONNX keeps a dynamic batch)
-    if getattr(model, "defect_arch", "fcos") == "fcos":
+    if arch == "fcos":
         boxes = model.box_coder.decode(regression, anchors[None])
         centreness = head["bbox_ctrness"].float().sigmoid()
         scores = torch.sqrt(logits.sigmoid() * centreness)
@@ -360,6 +439,103 @@ def dense_outputs(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor,
         boxes = _decode_deltas(regression, anchors[None])
         scores = logits.sigmoid()
     return boxes.clamp(0, images.shape[-1]), scores
+
+
+def two_stage_outputs(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
+    """dense_outputs of a Faster R-CNN: what torchvision's eval-mode forward computes, as
+    fixed-shape tensors. The region proposal network's RPN_KEEP proposals an image
+    (`proposals`), RoIAlign from the pyramid level the FPN rule gives each (`pool_rois`),
+    the box head's box for each proposal and class; N is RPN_KEEP x K, candidate r x K + k
+    proposal r's box for class k, scored in column k only. Slots without a proposal, and
+    boxes under 0.01 px a side (torchvision drops them), score 0."""
+    from torchvision.models.detection.rpn import concat_box_prediction_layers
+
+    size = images.shape[-1]
+    features = model.backbone(images)
+    objectness, deltas = model.rpn.head(list(features.values()))
+    per_level = [int(o.shape[1:].numel()) for o in objectness]
+    objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+    anchors = model.inference_anchors.to(images.device)
+    every = _decode_deltas(deltas.float().reshape(-1, len(anchors), 4), anchors[None])
+    boxes, valid = proposals(
+        every.clamp(0, size), objectness.float().reshape(-1, len(anchors)), per_level
+    )
+    flat = boxes.reshape(-1, 4)
+    heads = model.roi_heads
+    logits, regression = heads.box_predictor(heads.box_head(pool_rois(features, flat, RPN_KEEP)))
+    classes = logits.shape[-1] - 1
+    found = heads.box_coder.decode_single(regression.float(), flat).reshape(-1, classes + 1, 4)
+    found = found[:, 1:].clamp(0, size)  # (B x RPN_KEEP, K, 4), the background's dropped
+    scores = logits.float().softmax(-1)[:, 1:]
+    sides = found[..., 2:] - found[..., :2]
+    scores = torch.where((sides >= 1e-2).all(-1) & valid.reshape(-1, 1), scores, 0.0)
+    # each (proposal, class) its own candidate, scored in its class's column alone
+    one_class = scores[..., None] * torch.eye(classes, device=scores.device)
+    return found.reshape(-1, RPN_KEEP * classes, 4), one_class.reshape(
+        -1, RPN_KEEP * classes, classes
+    )
+
+
+def proposals(boxes: Tensor, logits: Tensor, per_level: list[int]) -> tuple[Tensor, Tensor]:
+    """The region proposal network's choice, as torchvision's filter_proposals makes it at
+    inference, for decoded anchor boxes (B, T, 4) with objectness logits (B, T), T the
+    per_level counts in turn: each level's RPN_TOP best, sides under 0.001 px dropped, NMS
+    at RPN_NMS within each level, the RPN_KEEP best of the image. -> boxes (B, RPN_KEEP, 4)
+    best first and which slots hold one (B, RPN_KEEP); an image with fewer has zero boxes
+    in the rest."""
+    chosen, level = [], []
+    start = 0
+    for n, count in enumerate(per_level):
+        top = min(RPN_TOP, count)
+        chosen.append(logits[:, start : start + count].topk(top, dim=1).indices + start)
+        level += [n] * top
+        start += count
+    chosen = torch.cat(chosen, 1)  # (B, S)
+    candidates = torch.gather(boxes, 1, chosen.unsqueeze(-1).expand(-1, -1, 4))
+    # NMS and the ranking on the logits: most anchors' objectness is below 1e-7, where ONNX
+    # Runtime's sigmoid gives 0 (torch's does not) and the two would choose among ties
+    scores = torch.gather(logits, 1, chosen)
+    sides = candidates[..., 2:] - candidates[..., :2]
+    # each candidate scored in its own level's row only (NMS within each level), none for
+    # a side under 0.001 px
+    levels = torch.arange(len(per_level), device=boxes.device)[:, None]
+    own = (levels == torch.tensor(level, device=boxes.device)[None])[None]  # (1, L, S)
+    own = own & (sides >= 1e-3).all(-1)[:, None]
+    by_level = torch.where(own, scores[:, None], float("-inf"))
+    lowest = float(torch.finfo(torch.float32).min)
+    kept = torch.ops.defectkit.class_nms(candidates, by_level, RPN_NMS, lowest, RPN_KEEP)
+    image, index = kept[:, 0], kept[:, 2]
+    best = scores[image, index].double()
+    order, rank = ranked(image, 0.5 + 0.5 * best / (1 + best.abs()), boxes.shape[0])
+    image, index = image[order], index[order]
+    keep = rank < RPN_KEEP
+    slot = (image * RPN_KEEP + rank)[keep]
+    found = candidates.new_zeros((boxes.shape[0] * RPN_KEEP, 4))
+    found = found.index_put((slot,), candidates[image[keep], index[keep]])
+    valid = torch.zeros(boxes.shape[0] * RPN_KEEP, dtype=torch.bool, device=boxes.device)
+    valid = valid.index_put((slot,), torch.ones_like(slot, dtype=torch.bool))
+    return found.reshape(-1, RPN_KEEP, 4), valid.reshape(-1, RPN_KEEP)
+
+
+def pool_rois(features: OrderedDict[str, Tensor], boxes: Tensor, per_image: int) -> Tensor:
+    """RoIAlign of boxes (B x per_image, 4), image by image in turn, each from the pyramid
+    map the FPN paper's rule gives its size (level floor(4 + log2(sqrt(area) / 224)) within
+    P3-P6): what torchvision's MultiScaleRoIAlign over ROI_MAPS computes, with every level
+    pooled for every box and the box's own kept (fixed shapes for the ONNX graph; RoIAlign
+    is a small share of the head)."""
+    from torchvision.ops import roi_align
+
+    image = torch.arange(boxes.shape[0], device=boxes.device) // per_image
+    rois = torch.cat([image[:, None].to(boxes.dtype), boxes], 1)
+    area = (boxes[:, 2:] - boxes[:, :2]).prod(-1)
+    level = torch.floor(4 + torch.log2(area.sqrt() / 224) + 1e-6).clamp(3, 6) - 3
+    pooled = None
+    for n, (name, stride) in enumerate(zip(ROI_MAPS, ROI_STRIDES, strict=True)):
+        here = roi_align(features[name], rois, ROI_SIZE, 1 / stride, sampling_ratio=2)
+        pooled = (
+            here if pooled is None else torch.where((level == n)[:, None, None, None], here, pooled)
+        )
+    return pooled
 
 
 def _decode_deltas(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -477,17 +653,25 @@ def select_boxes(
             image,
             batch,
         )
-    # image first, then the best score: one float64 key (exact for any batch size)
-    order = torch.argsort(image.double() * 2 + (1 - found_scores.double()))
+    order, rank = ranked(image, found_scores, batch)
     image, candidate = image[order], candidate[order]
     found_boxes, found_scores = found_boxes[order], found_scores[order]
-    # each box's rank within its image: its position less the position of the image's first
+    keep = rank < most
+    image, candidate = image[keep], candidate[keep]
+    return image, found_boxes[keep], found_scores[keep], labels[image, candidate]
+
+
+def ranked(image: Tensor, scores: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+    """The order of entries of image index (M,) scored (M,) in [0, 1], image first, then
+    the best score; and each entry's rank within its image in that order (M,)."""
+    # one float64 key (exact for any batch size)
+    order = torch.argsort(image.double() * 2 + (1 - scores.double()))
+    image = image[order]
+    # the rank: the entry's position less the position of its image's first
     position = torch.arange(image.shape[0], dtype=torch.int64, device=image.device)
     first = torch.full((batch,), image.shape[0], dtype=torch.int64, device=image.device)
     first = first.scatter_reduce(0, image, position, "amin", include_self=True)
-    keep = position - first[image] < most
-    image, candidate = image[keep], candidate[keep]
-    return image, found_boxes[keep], found_scores[keep], labels[image, candidate]
+    return order, position - first[image]
 
 
 def fuse_views(
