@@ -521,6 +521,27 @@ def test_onnx_predict_of_a_detector_runs_without_torch(detect_run, parts, tmp_pa
     assert called >= 3
 
 
+@pytest.mark.numerics
+def test_a_faster_rcnn_learns_the_boxes_and_exports_as_one_graph(parts, tmp_path):
+    """detect.arch=faster_rcnn trains through the same loop (its four losses logged), finds
+    the drawn spots after 6 epochs, and its ONNX file proposes, pools and selects boxes on
+    its own: the same boxes as torch, matched by class and IoU, the same OK/NG calls."""
+    run_dir, result = defectkit.train(
+        None,
+        [*DETECT, "train.epochs=6", "detect.arch=faster_rcnn"]
+        + [f"data.root={parts}", f"out_dir={tmp_path}", "name=frcnn"],
+    )
+    with open(run_dir / "history.csv") as history:
+        columns = next(csv.DictReader(history)).keys()
+    assert {"train_loss_objectness_loss", "train_loss_classifier_loss"} <= set(columns)
+    assert result["ap_50"]["spot"] >= 0.5  # untrained: about 0
+    assert json.loads((run_dir / "bundle" / "bundle.json").read_text())["arch"] == "faster_rcnn"
+    export_onnx(run_dir)
+    check = check_export(run_dir, sorted(parts.glob("JPEGImages/*.png"))[:24])
+    assert check["passed"] and check["boxes_disagree"] == [], check
+    assert check["decisions_disagree"] == []
+
+
 def test_boxes_come_in_one_order_whatever_the_noise_in_their_scores():
     """Three boxes whose scores differ by 1e-7 (what another CPU kernel gives) sort by class
     and position, in every order they arrive in; a clear score difference still leads."""
