@@ -63,6 +63,12 @@ RUNS_DEFINED = {
     # ATSS (adaptive training sample selection) in place of torchvision's centre rule:
     # each box's locations by its own IoU bar over its nearest candidates on every level
     "atss": (["detect.assign=atss"], "the recipe with the ATSS assignment (detect.assign=atss)"),
+    # the third architecture: torchvision's two-stage detector on the same trunk,
+    # pyramid and schedule (its proposals, RoIAlign and per-class boxes in the ONNX graph)
+    "faster_rcnn": (
+        ["detect.arch=faster_rcnn"],
+        "the recipe under Faster R-CNN (detect.arch=faster_rcnn) in place of FCOS",
+    ),
     # the recipe's graph after one epoch: its speed on this CPU, not its accuracy
     "one_epoch": (["train.epochs=1"], "FCOS, Lite0 + FPN, 256 px, 1 epoch (speed only)"),
 }

@@ -275,8 +275,8 @@ SECTIONS: dict[str, Section] = {
     ),
     "thin-cracks": Section(
         "Thin cracks (synthetic)",
-        "FCOS's training assignments on 4 px cracks of 1:9 to 1:30 on tall strips "
-        "(benchmarks/thin_cracks.py: the slow test's data and settings, one seed).",
+        "FCOS's training assignments, and Faster R-CNN, on 4 px cracks of 1:9 to 1:30 on "
+        "tall strips (benchmarks/thin_cracks.py: the slow test's data and settings, one seed).",
         (
             F("map50", "mAP@0.5"),
             F("map50_95", "mAP@0.5:0.95"),

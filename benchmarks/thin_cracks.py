@@ -1,11 +1,13 @@
 """Thin, long defects (synthetic, no data needed): FCOS trained with each training
-assignment (detect.assign line, atss, centre) on the same 96 tall strips of 4 px cracks,
+assignment (detect.assign line, atss, centre), and Faster R-CNN (detect.arch=faster_rcnn,
+its anchors 1:2 to 2:1, its box head regressing each proposal), on the same 96 tall strips
+of 4 px cracks,
 1:9 to 1:30 (data.synthetic.make_crack_set, seed 0), at full resolution padded to 128 px,
 for 30 epochs: the settings of the slow test tests/test_detect_thin.py. mAP@0.5, box recall
 and precision at IoU 0.5 on the test strips at the bundle's own box thresholds. One seed:
 a small, noisy measurement (the line rule ranged 0.09 to 0.83 at 20 epochs over drawings).
 
-    python benchmarks/thin_cracks.py [--runs line,atss,centre]
+    python benchmarks/thin_cracks.py [--runs line,atss,centre,faster_rcnn]
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ RUNS_DEFINED = {
     "line": (["detect.assign=line"], "the line rule (what detect.assign=auto picks here)"),
     "atss": (["detect.assign=atss"], "adaptive training sample selection"),
     "centre": (["detect.assign=centre"], "torchvision's centre rule"),
+    "faster_rcnn": (
+        ["detect.arch=faster_rcnn"],
+        "Faster R-CNN: proposals from anchors of 1:2 to 2:1, each regressed by the box head",
+    ),
 }
 SETTINGS = [
     "task=detect",
