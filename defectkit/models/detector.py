@@ -104,15 +104,14 @@ def resolve_assign(assign: str, extents: list[tuple[float, float]]) -> str:
 def assign_warning(assign: str, extents: list[tuple[float, float]]) -> str | None:
     """Why detect.assign=`assign` (as resolved) may miss this training set's boxes, or None:
     the centre and ATSS rules where elongated boxes are common (measured on synthetic 4 px
-    cracks of 1:9 to 1:30, 30 epochs, benchmarks/thin_cracks.py: mAP@0.5 0.0 with either,
-    0.64 with line)."""
+    cracks of 1:9 to 1:30 by benchmarks/thin_cracks.py)."""
     share = elongated_share(extents)
     if assign in ("centre", "atss") and share >= ELONGATED_SHARE:
         return (
             f"{share:.0%} of the training boxes are {ELONGATED:g}:1 or longer: "
             f"detect.assign={assign} gives such thin boxes few or no pyramid locations to "
-            "learn from (synthetic 4 px cracks: mAP@0.5 0.0 with centre or atss, 0.64 with "
-            "line); detect.assign=line or auto suits them"
+            "learn from (benchmarks/RESULTS.md, thin cracks: the line rule against centre "
+            "and atss); detect.assign=line or auto suits them"
         )
     return None
 
