@@ -1,5 +1,5 @@
-"""The detect task: defect boxes with a torchvision one-stage detector (FCOS, RetinaNet) on a
-timm backbone through a feature pyramid, trained in the shared epoch loop (the model returns
+"""The detect task: defect boxes with a torchvision detector (FCOS, RetinaNet, Faster R-CNN) on
+a timm backbone through a feature pyramid, trained in the shared epoch loop (the model returns
 its losses), validated by mAP@0.5, its OK/NG threshold (NG = a box at or above it) chosen on
 the validation images, and every test number computed from the decisions the bundle makes."""
 
@@ -142,8 +142,9 @@ def run_detect(config: RunConfig, run_dir: Path, resume: bool = False) -> dict[s
     amp_dtype, scaler = mixed_precision(tc.amp, device)
 
     def step(model: nn.Module, batch: Any, device: torch.device):
-        """torchvision's detector returns its losses (classification, box regression,
-        centreness for FCOS); their sum trains, each is logged."""
+        """torchvision's detector returns its losses (classification, box regression;
+        centreness for FCOS; objectness and proposal regression for Faster R-CNN); their sum
+        trains, each is logged."""
         images, targets = batch
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         losses = model(list(images.to(device)), targets)
