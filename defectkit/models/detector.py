@@ -44,7 +44,7 @@ TOP_K = 1000  # (location, class) candidates per image before NMS (torchvision's
 # Faster R-CNN, sized for a CPU: each level's RPN_TOP best anchors, NMS at RPN_NMS within
 # each level, the RPN_KEEP best proposals of an image (torchvision's 1000, 0.7, 1000 at
 # inference; RPN_KEEP_TRAIN of 2000 in training). The box head learns from ROI_SAMPLES of
-# them an image (a quarter at most defects; torchvision's 512 for COCO's many objects) and
+# them an image (at most a quarter defects; torchvision's 512 for COCO's many objects) and
 # pools ROI_SIZE x ROI_SIZE from P3-P6 (ROI_MAPS, strides ROI_STRIDES) by the FPN paper's
 # level rule into two fully connected layers of BOX_HEAD (torchvision's 1024 on 256-channel
 # maps; 256 keeps the head a fraction of Lite0's cost on 300 proposals)
@@ -332,6 +332,9 @@ def _faster_rcnn(
         tuple((s,) for s in config.anchor_sizes), ((0.5, 1.0, 2.0),) * len(config.anchor_sizes)
     )
     channels = config.fpn_channels
+    # torchvision names the box head's selection settings box_*
+    selection = ("score_thresh", "nms_thresh", "detections_per_img")
+    named = {(f"box_{k}" if k in selection else k): v for k, v in common.items()}
     return BoxClassFasterRCNN(
         backbone,
         rpn_anchor_generator=anchors,
@@ -345,10 +348,7 @@ def _faster_rcnn(
         box_head=TwoMLPHead(channels * ROI_SIZE**2, BOX_HEAD),
         box_predictor=FastRCNNPredictor(BOX_HEAD, classes + 1),
         box_batch_size_per_image=ROI_SAMPLES,
-        box_score_thresh=common.pop("score_thresh"),
-        box_nms_thresh=common.pop("nms_thresh"),
-        box_detections_per_img=common.pop("detections_per_img"),
-        **common,
+        **named,
     )
 
 
@@ -470,9 +470,8 @@ def two_stage_outputs(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]
     scores = torch.where((sides >= 1e-2).all(-1) & valid.reshape(-1, 1), scores, 0.0)
     # each (proposal, class) its own candidate, scored in its class's column alone
     one_class = scores[..., None] * torch.eye(classes, device=scores.device)
-    return found.reshape(-1, RPN_KEEP * classes, 4), one_class.reshape(
-        -1, RPN_KEEP * classes, classes
-    )
+    candidates = RPN_KEEP * classes
+    return found.reshape(-1, candidates, 4), one_class.reshape(-1, candidates, classes)
 
 
 def proposals(boxes: Tensor, logits: Tensor, per_level: list[int]) -> tuple[Tensor, Tensor]:
@@ -527,14 +526,14 @@ def pool_rois(features: OrderedDict[str, Tensor], boxes: Tensor, per_image: int)
     image = torch.arange(boxes.shape[0], device=boxes.device) // per_image
     rois = torch.cat([image[:, None].to(boxes.dtype), boxes], 1)
     area = (boxes[:, 2:] - boxes[:, :2]).prod(-1)
-    level = torch.floor(4 + torch.log2(area.sqrt() / 224) + 1e-6).clamp(3, 6) - 3
-    pooled = None
-    for n, (name, stride) in enumerate(zip(ROI_MAPS, ROI_STRIDES, strict=True)):
-        here = roi_align(features[name], rois, ROI_SIZE, 1 / stride, sampling_ratio=2)
-        pooled = (
-            here if pooled is None else torch.where((level == n)[:, None, None, None], here, pooled)
-        )
-    return pooled
+    level = (torch.floor(4 + torch.log2(area.sqrt() / 224) + 1e-6).clamp(3, 6) - 3).long()
+    every = torch.stack(
+        [
+            roi_align(features[name], rois, ROI_SIZE, 1 / stride, sampling_ratio=2)
+            for name, stride in zip(ROI_MAPS, ROI_STRIDES, strict=True)
+        ]
+    )  # (levels, B x per_image, channels, ROI_SIZE, ROI_SIZE)
+    return torch.gather(every, 0, level[None, :, None, None, None].expand_as(every[:1]))[0]
 
 
 def _decode_deltas(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
