@@ -42,6 +42,11 @@ RUNS_DEFINED = {
     # ATSS in place of torchvision's centre rule (NEU-DET: benchmarks/RESULTS.md row atss):
     # each box's locations by its own IoU bar, where DeepPCB's few-pixel defects get few
     "atss": (["detect.assign=atss"], "the recipe with the ATSS assignment (detect.assign=atss)"),
+    # the two-stage detector: proposals, then RoIAlign of each from the paired maps
+    "faster_rcnn": (
+        ["detect.arch=faster_rcnn"],
+        "the recipe under Faster R-CNN (detect.arch=faster_rcnn) in place of FCOS",
+    ),
     "grouped_val": (
         ["split.group_by=folder"],
         "the recipe with a whole board group held out as validation (group 44000, 50 of the "
