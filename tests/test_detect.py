@@ -14,10 +14,12 @@ import torch
 from torchvision.ops import box_iou
 
 import defectkit
+from defectkit.config import DetectConfig, ModelConfig
 from defectkit.data.detection import DetectionDataset, to_input
 from defectkit.data.prepare import boxes_to_image
 from defectkit.data.samples import Box, DatasetError, Sample
 from defectkit.data.synthetic import make_box_set
+from defectkit.models.detector import ARCHS, build_detector
 from defectkit.predictions import (
     Region,
     box_differences,
@@ -29,6 +31,7 @@ from defectkit.runtime.evaluate import evaluate_bundle
 from defectkit.runtime.export import check_export, export_onnx
 from defectkit.runtime.inspector import Inspector
 from defectkit.tasks.detect.evaluate import box_curves, choose_box_thresholds, coco_map, point_at
+from defectkit.tasks.detect.pipeline import CLASS_LAYERS, transferable
 from tests.frozen import assert_first_two_stages_as_loaded
 
 DETECT = [
@@ -528,8 +531,14 @@ def test_a_faster_rcnn_learns_the_boxes_and_exports_as_one_graph(parts, tmp_path
     its own: the same boxes as torch, matched by class and IoU, the same OK/NG calls."""
     run_dir, result = defectkit.train(
         None,
-        [*DETECT, "train.epochs=6", "detect.arch=faster_rcnn"]
-        + [f"data.root={parts}", f"out_dir={tmp_path}", "name=frcnn"],
+        [
+            *DETECT,
+            "train.epochs=6",
+            "detect.arch=faster_rcnn",
+            f"data.root={parts}",
+            f"out_dir={tmp_path}",
+            "name=frcnn",
+        ],
     )
     with open(run_dir / "history.csv") as history:
         columns = next(csv.DictReader(history)).keys()
@@ -822,6 +831,26 @@ def test_warm_start_from_a_detect_run_keeps_what_it_learned(detect_run, parts, t
                 "name=other",
             ],
         )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_warm_start_with_other_classes_starts_every_class_layer_anew(arch):
+    """Warm-starting from a detector of the same architecture and class count but other
+    classes takes everything but the layers whose outputs are classes (FCOS / RetinaNet's
+    class scores; Faster R-CNN's class scores and per-class boxes); the same classes take
+    all of it."""
+    config = DetectConfig(arch=arch, fpn_channels=32, head_convs=1)
+    own, theirs = (
+        build_detector(
+            ModelConfig(backbone="resnet18", pretrained=False), config, 3, 64, pretrained=False
+        )[0].state_dict()
+        for _ in range(2)
+    )
+    other = transferable(own, theirs, same_classes=False)
+    left = set(own) - set(other)
+    assert left and all(any(layer in k for layer in CLASS_LAYERS) for k in left)
+    assert any(k.startswith("backbone.trunk.") for k in other)
+    assert set(transferable(own, theirs, same_classes=True)) == set(own)
 
 
 def test_frozen_stages_keep_their_imagenet_weights_and_statistics(parts, tmp_path):

@@ -288,6 +288,25 @@ def calibrate(
     return box_thresholds, threshold, threshold_from, points
 
 
+# the layers whose outputs are the box classes (FCOS and RetinaNet score each class; Faster
+# R-CNN's box head also gives each class its own box)
+CLASS_LAYERS = ("classification_head.cls_logits", "roi_heads.box_predictor")
+
+
+def transferable(
+    own: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], same_classes: bool
+) -> dict[str, torch.Tensor]:
+    """The tensors of an earlier detector's state `theirs` that a model whose state is `own`
+    takes: those of the same name and shape; the class layers' only for the same classes."""
+    return {
+        k: v
+        for k, v in theirs.items()
+        if k in own
+        and v.shape == own[k].shape
+        and (same_classes or not any(layer in k for layer in CLASS_LAYERS))
+    }
+
+
 def warm_start(model: nn.Module, source: str, backbone: str, classes: list[str]) -> str:
     """Start from an earlier run's weights: a detect run's whole model (its class layer only
     when the classes match), or a classify run's trunk (a classifier trained on the same
@@ -312,11 +331,8 @@ def warm_start(model: nn.Module, source: str, backbone: str, classes: list[str])
             f"{path} is a {checkpoint['task']} checkpoint: a detector warm-starts from a "
             "detect run (all of it) or a classify run (its trunk)"
         )
-    own = model.state_dict()
-    state = {k: v for k, v in checkpoint["model"].items() if k in own and v.shape == own[k].shape}
     same_classes = list(checkpoint.get("classes", ())) == list(classes)
-    if not same_classes:
-        state = {k: v for k, v in state.items() if "classification_head.cls_logits" not in k}
+    state = transferable(model.state_dict(), checkpoint["model"], same_classes)
     model.load_state_dict(state, strict=False)
     return f"{path} ({len(state)} tensors{', classes kept' if same_classes else ', new classes'})"
 
